@@ -1,0 +1,169 @@
+#include "api/config.hpp"
+
+#include "vmm/error.hpp"
+
+#include <fstream>
+#include <set>
+#include <unistd.h>
+
+namespace ember {
+namespace {
+
+using nlohmann::json;
+
+std::string type_name(const json& v) {
+    if (v.is_number_integer() || v.is_number_unsigned()) return "an integer";
+    if (v.is_number_float()) return "a number with a fraction";
+    return std::string("a ") + v.type_name();
+}
+
+void require_object(const json& j, const std::string& where) {
+    if (!j.is_object()) throw ConfigError(where + " must be a JSON object, not " + type_name(j));
+}
+
+// Firecracker's structs deny unknown fields; so do we.
+void reject_unknown(const json& j, const std::string& where, std::initializer_list<const char*> known) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        bool ok = false;
+        for (const char* k : known) ok = ok || it.key() == k;
+        if (!ok) throw ConfigError(where + ": unknown field \"" + it.key() + "\"");
+    }
+}
+
+const json* field(const json& j, const char* name) {
+    auto it = j.find(name);
+    return it == j.end() ? nullptr : &*it;
+}
+
+std::string get_string(const json& v, const std::string& where) {
+    if (!v.is_string()) throw ConfigError(where + " must be a string, not " + type_name(v));
+    return v.get<std::string>();
+}
+
+bool get_bool(const json& v, const std::string& where) {
+    if (!v.is_boolean()) throw ConfigError(where + " must be true or false, not " + type_name(v));
+    return v.get<bool>();
+}
+
+std::uint64_t get_uint(const json& v, const std::string& where) {
+    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<std::int64_t>() >= 0))
+        throw ConfigError(where + " must be a non-negative integer, not " +
+                          (v.is_number_integer() ? std::string("negative") : type_name(v)));
+    return v.get<std::uint64_t>();
+}
+
+} // namespace
+
+BootSourceConfig parse_boot_source(const json& j) {
+    const std::string w = "boot-source";
+    require_object(j, w);
+    reject_unknown(j, w, {"kernel_image_path", "initrd_path", "boot_args"});
+    BootSourceConfig b;
+    const json* k = field(j, "kernel_image_path");
+    if (!k) throw ConfigError(w + ": missing required field \"kernel_image_path\"");
+    b.kernel_image_path = get_string(*k, w + ".kernel_image_path");
+    if (b.kernel_image_path.empty()) throw ConfigError(w + ".kernel_image_path must not be empty");
+    if (const json* i = field(j, "initrd_path"); i && !i->is_null()) b.initrd_path = get_string(*i, w + ".initrd_path");
+    if (const json* a = field(j, "boot_args"); a && !a->is_null()) b.boot_args = get_string(*a, w + ".boot_args");
+    return b;
+}
+
+MachineConfig parse_machine_config(const json& j, std::uint64_t host_mem_mib) {
+    const std::string w = "machine-config";
+    require_object(j, w);
+    reject_unknown(j, w, {"vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "huge_pages", "cpu_template"});
+    MachineConfig m;
+    const json* v = field(j, "vcpu_count");
+    const json* mem = field(j, "mem_size_mib");
+    if (!v) throw ConfigError(w + ": missing required field \"vcpu_count\"");
+    if (!mem) throw ConfigError(w + ": missing required field \"mem_size_mib\"");
+    const std::uint64_t vcpus = get_uint(*v, w + ".vcpu_count");
+    if (vcpus < 1 || vcpus > MAX_VCPUS)
+        throw ConfigError(w + ".vcpu_count must be from 1 to " + std::to_string(MAX_VCPUS) + ", not " + std::to_string(vcpus));
+    m.vcpu_count = static_cast<unsigned>(vcpus);
+    m.mem_size_mib = get_uint(*mem, w + ".mem_size_mib");
+    if (m.mem_size_mib == 0) throw ConfigError(w + ".mem_size_mib must be at least 1");
+    if (m.mem_size_mib > host_mem_mib)
+        throw ConfigError(w + ".mem_size_mib " + std::to_string(m.mem_size_mib) + " is more than this host's " +
+                          std::to_string(host_mem_mib) + " MiB of memory");
+    if (const json* s = field(j, "smt")) m.smt = get_bool(*s, w + ".smt");
+    if (m.smt && m.vcpu_count > 1 && m.vcpu_count % 2 != 0)
+        throw ConfigError(w + ": with smt enabled, vcpu_count must be 1 or even");
+    if (const json* t = field(j, "track_dirty_pages")) m.track_dirty_pages = get_bool(*t, w + ".track_dirty_pages");
+    if (const json* h = field(j, "huge_pages")) {
+        m.huge_pages = get_string(*h, w + ".huge_pages");
+        if (m.huge_pages != "None") throw ConfigError(w + ".huge_pages \"" + m.huge_pages + "\" is not supported yet (only \"None\")");
+    }
+    if (const json* c = field(j, "cpu_template"); c && !c->is_null()) {
+        const std::string t = get_string(*c, w + ".cpu_template");
+        if (t != "None") throw ConfigError(w + ".cpu_template \"" + t + "\" is not supported (only \"None\")");
+    }
+    return m;
+}
+
+VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) {
+    json j;
+    try {
+        j = json::parse(text);
+    } catch (const json::parse_error& e) {
+        throw ConfigError(std::string("config file is not valid JSON: ") + e.what());
+    }
+    require_object(j, "config file");
+    static const std::set<std::string> later = {"cpu-config", "balloon", "network-interfaces", "vsock", "logger",
+                                                "metrics", "mmds-config", "entropy", "serial"};
+    VmConfig c;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        const std::string& k = it.key();
+        if (k == "boot-source") {
+            c.boot_source = parse_boot_source(*it);
+        } else if (k == "machine-config") {
+            c.machine = parse_machine_config(*it, host_mem_mib);
+        } else if (k == "drives") {
+            if (!it->is_array()) throw ConfigError("drives must be a JSON array, not " + type_name(*it));
+            if (!it->empty()) throw ConfigError("drives: block devices are not supported by this Ember version yet");
+        } else if (later.count(k)) {
+            throw ConfigError("config file section \"" + k + "\" is not supported by this Ember version yet");
+        } else {
+            throw ConfigError("config file: unknown section \"" + k + "\"");
+        }
+    }
+    if (!c.boot_source) throw ConfigError("config file: missing required section \"boot-source\"");
+    return c;
+}
+
+json to_json(const BootSourceConfig& b) {
+    json j = {{"kernel_image_path", b.kernel_image_path}};
+    if (b.initrd_path) j["initrd_path"] = *b.initrd_path;
+    if (b.boot_args) j["boot_args"] = *b.boot_args;
+    return j;
+}
+
+json to_json(const MachineConfig& m) {
+    return {{"vcpu_count", m.vcpu_count},
+            {"mem_size_mib", m.mem_size_mib},
+            {"smt", m.smt},
+            {"track_dirty_pages", m.track_dirty_pages},
+            {"huge_pages", m.huge_pages}};
+}
+
+json to_json(const VmConfig& c) {
+    json j = json::object();
+    if (c.boot_source) j["boot-source"] = to_json(*c.boot_source);
+    j["machine-config"] = to_json(c.machine);
+    j["drives"] = json::array();
+    return j;
+}
+
+std::uint64_t host_memory_mib() {
+    std::ifstream f("/proc/meminfo");
+    std::string key;
+    std::uint64_t kib = 0;
+    while (f >> key >> kib) {
+        if (key == "MemTotal:") return kib / 1024;
+        f.ignore(256, '\n');
+    }
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page) >> 20 : 0;
+}
+
+} // namespace ember

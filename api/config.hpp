@@ -1,0 +1,28 @@
+#pragma once
+// Firecracker's configuration schema (firecracker-api v1.16.1: BootSource, MachineConfiguration,
+// and the --config-file document that groups them). One parser serves --config-file and the API;
+// every error is a ConfigError with one line naming the field.
+
+#include "vmm/vm_config.hpp"
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace ember {
+
+// A whole --config-file document. Sections Ember does not implement yet are rejected by name
+// ("drives" is accepted when empty, since Firecracker's schema requires the key).
+VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib);
+
+BootSourceConfig parse_boot_source(const nlohmann::json& j);
+MachineConfig parse_machine_config(const nlohmann::json& j, std::uint64_t host_mem_mib);
+
+nlohmann::json to_json(const BootSourceConfig& b);
+nlohmann::json to_json(const MachineConfig& m);
+// The --config-file shape (what GET /vm/config returns).
+nlohmann::json to_json(const VmConfig& c);
+
+// MemTotal of this host in MiB (upper bound for mem_size_mib).
+std::uint64_t host_memory_mib();
+
+} // namespace ember

@@ -1,0 +1,51 @@
+#pragma once
+// An i8042 keyboard controller, as much as a microVM needs: the controller command byte
+// (so Linux's probe finishes without timeouts), CPU reset through command 0xFE (how a guest
+// booted with reboot=k ends the VM), and a keyboard output buffer that can carry the
+// Ctrl-Alt-Del scan codes to the guest (IRQ 1).
+
+#include "devices/irq.hpp"
+#include "vmm/bus.hpp"
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+
+namespace ember {
+
+struct I8042State {
+    std::uint8_t status = 0x14;  // SYS flag (self test passed) | keyboard not inhibited
+    std::uint8_t control = 0x05; // keyboard interrupt enabled | SYS flag
+    std::uint8_t pending_cmd = 0; // command waiting for its data byte on port 0x60
+    std::uint8_t outport = 0x01;  // output port: bit 0 = system reset line inactive
+    std::deque<std::uint8_t> out; // bytes for the guest to read from port 0x60
+};
+
+class I8042 final : public BusDevice {
+public:
+    // Registered at port 0x60 with length 5: offset 0 = data port, offset 4 = command/status.
+    I8042(IrqLine& kbd_irq, std::function<void()> on_reset) : irq_(kbd_irq), on_reset_(std::move(on_reset)) {}
+
+    void read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept override;
+    void write(std::uint64_t offset, std::span<const std::uint8_t> data) noexcept override;
+
+    // Queues Ctrl-Alt-Del (set 1 make and break codes) and raises IRQ 1. False if the buffer is full.
+    bool send_ctrl_alt_del() noexcept;
+
+    I8042State save() const;
+    void restore(const I8042State& s);
+    std::uint64_t reset_count() const noexcept { return resets_; }
+
+private:
+    void push_out(std::uint8_t b) noexcept;
+    void refresh_status() noexcept;
+
+    IrqLine& irq_;
+    std::function<void()> on_reset_;
+    mutable std::mutex mu_;
+    I8042State st_;
+    std::uint64_t resets_ = 0;
+};
+
+} // namespace ember

@@ -1,0 +1,160 @@
+#include "devices/legacy/serial.hpp"
+
+#include <algorithm>
+
+namespace ember {
+namespace {
+// Register offsets from the base port (data sheet table 2).
+constexpr std::uint64_t RBR_THR_DLL = 0, IER_DLM = 1, IIR_FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
+constexpr std::uint8_t IER_RDA = 0x01, IER_THRE = 0x02;
+constexpr std::uint8_t IIR_NONE = 0x01, IIR_THRE = 0x02, IIR_RDA = 0x04, IIR_FIFO_ON = 0xc0;
+constexpr std::uint8_t LSR_DR = 0x01, LSR_THRE = 0x20, LSR_TEMT = 0x40;
+constexpr std::uint8_t MSR_CTS = 0x10, MSR_DSR = 0x20, MSR_RI = 0x40, MSR_DCD = 0x80;
+constexpr std::uint8_t MCR_DTR = 0x01, MCR_RTS = 0x02, MCR_OUT1 = 0x04, MCR_OUT2 = 0x08;
+} // namespace
+
+bool Serial::irq_pending() const noexcept {
+    return ((st_.ier & IER_RDA) && !st_.rx.empty()) || ((st_.ier & IER_THRE) && st_.thr_empty_pending);
+}
+
+std::uint8_t Serial::iir() const noexcept {
+    const std::uint8_t fifo = (st_.fcr & 0x01) ? IIR_FIFO_ON : 0;
+    if ((st_.ier & IER_RDA) && !st_.rx.empty()) return fifo | IIR_RDA;
+    if ((st_.ier & IER_THRE) && st_.thr_empty_pending) return fifo | IIR_THRE;
+    return fifo | IIR_NONE;
+}
+
+// Edge-triggered line: raise an edge whenever a new interrupt condition appears.
+void Serial::update_irq(bool was_pending) noexcept {
+    if (!was_pending && irq_pending()) irq_.trigger();
+}
+
+std::uint8_t Serial::read_reg(std::uint64_t off) noexcept {
+    switch (off) {
+    case RBR_THR_DLL: {
+        if (dlab()) return st_.dll;
+        counters_.read_count.fetch_add(1, std::memory_order_relaxed);
+        if (st_.rx.empty()) {
+            counters_.missed_read_count.fetch_add(1, std::memory_order_relaxed);
+            return 0;
+        }
+        const std::uint8_t b = st_.rx.front();
+        st_.rx.pop_front();
+        return b;
+    }
+    case IER_DLM: return dlab() ? st_.dlm : st_.ier;
+    case IIR_FCR: {
+        const std::uint8_t v = iir();
+        // Reading IIR while THRE is the reported source acknowledges it (data sheet, IIR).
+        if ((v & 0x0f) == IIR_THRE) st_.thr_empty_pending = false;
+        return v;
+    }
+    case LCR: return st_.lcr;
+    case MCR: return st_.mcr;
+    case LSR: return static_cast<std::uint8_t>((st_.rx.empty() ? 0 : LSR_DR) | LSR_THRE | LSR_TEMT);
+    case MSR:
+        if (loopback()) {
+            return static_cast<std::uint8_t>(((st_.mcr & MCR_RTS) ? MSR_CTS : 0) | ((st_.mcr & MCR_DTR) ? MSR_DSR : 0) |
+                                             ((st_.mcr & MCR_OUT1) ? MSR_RI : 0) | ((st_.mcr & MCR_OUT2) ? MSR_DCD : 0));
+        }
+        return MSR_DCD | MSR_DSR | MSR_CTS;
+    case SCR: return st_.scr;
+    default: return 0xff;
+    }
+}
+
+void Serial::write_reg(std::uint64_t off, std::uint8_t v) noexcept {
+    switch (off) {
+    case RBR_THR_DLL:
+        if (dlab()) {
+            st_.dll = v;
+            return;
+        }
+        counters_.write_count.fetch_add(1, std::memory_order_relaxed);
+        if (loopback()) {
+            if (st_.rx.size() < RX_CAPACITY) st_.rx.push_back(v);
+        } else if (!sink_(std::span(&v, 1))) {
+            counters_.missed_write_count.fetch_add(1, std::memory_order_relaxed);
+        }
+        // The byte left at once: THR is empty again.
+        st_.thr_empty_pending = true;
+        return;
+    case IER_DLM:
+        if (dlab()) {
+            st_.dlm = v;
+            return;
+        }
+        // Enabling THRE with THR already empty raises the interrupt at once: Linux's 8250 driver
+        // starts transmission by setting IER.THRI and waiting for it.
+        if ((v & IER_THRE) && !(st_.ier & IER_THRE)) st_.thr_empty_pending = true;
+        st_.ier = v & 0x0f;
+        return;
+    case IIR_FCR:
+        st_.fcr = v & 0xc9; // bits 1 and 2 (FIFO resets) self-clear
+        if (v & 0x02) st_.rx.clear();
+        return;
+    case LCR: st_.lcr = v; return;
+    case MCR: st_.mcr = v & 0x1f; return;
+    case SCR: st_.scr = v; return;
+    default: return; // LSR and MSR are read-only
+    }
+}
+
+void Serial::read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept {
+    if (data.size() != 1) {
+        std::fill(data.begin(), data.end(), std::uint8_t{0xff});
+        counters_.error_count.fetch_add(1, std::memory_order_relaxed);
+        return;
+    }
+    bool drained = false;
+    {
+        std::lock_guard lk(mu_);
+        const bool before = irq_pending();
+        const bool had_rx = !st_.rx.empty();
+        data[0] = read_reg(offset);
+        if (had_rx && st_.rx.empty() && rx_refused_) {
+            rx_refused_ = false;
+            drained = true;
+        }
+        update_irq(before);
+    }
+    if (drained && rx_drained_) rx_drained_();
+}
+
+void Serial::write(std::uint64_t offset, std::span<const std::uint8_t> data) noexcept {
+    if (data.size() != 1) {
+        counters_.error_count.fetch_add(1, std::memory_order_relaxed);
+        return;
+    }
+    std::lock_guard lk(mu_);
+    const bool before = irq_pending();
+    write_reg(offset, data[0]);
+    // A THR write re-arms THRE even if it was already pending: the driver waits for a new edge.
+    if (offset == RBR_THR_DLL && !dlab() && (st_.ier & IER_THRE)) {
+        irq_.trigger();
+        return;
+    }
+    update_irq(before);
+}
+
+std::size_t Serial::enqueue_input(std::span<const std::uint8_t> bytes) noexcept {
+    std::lock_guard lk(mu_);
+    const bool before = irq_pending();
+    const std::size_t n = std::min(bytes.size(), RX_CAPACITY - std::min(RX_CAPACITY, st_.rx.size()));
+    st_.rx.insert(st_.rx.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n));
+    if (n < bytes.size()) rx_refused_ = true;
+    update_irq(before);
+    return n;
+}
+
+SerialState Serial::save() const {
+    std::lock_guard lk(mu_);
+    return st_;
+}
+
+void Serial::restore(const SerialState& s) {
+    std::lock_guard lk(mu_);
+    st_ = s;
+}
+
+} // namespace ember

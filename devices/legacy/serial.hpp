@@ -1,0 +1,78 @@
+#pragma once
+// A 16550A UART (National Semiconductor PC16550D data sheet), enough for Linux's 8250 driver:
+// divisor latch, IER/IIR with THR-empty and received-data interrupts, LCR, MCR with loopback,
+// LSR, MSR and scratch. Output goes to a sink as the guest writes THR; input is queued by the
+// event loop into a bounded FIFO that the guest drains through RBR.
+
+#include "devices/irq.hpp"
+#include "vmm/bus.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <span>
+
+namespace ember {
+
+// Register state, plain so it can be saved and restored with a snapshot.
+struct SerialState {
+    std::uint8_t ier = 0;
+    std::uint8_t lcr = 0x03; // 8N1
+    std::uint8_t mcr = 0x08; // OUT2: interrupts routed to the PIC
+    std::uint8_t scr = 0;
+    std::uint8_t dll = 0x0c; // 9600 baud
+    std::uint8_t dlm = 0;
+    std::uint8_t fcr = 0;
+    bool thr_empty_pending = false; // THRE interrupt raised and not yet acknowledged
+    std::deque<std::uint8_t> rx;
+};
+
+struct SerialCounters {
+    std::atomic<std::uint64_t> read_count{0};
+    std::atomic<std::uint64_t> write_count{0};
+    std::atomic<std::uint64_t> missed_read_count{0};  // RBR read with an empty FIFO
+    std::atomic<std::uint64_t> missed_write_count{0}; // output the sink could not take
+    std::atomic<std::uint64_t> error_count{0};
+};
+
+class Serial final : public BusDevice {
+public:
+    static constexpr std::size_t RX_CAPACITY = 64;
+    // Returns false when the host could not take the byte (counted as a missed write).
+    using Sink = std::function<bool(std::span<const std::uint8_t>)>;
+
+    Serial(IrqLine& irq, Sink sink) : irq_(irq), sink_(std::move(sink)) {}
+
+    void read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept override;
+    void write(std::uint64_t offset, std::span<const std::uint8_t> data) noexcept override;
+
+    // Queues host input for the guest; returns how many bytes fit (the FIFO holds RX_CAPACITY).
+    std::size_t enqueue_input(std::span<const std::uint8_t> bytes) noexcept;
+    // Called (from a vCPU thread) when the guest empties a FIFO that had refused input.
+    void set_rx_drained_callback(std::function<void()> cb) { rx_drained_ = std::move(cb); }
+
+    SerialState save() const;
+    void restore(const SerialState& s);
+    const SerialCounters& counters() const noexcept { return counters_; }
+
+private:
+    std::uint8_t read_reg(std::uint64_t off) noexcept;
+    void write_reg(std::uint64_t off, std::uint8_t v) noexcept;
+    std::uint8_t iir() const noexcept;
+    bool irq_pending() const noexcept;
+    void update_irq(bool was_pending) noexcept;
+    bool loopback() const noexcept { return st_.mcr & 0x10; }
+    bool dlab() const noexcept { return st_.lcr & 0x80; }
+
+    IrqLine& irq_;
+    Sink sink_;
+    std::function<void()> rx_drained_;
+    mutable std::mutex mu_;
+    SerialState st_;
+    bool rx_refused_ = false;
+    SerialCounters counters_;
+};
+
+} // namespace ember

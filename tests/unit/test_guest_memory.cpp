@@ -1,0 +1,81 @@
+#include "vmm/error.hpp"
+#include "vmm/guest_memory.hpp"
+#include "vmm/layout.hpp"
+
+#include <catch2/catch.hpp>
+#include <cstdint>
+
+using namespace ember;
+using ember::layout::GiB;
+using ember::layout::MiB;
+
+TEST_CASE("guest memory below 3 GiB is one region starting at 0") {
+    auto m = GuestMemory::anonymous(256 * MiB);
+    REQUIRE(m.regions().size() == 1);
+    CHECK(m.regions()[0].range.start().raw() == 0);
+    CHECK(m.regions()[0].range.size() == 256 * MiB);
+    CHECK(m.low_ram_end().raw() == 256 * MiB);
+    // The backing mapping is 2 MiB aligned (huge pages / 2 MiB nested mappings).
+    CHECK(reinterpret_cast<std::uintptr_t>(m.backing().get()) % (2 * MiB) == 0);
+}
+
+TEST_CASE("guest memory above 3 GiB is split around the MMIO gap") {
+    auto m = GuestMemory::anonymous(4 * GiB);
+    REQUIRE(m.regions().size() == 2);
+    CHECK(m.regions()[0].range.size() == 3 * GiB);
+    CHECK(m.regions()[1].range.start().raw() == 4 * GiB);
+    CHECK(m.regions()[1].range.size() == 1 * GiB);
+    CHECK(m.slice(GuestAddr(3 * GiB - 1), 1));
+    CHECK_FALSE(m.slice(GuestAddr(3 * GiB), 1));            // first byte of the gap
+    CHECK_FALSE(m.slice(GuestAddr(3 * GiB + 4096), 16));    // inside the gap
+    CHECK_FALSE(m.slice(GuestAddr(3 * GiB - 8), 16));       // crosses into the gap
+    CHECK(m.slice(GuestAddr(4 * GiB), 16));
+    CHECK_FALSE(m.slice(GuestAddr(5 * GiB - 8), 16));       // past the end
+    CHECK(m.slice(GuestAddr(5 * GiB - 16), 16));
+}
+
+TEST_CASE("slice rejects wrap-around and huge lengths") {
+    auto m = GuestMemory::anonymous(16 * MiB);
+    CHECK_FALSE(m.slice(GuestAddr(UINT64_MAX), 2));
+    CHECK_FALSE(m.slice(GuestAddr(4096), UINT64_MAX));
+    CHECK_FALSE(m.slice(GuestAddr(16 * MiB), 1));
+    CHECK(m.slice(GuestAddr(16 * MiB), 0));       // an empty range at the end is inside
+    CHECK_FALSE(m.slice(GuestAddr(16 * MiB + 1), 0));
+}
+
+TEST_CASE("slices of adjacent regions do not merge") {
+    auto m = GuestMemory::with_regions({{GuestAddr(0), 8192}, {GuestAddr(8192), 8192}});
+    CHECK(m.slice(GuestAddr(0), 8192));
+    CHECK(m.slice(GuestAddr(8192), 8192));
+    CHECK_FALSE(m.slice(GuestAddr(4096), 8192)); // crosses the region boundary
+}
+
+TEST_CASE("read and write objects round-trip and fail outside RAM") {
+    auto m = GuestMemory::anonymous(1 * MiB);
+    std::uint64_t v = 0x1122334455667788ull, out = 0;
+    CHECK(m.write_obj(GuestAddr(0x1000), v));
+    CHECK(m.read_obj(GuestAddr(0x1000), out));
+    CHECK(out == v);
+    CHECK_FALSE(m.write_obj(GuestAddr(1 * MiB - 4), v));
+    CHECK_FALSE(m.read_obj(GuestAddr(1 * MiB - 4), out));
+}
+
+TEST_CASE("invalid region layouts are rejected") {
+    CHECK_THROWS_AS(GuestMemory::anonymous(0), ConfigError);
+    CHECK_THROWS_AS(GuestMemory::anonymous(1000), ConfigError);
+    CHECK_THROWS_AS(GuestMemory::with_regions({{GuestAddr(0), 8192}, {GuestAddr(4096), 8192}}), ConfigError);
+    CHECK_THROWS_AS(GuestMemory::with_regions({{GuestAddr(UINT64_MAX - 4095), 8192}}), ConfigError);
+}
+
+TEST_CASE("GuestRange arithmetic") {
+    CHECK_FALSE(GuestRange::make(GuestAddr(UINT64_MAX), 2));
+    auto top = GuestRange::make(GuestAddr(UINT64_MAX - 9), 10);
+    REQUIRE(top);
+    CHECK(top->last() == UINT64_MAX);
+    CHECK(top->contains(GuestAddr(UINT64_MAX)));
+    auto a = *GuestRange::make(GuestAddr(100), 10);
+    auto b = *GuestRange::make(GuestAddr(110), 10);
+    CHECK_FALSE(a.overlaps(b));
+    CHECK(a.overlaps(*GuestRange::make(GuestAddr(109), 1)));
+    CHECK_FALSE(GuestAddr(UINT64_MAX).checked_add(1));
+}

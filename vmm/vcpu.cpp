@@ -1,0 +1,187 @@
+#include "vmm/vcpu.hpp"
+
+#include "vmm/bus.hpp"
+#include "vmm/logger.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <sys/ioctl.h>
+
+namespace ember {
+
+int vcpu_kick_signal() noexcept { return SIGRTMIN; }
+
+void install_vcpu_kick_signal() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa {};
+        sa.sa_handler = [](int) {};
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must return EINTR
+        sigaction(vcpu_kick_signal(), &sa, nullptr);
+    });
+}
+
+Vcpu::~Vcpu() {
+    request_stop();
+    join();
+}
+
+void Vcpu::configure(const std::vector<kvm_cpuid_entry2>& supported, const CpuTopology& topo, const KernelImage* boot) {
+    fd_.set_cpuid(cpuid_for_vcpu(supported, topo, fd_.index()));
+    fd_.set_msrs(boot_msrs());
+    fd_.set_fpu(boot_fpu());
+    auto lapic = fd_.get_lapic();
+    configure_lapic_lints(lapic);
+    fd_.set_lapic(lapic);
+    if (boot != nullptr) {
+        fd_.set_regs(boot_regs(*boot));
+        auto sregs = fd_.get_sregs();
+        boot_sregs(*boot, sregs);
+        fd_.set_sregs(sregs);
+    }
+}
+
+void Vcpu::start() {
+    install_vcpu_kick_signal();
+    thread_ = std::thread([this] {
+        char name[16];
+        std::snprintf(name, sizeof name, "ember_vcpu%u", fd_.index());
+        pthread_setname_np(pthread_self(), name);
+        run_loop();
+    });
+    handle_ = thread_.native_handle();
+    started_ = true;
+}
+
+void Vcpu::request_stop() noexcept {
+    stop_.store(true);
+    // immediate_exit covers the window between the loop's stop check and KVM_RUN; the signal
+    // interrupts a KVM_RUN already in progress.
+    __atomic_store_n(&fd_.run()->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (started_.load() && thread_.joinable()) pthread_kill(handle_, vcpu_kick_signal());
+}
+
+void Vcpu::join() noexcept {
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+std::string Vcpu::dump_registers(const VcpuFd& fd) noexcept {
+    try {
+        const kvm_regs r = fd.get_regs();
+        const kvm_sregs s = fd.get_sregs();
+        char b[640];
+        std::snprintf(b, sizeof b,
+                      "rip=%#llx rsp=%#llx rbp=%#llx rflags=%#llx rax=%#llx rbx=%#llx rcx=%#llx rdx=%#llx rsi=%#llx "
+                      "rdi=%#llx cr0=%#llx cr2=%#llx cr3=%#llx cr4=%#llx efer=%#llx cs=%#x/base %#llx ss=%#x",
+                      static_cast<unsigned long long>(r.rip), static_cast<unsigned long long>(r.rsp),
+                      static_cast<unsigned long long>(r.rbp), static_cast<unsigned long long>(r.rflags),
+                      static_cast<unsigned long long>(r.rax), static_cast<unsigned long long>(r.rbx),
+                      static_cast<unsigned long long>(r.rcx), static_cast<unsigned long long>(r.rdx),
+                      static_cast<unsigned long long>(r.rsi), static_cast<unsigned long long>(r.rdi),
+                      static_cast<unsigned long long>(s.cr0), static_cast<unsigned long long>(s.cr2),
+                      static_cast<unsigned long long>(s.cr3), static_cast<unsigned long long>(s.cr4),
+                      static_cast<unsigned long long>(s.efer), s.cs.selector,
+                      static_cast<unsigned long long>(s.cs.base), s.ss.selector);
+        return b;
+    } catch (const std::exception& e) {
+        return std::string("registers unavailable: ") + e.what();
+    }
+}
+
+bool Vcpu::handle_io(kvm_run* run) noexcept {
+    const auto& io = run->io;
+    // data_offset and size*count come from the kernel; check them against the kvm_run page anyway.
+    const std::uint64_t total = std::uint64_t{io.size} * io.count;
+    if (io.size == 0 || io.size > 4 || io.data_offset > 4096 * 2 || total > 4096) return false;
+    auto* base = reinterpret_cast<std::uint8_t*>(run) + io.data_offset;
+    for (std::uint32_t i = 0; i < io.count; ++i) {
+        std::span<std::uint8_t> d(base + std::size_t{i} * io.size, io.size);
+        if (io.direction == KVM_EXIT_IO_OUT) {
+            counters_.exit_io_out.fetch_add(1, std::memory_order_relaxed);
+            pio_.write(io.port, d);
+        } else {
+            counters_.exit_io_in.fetch_add(1, std::memory_order_relaxed);
+            pio_.read(io.port, d);
+        }
+    }
+    return true;
+}
+
+void Vcpu::run_loop() noexcept {
+    kvm_run* run = fd_.run();
+    const unsigned idx = fd_.index();
+    auto fatal = [&](const std::string& what) {
+        counters_.failures.fetch_add(1, std::memory_order_relaxed);
+        const std::string detail = "vCPU " + std::to_string(idx) + ": " + what + "; " + dump_registers(fd_);
+        sink_.vcpu_exited(idx, VmExitKind::Fatal, detail);
+    };
+    while (!stop_.load(std::memory_order_acquire)) {
+        if (::ioctl(fd_.fd(), KVM_RUN, 0) < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+                if (stop_.load()) __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+                continue;
+            }
+            fatal(std::string("KVM_RUN failed: ") + std::strerror(errno));
+            return;
+        }
+        switch (run->exit_reason) {
+        case KVM_EXIT_IO:
+            if (!handle_io(run)) {
+                fatal("malformed KVM_EXIT_IO");
+                return;
+            }
+            break;
+        case KVM_EXIT_MMIO: {
+            auto& m = run->mmio;
+            if (m.len > sizeof m.data) {
+                fatal("malformed KVM_EXIT_MMIO");
+                return;
+            }
+            std::span<std::uint8_t> d(m.data, m.len);
+            if (m.is_write) {
+                counters_.exit_mmio_write.fetch_add(1, std::memory_order_relaxed);
+                mmio_.write(m.phys_addr, d);
+            } else {
+                counters_.exit_mmio_read.fetch_add(1, std::memory_order_relaxed);
+                mmio_.read(m.phys_addr, d);
+            }
+            break;
+        }
+        case KVM_EXIT_INTR:
+            break;
+        case KVM_EXIT_HLT:
+            fatal("guest halted with interrupts it cannot receive (KVM_EXIT_HLT)");
+            return;
+        case KVM_EXIT_SHUTDOWN:
+            fatal("triple fault (KVM_EXIT_SHUTDOWN)");
+            return;
+        case KVM_EXIT_FAIL_ENTRY: {
+            char b[96];
+            std::snprintf(b, sizeof b, "VM entry failed (KVM_EXIT_FAIL_ENTRY, reason %#llx)",
+                          static_cast<unsigned long long>(run->fail_entry.hardware_entry_failure_reason));
+            fatal(b);
+            return;
+        }
+        case KVM_EXIT_INTERNAL_ERROR:
+            fatal("KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror " + std::to_string(run->internal.suberror) + ")");
+            return;
+        case KVM_EXIT_SYSTEM_EVENT:
+            if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN || run->system_event.type == KVM_SYSTEM_EVENT_RESET) {
+                sink_.vcpu_exited(idx, VmExitKind::GuestReset, "KVM system event " + std::to_string(run->system_event.type));
+            } else {
+                fatal("KVM system event " + std::to_string(run->system_event.type));
+            }
+            return;
+        default:
+            fatal("unexpected KVM exit reason " + std::to_string(run->exit_reason));
+            return;
+        }
+    }
+}
+
+} // namespace ember

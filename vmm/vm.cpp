@@ -1,0 +1,242 @@
+#include "vmm/vm.hpp"
+
+#include "devices/irq.hpp"
+#include "devices/legacy/boot_timer.hpp"
+#include "devices/legacy/i8042.hpp"
+#include "devices/legacy/serial.hpp"
+#include "vmm/error.hpp"
+#include "vmm/layout.hpp"
+#include "vmm/logger.hpp"
+#include "vmm/mptable.hpp"
+#include "vmm/x86_boot.hpp"
+
+#include <array>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+namespace ember {
+namespace {
+
+struct OpenedFile {
+    UniqueFd fd;
+    std::uint64_t size;
+};
+
+OpenedFile open_regular(const std::string& path, const char* what) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw ConfigError(std::string(what) + " " + path + ": " + std::strerror(errno));
+    UniqueFd owned(fd);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) throw ConfigError(std::string(what) + " " + path + ": " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) throw ConfigError(std::string(what) + " " + path + " is not a regular file");
+    return {std::move(owned), static_cast<std::uint64_t>(st.st_size)};
+}
+
+bool write_all(int fd, std::span<const std::uint8_t> b) noexcept {
+    std::size_t done = 0;
+    while (done < b.size()) {
+        ssize_t n = ::write(fd, b.data() + done, b.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        done += static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+// Puts a terminal on stdin into raw-ish mode (no echo, no line editing, no signals: Ctrl-C
+// belongs to the guest) and always restores it.
+class TerminalGuard {
+public:
+    TerminalGuard() {
+        if (!::isatty(STDIN_FILENO) || ::tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+        termios raw = saved_;
+        raw.c_lflag &= ~static_cast<tcflag_t>(ICANON | ECHO | ISIG | IEXTEN);
+        raw.c_iflag &= ~static_cast<tcflag_t>(ICRNL | IXON);
+        raw.c_cc[VMIN] = 1;
+        raw.c_cc[VTIME] = 0;
+        active_ = ::tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+    }
+    ~TerminalGuard() {
+        if (active_) ::tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+    }
+    TerminalGuard(const TerminalGuard&) = delete;
+    TerminalGuard& operator=(const TerminalGuard&) = delete;
+
+private:
+    termios saved_{};
+    bool active_ = false;
+};
+
+} // namespace
+
+PreparedGuest prepare_guest(const VmConfig& cfg) {
+    if (!cfg.boot_source) throw ConfigError("no boot source: boot-source.kernel_image_path is required");
+    const auto& m = cfg.machine;
+    if (m.vcpu_count < 1 || m.vcpu_count > MAX_VCPUS)
+        throw ConfigError("vcpu_count must be from 1 to " + std::to_string(MAX_VCPUS));
+    if (m.mem_size_mib == 0) throw ConfigError("mem_size_mib must be at least 1");
+    const auto& bs = *cfg.boot_source;
+    GuestMemory mem = GuestMemory::anonymous(m.mem_size_mib * layout::MiB);
+
+    auto kernel_file = open_regular(bs.kernel_image_path, "kernel image");
+    KernelImage kernel = load_kernel(kernel_file.fd.get(), kernel_file.size, bs.kernel_image_path, mem);
+    std::optional<InitrdPlacement> initrd;
+    if (bs.initrd_path) {
+        auto f = open_regular(*bs.initrd_path, "initrd");
+        initrd = load_initrd(f.fd.get(), f.size, *bs.initrd_path, kernel, mem);
+    }
+    std::string cmdline = bs.boot_args.value_or(DEFAULT_BOOT_ARGS);
+    write_boot_info(mem, kernel, cmdline, initrd);
+    write_mptable(mem, m.vcpu_count);
+    return PreparedGuest{std::move(mem), kernel, std::move(cmdline), m.vcpu_count, m.smt};
+}
+
+struct Vm::StdinReader {
+    StdinReader(boost::asio::io_context& io, int fd) : sd(io, fd), saved_flags(::fcntl(STDIN_FILENO, F_GETFL)) {}
+    ~StdinReader() {
+        boost::system::error_code ec;
+        sd.close(ec);
+        // O_NONBLOCK is shared with the parent shell's file description: put it back.
+        if (saved_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, saved_flags);
+    }
+    boost::asio::posix::stream_descriptor sd;
+    int saved_flags;
+    TerminalGuard term;
+    std::array<std::uint8_t, 256> buf{};
+    std::vector<std::uint8_t> pending;
+};
+
+Vm::Vm(Kvm kvm, PreparedGuest guest) : kvm_(std::move(kvm)), vm_(kvm_), guest_(std::move(guest)) {}
+
+Vm::~Vm() {
+    for (auto& v : vcpus_) v->request_stop();
+    for (auto& v : vcpus_) v->join();
+}
+
+std::unique_ptr<Vm> Vm::create(PreparedGuest guest, const RunOptions& opts) {
+    Kvm kvm = Kvm::open(opts.kvm_path);
+    std::unique_ptr<Vm> vm(new Vm(std::move(kvm), std::move(guest)));
+    vm->vm_.setup_x86_platform();
+    vm->vm_.register_memory(vm->guest_.mem);
+    vm->attach_legacy_devices(opts);
+
+    const auto cpuid = vm->kvm_.supported_cpuid();
+    const CpuTopology topo{vm->guest_.vcpus, vm->guest_.smt};
+    for (unsigned i = 0; i < vm->guest_.vcpus; ++i) {
+        auto v = std::make_unique<Vcpu>(VcpuFd(vm->kvm_, vm->vm_, i), vm->pio_, vm->mmio_, *vm);
+        v->configure(cpuid, topo, i == 0 ? &vm->guest_.kernel : nullptr);
+        vm->vcpus_.push_back(std::move(v));
+    }
+    return vm;
+}
+
+void Vm::attach_legacy_devices(const RunOptions& opts) {
+    // Fixed order: COM1, i8042, boot timer. Their IRQs are edge-triggered ISA pins fed by irqfds.
+    serial_irq_ = std::make_unique<EventFdIrq>();
+    vm_.register_irqfd(serial_irq_->fd(), layout::IRQ_SERIAL);
+    serial_ = std::make_shared<Serial>(*serial_irq_, [](std::span<const std::uint8_t> b) { return write_all(STDOUT_FILENO, b); });
+    pio_.insert(layout::PORT_COM1, 8, serial_, "serial");
+
+    kbd_irq_ = std::make_unique<EventFdIrq>();
+    vm_.register_irqfd(kbd_irq_->fd(), layout::IRQ_I8042);
+    i8042_ = std::make_shared<I8042>(*kbd_irq_, [this] { request_exit(VmExitKind::GuestReset, "guest reset through the i8042"); });
+    pio_.insert(layout::PORT_I8042_DATA, 5, i8042_, "i8042");
+
+    if (opts.boot_timer) {
+        boot_timer_ = std::make_shared<BootTimer>();
+        mmio_.insert(layout::BOOT_TIMER, 0x1000, boot_timer_, "boot-timer");
+    }
+}
+
+void Vm::start_stdin_reader() {
+    int fd = ::dup(STDIN_FILENO);
+    if (fd < 0) return;
+    try {
+        stdin_ = std::make_unique<StdinReader>(io_, fd);
+    } catch (const std::exception& e) {
+        // A regular file or /dev/null cannot be polled: the guest simply gets no console input.
+        LOG_DEBUG("console input disabled: %s", e.what());
+        return;
+    }
+    serial_->set_rx_drained_callback([this] { boost::asio::post(io_, [this] { feed_serial(); }); });
+    read_stdin();
+}
+
+void Vm::read_stdin() {
+    stdin_->sd.async_read_some(boost::asio::buffer(stdin_->buf), [this](const boost::system::error_code& ec, std::size_t n) {
+        if (ec || n == 0) {
+            if (ec != boost::asio::error::operation_aborted && ec != boost::asio::error::eof && ec)
+                LOG_DEBUG("console input ended: %s", ec.message().c_str());
+            return;
+        }
+        stdin_->pending.assign(stdin_->buf.begin(), stdin_->buf.begin() + static_cast<std::ptrdiff_t>(n));
+        feed_serial();
+    });
+}
+
+void Vm::feed_serial() {
+    if (!stdin_ || stdin_->pending.empty()) return;
+    const std::size_t taken = serial_->enqueue_input(stdin_->pending);
+    stdin_->pending.erase(stdin_->pending.begin(), stdin_->pending.begin() + static_cast<std::ptrdiff_t>(taken));
+    // Back-pressure: with bytes left over, wait for the guest to drain the FIFO before reading more.
+    if (stdin_->pending.empty()) read_stdin();
+}
+
+int Vm::run() {
+    boost::asio::signal_set signals(io_, SIGINT, SIGTERM, SIGHUP);
+    signals.async_wait([this](const boost::system::error_code& ec, int sig) {
+        if (!ec) request_exit(VmExitKind::HostRequest, std::string("received ") + strsignal(sig));
+    });
+    start_stdin_reader();
+    auto guard = boost::asio::make_work_guard(io_);
+    for (auto& v : vcpus_) v->start();
+    io_.run();
+    for (auto& v : vcpus_) v->request_stop();
+    for (auto& v : vcpus_) v->join();
+    stdin_.reset();
+
+    LOG_INFO("unclaimed accesses: PIO %llu reads %llu writes, MMIO %llu reads %llu writes",
+             static_cast<unsigned long long>(pio_.unclaimed_reads()), static_cast<unsigned long long>(pio_.unclaimed_writes()),
+             static_cast<unsigned long long>(mmio_.unclaimed_reads()),
+             static_cast<unsigned long long>(mmio_.unclaimed_writes()));
+    std::lock_guard lk(exit_mu_);
+    if (!exit_) return 1;
+    if (exit_->first == VmExitKind::Fatal) {
+        LOG_ERROR("%s", exit_->second.c_str());
+        return 1;
+    }
+    LOG_INFO("VM ended: %s", exit_->second.c_str());
+    return 0;
+}
+
+void Vm::request_exit(VmExitKind kind, const std::string& detail) noexcept {
+    {
+        std::lock_guard lk(exit_mu_);
+        if (exit_) return;
+        try {
+            exit_.emplace(kind, detail);
+        } catch (...) {
+            exit_.emplace(kind, std::string());
+        }
+    }
+    for (auto& v : vcpus_) v->request_stop();
+    io_.stop();
+}
+
+std::string Vm::exit_detail() {
+    std::lock_guard lk(exit_mu_);
+    return exit_ ? exit_->second : std::string("event loop ended without an exit reason");
+}
+
+void Vm::vcpu_exited(unsigned, VmExitKind kind, const std::string& detail) noexcept { request_exit(kind, detail); }
+
+} // namespace ember

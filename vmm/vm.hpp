@@ -1,0 +1,84 @@
+#pragma once
+// A microVM: KVM VM, guest memory, buses, devices and vCPUs, built in a fixed order from a
+// VmConfig, and the VMM thread's event loop (Asio) that owns host I/O for the devices.
+
+#include "vmm/bus.hpp"
+#include "vmm/guest_memory.hpp"
+#include "vmm/kvm.hpp"
+#include "vmm/vcpu.hpp"
+#include "vmm/vm_config.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+namespace ember {
+
+class Serial;
+class I8042;
+class BootTimer;
+class EventFdIrq;
+
+// Resources that exist before KVM is touched: guest memory with the kernel, initrd and boot
+// structures already in place. Building this first means every configuration error (bad
+// files, garbage images, oversized initrd) is reported even on a host without /dev/kvm.
+struct PreparedGuest {
+    GuestMemory mem;
+    KernelImage kernel;
+    std::string cmdline;
+    unsigned vcpus;
+    bool smt;
+};
+
+// Throws ConfigError with one line on any invalid input.
+PreparedGuest prepare_guest(const VmConfig& cfg);
+
+class Vm final : public ExitSink {
+public:
+    // Opens KVM and builds the VM from a prepared guest; throws ConfigError/SystemError.
+    static std::unique_ptr<Vm> create(PreparedGuest guest, const RunOptions& opts);
+    ~Vm() override;
+
+    // Starts the vCPUs and runs the event loop on the calling thread until the VM ends; returns
+    // the process exit status (0 for a guest reset or a host stop request).
+    int run();
+
+    // Ends the VM from any thread.
+    void request_exit(VmExitKind kind, const std::string& detail) noexcept;
+    void vcpu_exited(unsigned index, VmExitKind kind, const std::string& detail) noexcept override;
+
+    // Why the VM ended (set once run() returned).
+    std::string exit_detail();
+    boost::asio::io_context& io() noexcept { return io_; }
+    const Bus& pio_bus() const noexcept { return pio_; }
+    const Bus& mmio_bus() const noexcept { return mmio_; }
+
+private:
+    Vm(Kvm kvm, PreparedGuest guest);
+    void attach_legacy_devices(const RunOptions& opts);
+    void start_stdin_reader();
+    void read_stdin();
+    void feed_serial();
+
+    Kvm kvm_;
+    VmFd vm_;
+    PreparedGuest guest_;
+    Bus pio_{"PIO"};
+    Bus mmio_{"MMIO"};
+    boost::asio::io_context io_;
+    std::unique_ptr<EventFdIrq> serial_irq_, kbd_irq_;
+    std::shared_ptr<Serial> serial_;
+    std::shared_ptr<I8042> i8042_;
+    std::shared_ptr<BootTimer> boot_timer_;
+    std::vector<std::unique_ptr<Vcpu>> vcpus_;
+
+    struct StdinReader;
+    std::unique_ptr<StdinReader> stdin_;
+
+    std::mutex exit_mu_;
+    std::optional<std::pair<VmExitKind, std::string>> exit_;
+};
+
+} // namespace ember
