@@ -2,13 +2,14 @@
 
 #include "vmm/error.hpp"
 #include "vmm/guest_memory.hpp"
+#include "vmm/kvm_abi.hpp"
 #include "vmm/layout.hpp"
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
-#include <memory>
+#include <algorithm>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
@@ -74,6 +75,14 @@ Kvm Kvm::open(const std::string& path) {
     for (const auto& cap : required_caps())
         if (kvm.check_extension(cap.id) <= 0)
             throw ConfigError(std::string("KVM lacks a required capability: ") + cap.name);
+    // A /dev/kvm node can exist on a host without VT-x/AMD-V (seen on our CI machines): the
+    // API answers, but CPUID and VM entry do not work. Probe it, so the error says so.
+    try {
+        (void)kvm.supported_cpuid();
+    } catch (const SystemError& e) {
+        throw ConfigError(path + " is present but KVM is not usable (" + e.what() +
+                          "; no hardware virtualization?). Run through scripts/nested-kvm");
+    }
     int sz = xioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
     if (sz <= 0) throw_errno("KVM_GET_VCPU_MMAP_SIZE");
     kvm.mmap_size_ = static_cast<std::size_t>(sz);
@@ -84,12 +93,15 @@ int Kvm::check_extension(long cap) const noexcept { return xioctl(fd_.get(), KVM
 
 std::vector<kvm_cpuid_entry2> Kvm::supported_cpuid() const {
     for (std::uint32_t n = 128; n <= 4096; n *= 2) {
-        const std::size_t bytes = sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2);
-        auto buf = std::make_unique<std::uint64_t[]>(bytes / sizeof(std::uint64_t) + 1);
-        auto* c = reinterpret_cast<kvm_cpuid2*>(buf.get());
-        c->nent = n;
-        if (xioctl(fd_.get(), KVM_GET_SUPPORTED_CPUID, c) == 0)
-            return std::vector<kvm_cpuid_entry2>(c->entries, c->entries + c->nent);
+        std::vector<std::byte> buf(sizeof(kvm_abi::CpuidHeader) + n * sizeof(kvm_cpuid_entry2));
+        kvm_abi::CpuidHeader hdr{n, 0};
+        std::memcpy(buf.data(), &hdr, sizeof hdr);
+        if (xioctl(fd_.get(), kvm_abi::GET_SUPPORTED_CPUID, buf.data()) == 0) {
+            std::memcpy(&hdr, buf.data(), sizeof hdr);
+            std::vector<kvm_cpuid_entry2> out(std::min(hdr.nent, n));
+            std::memcpy(out.data(), buf.data() + sizeof hdr, out.size() * sizeof(kvm_cpuid_entry2));
+            return out;
+        }
         if (errno != E2BIG) throw_errno("KVM_GET_SUPPORTED_CPUID");
     }
     throw SystemError("KVM_GET_SUPPORTED_CPUID", E2BIG);
@@ -160,27 +172,24 @@ VcpuFd::VcpuFd(const Kvm& kvm, const VmFd& vm, unsigned index) : index_(index) {
 }
 
 void VcpuFd::set_cpuid(const std::vector<kvm_cpuid_entry2>& entries) {
-    const std::size_t bytes = sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2);
-    auto buf = std::make_unique<std::uint64_t[]>(bytes / sizeof(std::uint64_t) + 1);
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.get());
-    c->nent = static_cast<std::uint32_t>(entries.size());
-    std::memcpy(c->entries, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
-    must_ioctl(fd_.get(), KVM_SET_CPUID2, c, "KVM_SET_CPUID2");
+    std::vector<std::byte> buf(sizeof(kvm_abi::CpuidHeader) + entries.size() * sizeof(kvm_cpuid_entry2));
+    const kvm_abi::CpuidHeader hdr{static_cast<std::uint32_t>(entries.size()), 0};
+    std::memcpy(buf.data(), &hdr, sizeof hdr);
+    std::memcpy(buf.data() + sizeof hdr, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
+    must_ioctl(fd_.get(), kvm_abi::SET_CPUID2, buf.data(), "KVM_SET_CPUID2");
 }
 
 void VcpuFd::set_msrs(const std::vector<kvm_msr_entry>& msrs) {
-    const std::size_t bytes = sizeof(kvm_msrs) + msrs.size() * sizeof(kvm_msr_entry);
-    auto buf = std::make_unique<std::uint64_t[]>(bytes / sizeof(std::uint64_t) + 1);
-    auto* m = reinterpret_cast<kvm_msrs*>(buf.get());
-    m->nmsrs = static_cast<std::uint32_t>(msrs.size());
-    std::memcpy(m->entries, msrs.data(), msrs.size() * sizeof(kvm_msr_entry));
-    int n = must_ioctl(fd_.get(), KVM_SET_MSRS, m, "KVM_SET_MSRS");
-    if (static_cast<std::size_t>(n) != msrs.size())
-        throw ConfigError("KVM_SET_MSRS: MSR 0x" + [&] {
-            char b[16];
-            std::snprintf(b, sizeof b, "%x", msrs[static_cast<std::size_t>(n)].index);
-            return std::string(b);
-        }() + " was refused");
+    std::vector<std::byte> buf(sizeof(kvm_abi::MsrsHeader) + msrs.size() * sizeof(kvm_msr_entry));
+    const kvm_abi::MsrsHeader hdr{static_cast<std::uint32_t>(msrs.size()), 0};
+    std::memcpy(buf.data(), &hdr, sizeof hdr);
+    std::memcpy(buf.data() + sizeof hdr, msrs.data(), msrs.size() * sizeof(kvm_msr_entry));
+    const int n = must_ioctl(fd_.get(), kvm_abi::SET_MSRS, buf.data(), "KVM_SET_MSRS");
+    if (static_cast<std::size_t>(n) != msrs.size()) {
+        char b[64];
+        std::snprintf(b, sizeof b, "KVM_SET_MSRS: MSR %#x was refused", msrs[static_cast<std::size_t>(n)].index);
+        throw ConfigError(b);
+    }
 }
 
 kvm_regs VcpuFd::get_regs() const {
