@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Bad input to the ember binary: every case ends with one clear error line on stderr, a
+# non-zero status, and no guest output. These fail before KVM is opened, so they run anywhere.
+source "$(dirname "$0")/lib.sh"
+
+# Stand-ins for a kernel and an initrd: every case below must fail before they are used as such.
+head -c 4096 /dev/urandom > "$T/garbage"
+printf '\x7fELF' > "$T/short.elf"
+KERNEL=${EMBER_KERNEL_DIR:-}/vmlinux
+[[ -f $KERNEL ]] || KERNEL=$T/garbage
+
+# expect_error NAME "PATTERN" EMBER ARGS...
+expect_error() {
+  local name=$1 pattern=$2; shift 2
+  run_ember "$name" "$@"
+  local lines
+  lines=$(wc -l < "$ERR")
+  if [[ $RC -eq 0 || $RC -ge 124 && $RC -le 127 ]]; then fail "$name: status $RC"; return; fi
+  if ! grep -q -E -- "$pattern" "$ERR"; then fail "$name: stderr lacks /$pattern/: $(cat "$ERR")"; return; fi
+  if [[ $lines -ne 1 ]]; then fail "$name: $lines lines on stderr, expected one: $(cat "$ERR")"; return; fi
+  if [[ -s $OUT ]]; then fail "$name: unexpected stdout: $(head -c 200 "$OUT")"; return; fi
+  pass "$name: status $RC, $(cat "$ERR")"
+}
+
+cfg() { # NAME JSON
+  printf '%s\n' "$2" > "$T/$1.json"
+  echo "$T/$1.json"
+}
+bs() { echo "\"boot-source\": {\"kernel_image_path\": \"$1\"${2:+, \"initrd_path\": \"$2\"}}"; }
+mc() { echo "\"machine-config\": {\"vcpu_count\": $1, \"mem_size_mib\": $2}"; }
+
+expect_error no_config 'needs --config-file' --no-api
+expect_error missing_config 'cannot read config file' --no-api --config-file "$T/nope.json"
+expect_error bad_json 'not valid JSON' --no-api --config-file "$(cfg badjson '{"boot-source": ')"
+expect_error unknown_section 'unknown section "boot_source"' --no-api --config-file "$(cfg unk "{\"boot_source\": {}}")"
+expect_error unknown_key 'unknown field "vcpus"' --no-api --config-file "$(cfg unkkey "{$(bs "$KERNEL"), \"machine-config\": {\"vcpus\": 1, \"vcpu_count\": 1, \"mem_size_mib\": 64}}")"
+expect_error wrong_type 'vcpu_count must be a non-negative integer' --no-api --config-file "$(cfg wt "{$(bs "$KERNEL"), $(mc '"two"' 64)}")"
+expect_error wrong_type_float 'vcpu_count must be a non-negative integer' --no-api --config-file "$(cfg wtf "{$(bs "$KERNEL"), $(mc 1.5 64)}")"
+expect_error vcpus_zero 'vcpu_count must be from 1 to 32' --no-api --config-file "$(cfg v0 "{$(bs "$KERNEL"), $(mc 0 64)}")"
+expect_error vcpus_33 'vcpu_count must be from 1 to 32' --no-api --config-file "$(cfg v33 "{$(bs "$KERNEL"), $(mc 33 64)}")"
+expect_error mem_zero 'mem_size_mib must be at least 1' --no-api --config-file "$(cfg m0 "{$(bs "$KERNEL"), $(mc 1 0)}")"
+expect_error mem_huge 'more than this host' --no-api --config-file "$(cfg mh "{$(bs "$KERNEL"), $(mc 1 100000000)}")"
+expect_error no_kernel_field 'missing required field "kernel_image_path"' --no-api --config-file "$(cfg nk "{\"boot-source\": {}, $(mc 1 64)}")"
+expect_error missing_kernel 'kernel image .*/nope: No such file' --no-api --config-file "$(cfg mk "{$(bs "$T/nope"), $(mc 1 64)}")"
+expect_error kernel_is_dir 'is not a regular file' --no-api --config-file "$(cfg kd "{$(bs "$T"), $(mc 1 64)}")"
+expect_error garbage_kernel 'neither an ELF vmlinux nor a bzImage' --no-api --config-file "$(cfg gk "{$(bs "$T/garbage"), $(mc 1 64)}")"
+expect_error truncated_elf 'truncated' --no-api --config-file "$(cfg te "{$(bs "$T/short.elf"), $(mc 1 64)}")"
+expect_error missing_initrd 'initrd .*/nope.img: No such file' --no-api --config-file "$(cfg mi "{$(bs "$KERNEL" "$T/nope.img"), $(mc 1 64)}")"
+if [[ $KERNEL != "$T/garbage" ]]; then
+  truncate -s 200M "$T/big.img"
+  expect_error initrd_too_big 'initrd .* does not fit' --no-api --config-file "$(cfg ib "{$(bs "$KERNEL" "$T/big.img"), $(mc 1 128)}")"
+  expect_error kernel_too_big_for_ram 'does not fit in guest RAM|more than guest RAM' --no-api --config-file "$(cfg kr "{$(bs "$KERNEL"), $(mc 1 8)}")"
+else
+  fail "EMBER_KERNEL_DIR not set: cannot test initrd and RAM-size errors against a real kernel"
+fi
+expect_error drives_unsupported 'block devices are not supported' --no-api --config-file "$(cfg dr "{$(bs "$KERNEL"), $(mc 1 64), \"drives\": [{\"drive_id\": \"rootfs\"}]}")"
+expect_error bad_level '--level must be one of' --no-api --level Loud --config-file "$(cfg lv "{$(bs "$KERNEL"), $(mc 1 64)}")"
+expect_error bad_id '--id must be' --no-api --id 'bad id!' --config-file "$(cfg id "{$(bs "$KERNEL"), $(mc 1 64)}")"
+expect_error unknown_flag '--frobnicate' --no-api --frobnicate
+expect_error no_api_yet 'API server is not part of this build' --config-file "$(cfg na "{$(bs "$KERNEL"), $(mc 1 64)}")"
+
+# KVM missing: a mount namespace with an empty /dev hides /dev/kvm.
+if command -v unshare >/dev/null && unshare --mount true 2>/dev/null; then
+  timeout 30 unshare --mount sh -c 'mount -t tmpfs tmpfs /dev && exec "$@"' sh "$EMBER_BIN" --no-api \
+    --config-file "$(cfg nokvm "{$(bs "$KERNEL"), $(mc 1 64)}")" > "$T/nokvm.out" 2> "$T/nokvm.err"
+  RC=$?
+  if [[ $KERNEL == "$T/garbage" ]]; then
+    pass "no-KVM case needs a real kernel: skipped check (garbage kernel fails first)"
+  elif [[ $RC -ne 0 ]] && grep -q 'cannot open /dev/kvm: No such file or directory.*scripts/nested-kvm' "$T/nokvm.err"; then
+    pass "missing /dev/kvm: $(cat "$T/nokvm.err")"
+  else
+    fail "missing /dev/kvm: status $RC, $(cat "$T/nokvm.err")"
+  fi
+else
+  fail "unshare --mount unavailable: cannot test the missing-/dev/kvm error"
+fi
+[[ $("$EMBER_BIN" --version) =~ ^Ember\ v[0-9]+\.[0-9]+\.[0-9]+$ ]] && pass "--version" || fail "--version"
+"$EMBER_BIN" --help | grep -q -- '--config-file' && pass "--help lists --config-file" || fail "--help"
+finish

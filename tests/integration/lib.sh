@@ -1,0 +1,56 @@
+# Helpers for Ember's integration tests; sourced by the test scripts.
+# Needs: EMBER_BIN (the ember binary), and for guest boots EMBER_KERNEL_DIR (vmlinux, bzImage)
+# and EMBER_ROOTFS_DIR (initrd.cpio.gz, rootfs.ext4), exported by scripts/test.
+# shellcheck shell=bash
+set -uo pipefail
+
+: "${EMBER_BIN:?EMBER_BIN is not set (run through ctest or scripts/test)}"
+T=$(mktemp -d "${TMPDIR:-/tmp}/ember-it.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+FAILS=0
+VM_TIMEOUT=${EMBER_VM_TIMEOUT:-240}
+BASE_ARGS="console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+
+fail() { echo "FAIL: $*" >&2; FAILS=$((FAILS + 1)); }
+pass() { echo "ok: $*"; }
+finish() { [[ $FAILS -eq 0 ]] && exit 0; echo "$FAILS check(s) failed" >&2; exit 1; }
+
+need_guest() {
+  [[ -f ${EMBER_KERNEL_DIR:-}/vmlinux && -f ${EMBER_KERNEL_DIR:-}/bzImage ]] || { echo "FAIL: EMBER_KERNEL_DIR has no vmlinux/bzImage (run scripts/test)" >&2; exit 1; }
+  [[ -f ${EMBER_ROOTFS_DIR:-}/initrd.cpio.gz ]] || { echo "FAIL: EMBER_ROOTFS_DIR has no initrd.cpio.gz (run scripts/test)" >&2; exit 1; }
+}
+
+# write_config FILE KERNEL VCPUS MEM_MIB "GUEST COMMAND" [INITRD]
+write_config() {
+  local file=$1 kernel=$2 vcpus=$3 mem=$4 cmd=$5 initrd=${6:-$EMBER_ROOTFS_DIR/initrd.cpio.gz}
+  cat > "$file" <<JSON
+{
+  "boot-source": {"kernel_image_path": "$kernel", "initrd_path": "$initrd",
+                  "boot_args": "$BASE_ARGS -- $cmd"},
+  "machine-config": {"vcpu_count": $vcpus, "mem_size_mib": $mem}
+}
+JSON
+}
+
+# run_ember NAME ARGS...: runs ember with a timeout; sets RC and leaves $T/NAME.out, $T/NAME.err.
+run_ember() {
+  local name=$1; shift
+  timeout "$VM_TIMEOUT" "$EMBER_BIN" "$@" < /dev/null > "$T/$name.out" 2> "$T/$name.err"
+  RC=$?
+  OUT=$T/$name.out ERR=$T/$name.err
+}
+
+# boot NAME KERNEL VCPUS MEM "CMD" [EXTRA EMBER ARGS...]
+boot() {
+  local name=$1 kernel=$2 vcpus=$3 mem=$4 cmd=$5; shift 5
+  write_config "$T/$name.json" "$kernel" "$vcpus" "$mem" "$cmd"
+  run_ember "$name" --no-api --config-file "$T/$name.json" "$@"
+  if [[ $RC -ne 0 ]]; then
+    fail "$name: ember exited with $RC"; echo "--- stderr:" >&2; tail -n 20 "$ERR" >&2; echo "--- console (tail):" >&2; tail -n 30 "$OUT" >&2
+  fi
+}
+
+# guest_value KEY: the value the guest printed as KEY=VALUE on the console.
+guest_value() { tr -d '\r' < "$OUT" | sed -n "s/^$1=//p" | tail -n 1; }
+
+expect_eq() { if [[ "$2" == "$3" ]]; then pass "$1 ($2)"; else fail "$1: expected '$3', got '$2'"; fi; }
