@@ -62,6 +62,7 @@ public:
     int fd() const noexcept { return fd_.get(); }
     unsigned index() const noexcept { return index_; }
     kvm_run* run() const noexcept { return static_cast<kvm_run*>(run_.get()); }
+    std::size_t run_size() const noexcept { return run_.size(); }
 
     void set_cpuid(const std::vector<kvm_cpuid_entry2>& entries);
     void set_msrs(const std::vector<kvm_msr_entry>& msrs);

@@ -94,9 +94,10 @@ std::string Vcpu::dump_registers(const VcpuFd& fd) noexcept {
 
 bool Vcpu::handle_io(kvm_run* run) noexcept {
     const auto& io = run->io;
-    // data_offset and size*count come from the kernel; check them against the kvm_run page anyway.
+    // data_offset and size*count come from the kernel; check them against the kvm_run mapping anyway.
     const std::uint64_t total = std::uint64_t{io.size} * io.count;
-    if (io.size == 0 || io.size > 4 || io.data_offset > 4096 * 2 || total > 4096) return false;
+    if (io.size == 0 || io.size > 4 || io.data_offset > fd_.run_size() || total > fd_.run_size() - io.data_offset)
+        return false;
     auto* base = reinterpret_cast<std::uint8_t*>(run) + io.data_offset;
     for (std::uint32_t i = 0; i < io.count; ++i) {
         std::span<std::uint8_t> d(base + std::size_t{i} * io.size, io.size);
