@@ -46,7 +46,7 @@ std::optional<Level> parse_level(const std::string& s) {
         {"off", Level::Off},   {"error", Level::Error}, {"warning", Level::Warning}, {"warn", Level::Warning},
         {"info", Level::Info}, {"debug", Level::Debug}, {"trace", Level::Trace}};
     for (const auto& [n, l] : names)
-        if (strcasecmp(n, s.c_str()) == 0) return l;
+        if (s.size() == std::strlen(n) && strcasecmp(n, s.c_str()) == 0) return l; // no match up to an embedded NUL
     return std::nullopt;
 }
 

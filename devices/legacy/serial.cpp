@@ -126,15 +126,22 @@ void Serial::write(std::uint64_t offset, std::span<const std::uint8_t> data) noe
         counters_.error_count.fetch_add(1, std::memory_order_relaxed);
         return;
     }
-    std::lock_guard lk(mu_);
-    const bool before = irq_pending();
-    write_reg(offset, data[0]);
-    // A THR write re-arms THRE even if it was already pending: the driver waits for a new edge.
-    if (offset == RBR_THR_DLL && !dlab() && (st_.ier & IER_THRE)) {
-        irq_.trigger();
-        return;
+    bool drained = false;
+    {
+        std::lock_guard lk(mu_);
+        const bool before = irq_pending();
+        const bool had_rx = !st_.rx.empty();
+        write_reg(offset, data[0]);
+        // An RX FIFO reset (FCR bit 1) empties a FIFO that may have refused input, as RBR reads do.
+        if (had_rx && st_.rx.empty() && rx_refused_) {
+            rx_refused_ = false;
+            drained = true;
+        }
+        // A THR write re-arms THRE even if it was already pending: the driver waits for a new edge.
+        if (offset == RBR_THR_DLL && !dlab() && (st_.ier & IER_THRE)) irq_.trigger();
+        else update_irq(before);
     }
-    update_irq(before);
+    if (drained && rx_drained_) rx_drained_();
 }
 
 std::size_t Serial::enqueue_input(std::span<const std::uint8_t> bytes) noexcept {
