@@ -71,9 +71,11 @@ std::optional<std::uint32_t> find_pvh_entry(int fd, std::uint64_t file_size, con
         const bool xen = nh.n_namesz == 4 && std::memcmp(notes.data() + name_at, "Xen", 4) == 0;
         if (xen && nh.n_type == XEN_ELFNOTE_PHYS32_ENTRY) {
             if (nh.n_descsz < 4) throw ConfigError("kernel image " + path + ": PVH entry note is too short");
-            std::uint32_t entry;
-            std::memcpy(&entry, notes.data() + desc_at, 4);
-            return entry;
+            std::uint64_t entry = 0;
+            std::memcpy(&entry, notes.data() + desc_at, nh.n_descsz >= 8 ? 8 : 4);
+            if (entry > UINT32_MAX)
+                throw ConfigError("kernel image " + path + ": PVH entry point is above 4 GiB");
+            return static_cast<std::uint32_t>(entry);
         }
         if (pos > notes.size()) break;
     }
@@ -106,7 +108,9 @@ KernelImage load_elf(int fd, std::uint64_t file_size, const std::string& path, c
             continue;
         }
         if (ph.p_type != PT_LOAD) continue;
-        if (ph.p_filesz > ph.p_memsz || ph.p_offset > file_size || ph.p_filesz > file_size - ph.p_offset)
+        if (ph.p_filesz > ph.p_memsz)
+            throw ConfigError("kernel image " + path + ": segment " + std::to_string(i) + " has more file bytes than memory bytes");
+        if (ph.p_offset > file_size || ph.p_filesz > file_size - ph.p_offset)
             throw ConfigError("kernel image " + path + ": segment " + std::to_string(i) + " lies outside the file");
         if (ph.p_paddr < layout::HIMEM_START)
             throw ConfigError("kernel image " + path + ": segment " + std::to_string(i) + " loads below 1 MiB at " +

@@ -10,7 +10,9 @@ namespace ember {
 
 class GuestMemory;
 
-inline constexpr unsigned MPTABLE_MAX_CPUS = 254; // APIC ids 0..253; the IOAPIC takes the next
+// The table must fit in the EBDA's 1 KiB (284 + 20 bytes per CPU), which also keeps the IOAPIC's
+// id (num_cpus + 1) clear of the broadcast id 0xff.
+inline constexpr unsigned MPTABLE_MAX_CPUS = 37;
 
 // The floating pointer followed by the configuration table, as they are placed at `base`.
 // Both structures' bytes sum to 0 mod 256 (MP spec §4.1, §4.2).

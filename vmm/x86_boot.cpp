@@ -139,7 +139,7 @@ InitrdPlacement load_initrd(int fd, std::uint64_t size, const std::string& path,
 std::vector<std::uint64_t> boot_gdt(BootProtocol p) {
     // Flat segments. Linux64: 64-bit code (L=1). PVH: 32-bit code (D=1), as the PVH ABI requires.
     if (p == BootProtocol::Pvh) return {0, 0x00cf'9b00'0000'ffff, 0x00cf'9300'0000'ffff, 0x0000'8b00'0000'0067};
-    return {0, 0x00af'9b00'0000'ffff, 0x00cf'9300'0000'ffff, 0x0080'8b00'0000'0067};
+    return {0, 0x00af'9b00'0000'ffff, 0x00cf'9300'0000'ffff, 0x0000'8b00'0000'0067};
 }
 
 void write_boot_info(const GuestMemory& mem, const KernelImage& k, const std::string& cmdline,

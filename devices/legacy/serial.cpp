@@ -162,6 +162,7 @@ SerialState Serial::save() const {
 void Serial::restore(const SerialState& s) {
     std::lock_guard lk(mu_);
     st_ = s;
+    rx_refused_ = false;
 }
 
 } // namespace ember

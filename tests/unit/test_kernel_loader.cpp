@@ -229,6 +229,11 @@ TEST_CASE("ELF: PVH note problems are rejected") {
         elf.add_note_segment();
         CHECK_CONFIG_ERROR(load(elf.bytes(), mem), "PVH entry point");
     }
+    SECTION("8-byte entry above 4 GiB") {
+        add_note(elf.notes, "Xen", XEN_ELFNOTE_PHYS32_ENTRY, le_bytes<std::uint64_t>(0x1'0010'0000ull));
+        elf.add_note_segment();
+        CHECK_CONFIG_ERROR(load(elf.bytes(), mem), "above 4 GiB");
+    }
     SECTION("descriptor shorter than 4 bytes") {
         add_note(elf.notes, "Xen", XEN_ELFNOTE_PHYS32_ENTRY, {0x00, 0x10});
         elf.add_note_segment();

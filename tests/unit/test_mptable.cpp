@@ -125,7 +125,12 @@ TEST_CASE("MP table physptr follows the base it is built for") {
 TEST_CASE("MP table rejects unsupported CPU counts") {
     CHECK_THROWS_AS(build_mptable(0, 0x9fc00), ConfigError);
     CHECK_THROWS_AS(build_mptable(255, 0x9fc00), ConfigError);
+    CHECK_THROWS_AS(build_mptable(MPTABLE_MAX_CPUS + 1, 0x9fc00), ConfigError);
     CHECK_NOTHROW(build_mptable(MPTABLE_MAX_CPUS, 0x9fc00));
+    // The largest table still fits in the EBDA's 1 KiB, and its IOAPIC id is not the broadcast id.
+    const auto t = build_mptable(MPTABLE_MAX_CPUS, 0x9fc00);
+    CHECK(t.size() <= 0x400);
+    CHECK(MPTABLE_MAX_CPUS + 1 < 0xff);
 }
 
 TEST_CASE("write_mptable puts the table in the EBDA, below 0xa0000") {
