@@ -6,6 +6,9 @@
 #include "vmm/vm.hpp"
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <cctype>
 #include <cerrno>
 #include <csignal>
@@ -94,15 +97,29 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
         return fail(EXIT_BAD_CONFIGURATION, e.what());
     }
+    boost::asio::io_context io;
+    int status = EXIT_GENERIC;
+    std::string detail = "event loop ended without an exit reason";
     std::unique_ptr<ember::Vm> vm;
     try {
         ember::RunOptions opts;
         opts.boot_timer = boot_timer;
-        vm = ember::Vm::create(std::move(*guest), opts);
+        vm = ember::Vm::create(io, std::move(*guest), opts, [&](int s, const std::string& d) {
+            status = s;
+            detail = d;
+            io.stop();
+        });
     } catch (const std::exception& e) {
         return fail(EXIT_GENERIC, e.what());
     }
-    const int status = vm->run();
-    if (status != 0) return fail(status, vm->exit_detail());
+    boost::asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
+    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+        if (!ec) vm->request_exit(ember::VmExitKind::HostRequest, std::string("received ") + strsignal(sig));
+    });
+    auto guard = boost::asio::make_work_guard(io);
+    vm->start();
+    io.run();
+    vm.reset();
+    if (status != 0) return fail(status, detail);
     return 0;
 }

@@ -57,12 +57,48 @@ void Vcpu::start() {
     started_ = true;
 }
 
-void Vcpu::request_stop() noexcept {
-    stop_.store(true);
-    // immediate_exit covers the window between the loop's stop check and KVM_RUN; the signal
-    // interrupts a KVM_RUN already in progress.
+void Vcpu::kick() noexcept {
+    // immediate_exit covers the window between the loop's flag checks and KVM_RUN; the signal
+    // interrupts a KVM_RUN already in progress. Flags are stored before this, and the loop
+    // checks them after clearing immediate_exit, so no request is lost.
     __atomic_store_n(&fd_.run()->immediate_exit, 1, __ATOMIC_SEQ_CST);
     if (started_.load() && thread_.joinable()) pthread_kill(handle_, vcpu_kick_signal());
+}
+
+void Vcpu::request_stop() noexcept {
+    stop_.store(true);
+    {
+        std::lock_guard lk(park_mu_);
+    }
+    park_cv_.notify_all();
+    kick();
+}
+
+void Vcpu::request_pause() noexcept {
+    pause_.store(true);
+    kick();
+}
+
+bool Vcpu::wait_paused(std::chrono::milliseconds timeout) noexcept {
+    std::unique_lock lk(park_mu_);
+    return park_cv_.wait_for(lk, timeout, [&] { return parked_ || ended_ || !started_.load(); });
+}
+
+void Vcpu::resume() noexcept {
+    {
+        std::lock_guard lk(park_mu_);
+        pause_.store(false);
+    }
+    park_cv_.notify_all();
+}
+
+void Vcpu::park_while_paused() noexcept {
+    std::unique_lock lk(park_mu_);
+    parked_ = true;
+    park_cv_.notify_all();
+    park_cv_.wait(lk, [&] { return !pause_.load() || stop_.load(); });
+    parked_ = false;
+    __atomic_store_n(&fd_.run()->immediate_exit, 0, __ATOMIC_SEQ_CST);
 }
 
 void Vcpu::join() noexcept {
@@ -120,11 +156,24 @@ void Vcpu::run_loop() noexcept {
         const std::string detail = "vCPU " + std::to_string(idx) + ": " + what + "; " + dump_registers(fd_);
         sink_.vcpu_exited(idx, VmExitKind::Fatal, detail);
     };
+    struct EndGuard {
+        Vcpu& v;
+        ~EndGuard() {
+            {
+                std::lock_guard lk(v.park_mu_);
+                v.ended_ = true;
+            }
+            v.park_cv_.notify_all();
+        }
+    } end_guard{*this};
     while (!stop_.load(std::memory_order_acquire)) {
+        if (pause_.load()) {
+            park_while_paused();
+            continue;
+        }
         if (::ioctl(fd_.fd(), KVM_RUN, 0) < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
-                if (stop_.load()) __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
                 continue;
             }
             fatal(std::string("KVM_RUN failed: ") + std::strerror(errno));

@@ -6,6 +6,9 @@
 #include "vmm/x86_cpu.hpp"
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdint>
 #include <pthread.h>
 #include <string>
@@ -49,6 +52,12 @@ public:
     void request_stop() noexcept;
     void join() noexcept;
 
+    // Pause: the thread leaves KVM_RUN and parks until resume(). wait_paused() returns true once
+    // the thread is parked (or has ended), false if it did not park within `timeout`.
+    void request_pause() noexcept;
+    bool wait_paused(std::chrono::milliseconds timeout) noexcept;
+    void resume() noexcept;
+
     unsigned index() const noexcept { return fd_.index(); }
     const VcpuCounters& counters() const noexcept { return counters_; }
 
@@ -58,6 +67,8 @@ public:
 private:
     void run_loop() noexcept;
     bool handle_io(kvm_run* run) noexcept;
+    void kick() noexcept;
+    void park_while_paused() noexcept;
 
     VcpuFd fd_;
     Bus& pio_;
@@ -65,7 +76,12 @@ private:
     ExitSink& sink_;
     std::thread thread_;
     std::atomic<bool> stop_{false};
+    std::atomic<bool> pause_{false};
     std::atomic<bool> started_{false};
+    std::mutex park_mu_;
+    std::condition_variable park_cv_;
+    bool parked_ = false;  // guarded by park_mu_
+    bool ended_ = false;   // guarded by park_mu_
     pthread_t handle_{};
     VcpuCounters counters_;
 };

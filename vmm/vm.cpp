@@ -11,10 +11,8 @@
 #include "vmm/x86_boot.hpp"
 
 #include <array>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -115,16 +113,18 @@ struct Vm::StdinReader {
     std::vector<std::uint8_t> pending;
 };
 
-Vm::Vm(Kvm kvm, PreparedGuest guest) : kvm_(std::move(kvm)), vm_(kvm_), guest_(std::move(guest)) {}
+Vm::Vm(boost::asio::io_context& io, Kvm kvm, PreparedGuest guest, ExitHandler on_exit)
+    : kvm_(std::move(kvm)), vm_(kvm_), guest_(std::move(guest)), io_(io), on_exit_(std::move(on_exit)) {}
 
 Vm::~Vm() {
     for (auto& v : vcpus_) v->request_stop();
     for (auto& v : vcpus_) v->join();
 }
 
-std::unique_ptr<Vm> Vm::create(PreparedGuest guest, const RunOptions& opts) {
+std::unique_ptr<Vm> Vm::create(boost::asio::io_context& io, PreparedGuest guest, const RunOptions& opts,
+                               ExitHandler on_exit) {
     Kvm kvm = Kvm::open(opts.kvm_path);
-    std::unique_ptr<Vm> vm(new Vm(std::move(kvm), std::move(guest)));
+    std::unique_ptr<Vm> vm(new Vm(io, std::move(kvm), std::move(guest), std::move(on_exit)));
     vm->vm_.setup_x86_platform();
     vm->vm_.register_memory(vm->guest_.mem);
     vm->attach_legacy_devices(opts);
@@ -191,50 +191,56 @@ void Vm::feed_serial() {
     if (stdin_->pending.empty()) read_stdin();
 }
 
-int Vm::run() {
-    boost::asio::signal_set signals(io_, SIGINT, SIGTERM, SIGHUP);
-    signals.async_wait([this](const boost::system::error_code& ec, int sig) {
-        if (!ec) request_exit(VmExitKind::HostRequest, std::string("received ") + strsignal(sig));
-    });
+void Vm::start() {
     start_stdin_reader();
-    auto guard = boost::asio::make_work_guard(io_);
     for (auto& v : vcpus_) v->start();
-    io_.run();
-    for (auto& v : vcpus_) v->request_stop();
-    for (auto& v : vcpus_) v->join();
-    stdin_.reset();
-
-    LOG_INFO("unclaimed accesses: PIO %llu reads %llu writes, MMIO %llu reads %llu writes",
-             static_cast<unsigned long long>(pio_.unclaimed_reads()), static_cast<unsigned long long>(pio_.unclaimed_writes()),
-             static_cast<unsigned long long>(mmio_.unclaimed_reads()),
-             static_cast<unsigned long long>(mmio_.unclaimed_writes()));
-    std::lock_guard lk(exit_mu_);
-    if (!exit_) return 1;
-    if (exit_->first == VmExitKind::Fatal) {
-        LOG_ERROR("%s", exit_->second.c_str());
-        return 1;
-    }
-    LOG_INFO("VM ended: %s", exit_->second.c_str());
-    return 0;
 }
 
+bool Vm::pause() {
+    for (auto& v : vcpus_) v->request_pause();
+    bool all = true;
+    for (auto& v : vcpus_) all = v->wait_paused(std::chrono::seconds(2)) && all;
+    paused_ = true;
+    return all;
+}
+
+void Vm::resume() {
+    for (auto& v : vcpus_) v->resume();
+    paused_ = false;
+}
+
+bool Vm::send_ctrl_alt_del() noexcept { return i8042_->send_ctrl_alt_del(); }
+
 void Vm::request_exit(VmExitKind kind, const std::string& detail) noexcept {
+    std::string why;
     {
         std::lock_guard lk(exit_mu_);
         if (exit_) return;
         try {
             exit_.emplace(kind, detail);
+            why = detail;
         } catch (...) {
             exit_.emplace(kind, std::string());
         }
     }
     for (auto& v : vcpus_) v->request_stop();
-    io_.stop();
-}
-
-std::string Vm::exit_detail() {
-    std::lock_guard lk(exit_mu_);
-    return exit_ ? exit_->second : std::string("event loop ended without an exit reason");
+    const int status = kind == VmExitKind::Fatal ? 1 : 0;
+    try {
+        boost::asio::post(io_, [this, status, why] {
+            for (auto& v : vcpus_) v->join();
+            stdin_.reset();
+            LOG_INFO("unclaimed accesses: PIO %llu reads %llu writes, MMIO %llu reads %llu writes",
+                     static_cast<unsigned long long>(pio_.unclaimed_reads()),
+                     static_cast<unsigned long long>(pio_.unclaimed_writes()),
+                     static_cast<unsigned long long>(mmio_.unclaimed_reads()),
+                     static_cast<unsigned long long>(mmio_.unclaimed_writes()));
+            if (status != 0) LOG_ERROR("%s", why.c_str());
+            else LOG_INFO("VM ended: %s", why.c_str());
+            if (on_exit_) on_exit_(status, why);
+        });
+    } catch (...) {
+        io_.stop(); // cannot allocate the notification: stop the loop, the owner tears down
+    }
 }
 
 void Vm::vcpu_exited(unsigned, VmExitKind kind, const std::string& detail) noexcept { request_exit(kind, detail); }

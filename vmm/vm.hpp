@@ -9,6 +9,7 @@
 #include "vmm/vm_config.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,26 +38,36 @@ PreparedGuest prepare_guest(const VmConfig& cfg);
 
 class Vm final : public ExitSink {
 public:
-    // Opens KVM and builds the VM from a prepared guest; throws ConfigError/SystemError.
-    static std::unique_ptr<Vm> create(PreparedGuest guest, const RunOptions& opts);
+    // Called once on the event loop when the VM has ended: the process exit status (0 for a
+    // guest reset or a host stop request) and why. It must not destroy the Vm itself.
+    using ExitHandler = std::function<void(int status, const std::string& detail)>;
+
+    // Opens KVM and builds the VM from a prepared guest; throws ConfigError/SystemError. `io`
+    // is the VMM thread's event loop: console input and exit notifications run on it.
+    static std::unique_ptr<Vm> create(boost::asio::io_context& io, PreparedGuest guest, const RunOptions& opts,
+                                      ExitHandler on_exit);
     ~Vm() override;
 
-    // Starts the vCPUs and runs the event loop on the calling thread until the VM ends; returns
-    // the process exit status (0 for a guest reset or a host stop request).
-    int run();
+    // Starts the vCPU threads and console input.
+    void start();
+    // Parks every vCPU outside KVM_RUN (false if one did not park in time); resume() restarts them.
+    bool pause();
+    void resume();
+    bool paused() const noexcept { return paused_; }
+    // Ctrl-Alt-Del through the i8042 (false if its buffer is full).
+    bool send_ctrl_alt_del() noexcept;
 
     // Ends the VM from any thread.
     void request_exit(VmExitKind kind, const std::string& detail) noexcept;
     void vcpu_exited(unsigned index, VmExitKind kind, const std::string& detail) noexcept override;
 
-    // Why the VM ended (set once run() returned).
-    std::string exit_detail();
-    boost::asio::io_context& io() noexcept { return io_; }
     const Bus& pio_bus() const noexcept { return pio_; }
     const Bus& mmio_bus() const noexcept { return mmio_; }
+    const std::vector<std::unique_ptr<Vcpu>>& vcpus() const noexcept { return vcpus_; }
+    const Serial& serial() const noexcept { return *serial_; }
 
 private:
-    Vm(Kvm kvm, PreparedGuest guest);
+    Vm(boost::asio::io_context& io, Kvm kvm, PreparedGuest guest, ExitHandler on_exit);
     void attach_legacy_devices(const RunOptions& opts);
     void start_stdin_reader();
     void read_stdin();
@@ -67,7 +78,9 @@ private:
     PreparedGuest guest_;
     Bus pio_{"PIO"};
     Bus mmio_{"MMIO"};
-    boost::asio::io_context io_;
+    boost::asio::io_context& io_;
+    ExitHandler on_exit_;
+    bool paused_ = false;
     std::unique_ptr<EventFdIrq> serial_irq_, kbd_irq_;
     std::shared_ptr<Serial> serial_;
     std::shared_ptr<I8042> i8042_;
