@@ -111,8 +111,8 @@ std::string Vcpu::dump_registers(const VcpuFd& fd) noexcept {
         const kvm_sregs s = fd.get_sregs();
         char b[640];
         std::snprintf(b, sizeof b,
-                      "rip=%#llx rsp=%#llx rbp=%#llx rflags=%#llx rax=%#llx rbx=%#llx rcx=%#llx rdx=%#llx rsi=%#llx "
-                      "rdi=%#llx cr0=%#llx cr2=%#llx cr3=%#llx cr4=%#llx efer=%#llx cs=%#x/base %#llx ss=%#x",
+                      "rip=0x%llx rsp=0x%llx rbp=0x%llx rflags=0x%llx rax=0x%llx rbx=0x%llx rcx=0x%llx rdx=0x%llx rsi=0x%llx "
+                      "rdi=0x%llx cr0=0x%llx cr2=0x%llx cr3=0x%llx cr4=0x%llx efer=0x%llx cs=0x%x/base 0x%llx ss=0x%x",
                       static_cast<unsigned long long>(r.rip), static_cast<unsigned long long>(r.rsp),
                       static_cast<unsigned long long>(r.rbp), static_cast<unsigned long long>(r.rflags),
                       static_cast<unsigned long long>(r.rax), static_cast<unsigned long long>(r.rbx),

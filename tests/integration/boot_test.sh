@@ -11,13 +11,16 @@ check_cpus() { # NAME EXPECTED_COUNT EXPECTED_ONLINE
   expect_eq "$1: guest cpu online" "$(guest_value ONLINE)" "$3"
   expect_eq "$1: guest command status" "$(guest_value EMBER_EXIT_STATUS)" 0
 }
+# Guest commands travel in JSON and on the kernel command line, which strips double quotes and
+# ends init's arguments at a second "--": they use neither.
 CPU_CMD='echo NPROC=$(nproc); echo ONLINE=$(cat /sys/devices/system/cpu/online)'
+MEM_CMD='grep MemTotal /proc/meminfo | { read k v u; echo MEMKB=$v; }'
 
 case $case_name in
 vmlinux_pvh_1cpu)
-  boot pvh1 "$K/vmlinux" 1 256 "$CPU_CMD; uname -a"
+  boot pvh1 "$K/vmlinux" 1 256 "$CPU_CMD; echo UNAME=\$(uname -sr)"
   check_cpus pvh1 1 0
-  grep -q "Linux .* 6\.1\." "$OUT" && pass "uname reached the host" || fail "uname output missing"
+  [[ $(guest_value UNAME) == "Linux 6.1."* ]] && pass "guest uname reached the host: $(guest_value UNAME)" || fail "guest uname missing"
   ;;
 bzimage_2cpu)
   boot bz2 "$K/bzImage" 2 256 "$CPU_CMD"
@@ -32,13 +35,13 @@ bzimage_4cpu)
   check_cpus bz4 4 0-3
   ;;
 mem_128)
-  boot m128 "$K/vmlinux" 1 128 'echo MEMKB=$(sed -n "s/^MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo)'
+  boot m128 "$K/vmlinux" 1 128 "$MEM_CMD"
   kb=$(guest_value MEMKB)
   # MemTotal excludes the kernel image and reserved pages: expect 75-100% of 128 MiB.
   [[ -n $kb && $kb -gt $((128 * 1024 * 75 / 100)) && $kb -le $((128 * 1024)) ]] && pass "MemTotal $kb kB for 128 MiB" || fail "MemTotal '$kb' kB for 128 MiB"
   ;;
 mem_1024)
-  boot m1024 "$K/bzImage" 2 1024 'echo MEMKB=$(sed -n "s/^MemTotal: *\([0-9]*\) kB/\1/p" /proc/meminfo)'
+  boot m1024 "$K/bzImage" 2 1024 "$MEM_CMD"
   kb=$(guest_value MEMKB)
   [[ -n $kb && $kb -gt $((1024 * 1024 * 90 / 100)) && $kb -le $((1024 * 1024)) ]] && pass "MemTotal $kb kB for 1024 MiB" || fail "MemTotal '$kb' kB for 1024 MiB"
   ;;
@@ -46,8 +49,8 @@ exit_status)
   # The guest command's status reaches the host console; the guest's reboot ends Ember with 0.
   boot status "$K/vmlinux" 1 128 'echo to-stdout; echo to-stderr >&2; exit 7'
   expect_eq "guest command status" "$(guest_value EMBER_EXIT_STATUS)" 7
-  grep -q '^to-stdout' <(tr -d '\r' < "$OUT") && pass "guest stdout on console" || fail "guest stdout missing"
-  grep -q '^to-stderr' <(tr -d '\r' < "$OUT") && pass "guest stderr on console" || fail "guest stderr missing"
+  tr -d '\r' < "$OUT" | grep -q '^to-stdout' && pass "guest stdout on console" || fail "guest stdout missing"
+  tr -d '\r' < "$OUT" | grep -q '^to-stderr' && pass "guest stderr on console" || fail "guest stderr missing"
   expect_eq "ember status after guest reboot" "$RC" 0
   ;;
 boot_timer)
@@ -76,7 +79,9 @@ PY
   run_ember tf --no-api --config-file "$T/tf.json"
   [[ $RC -ne 0 && $RC -ne 124 ]] && pass "triple fault ends Ember with status $RC" || fail "triple fault: status $RC"
   grep -q 'triple fault' "$ERR" && pass "error names the triple fault" || fail "no triple-fault message: $(cat "$ERR")"
-  grep -q 'rip=0x100' "$ERR" && pass "register dump on stderr" || fail "no register dump"
+  # On AMD, KVM re-initialises the VMCB after a shutdown intercept, so the dump shows the reset
+  # state rather than the faulting rip; check that a full dump is there.
+  grep -E -q 'rip=0x[0-9a-f]+ rsp=0x[0-9a-f]+ .*cr0=0x[0-9a-f]+ .*efer=' "$ERR" && pass "register dump on stderr" || fail "no register dump: $(cat "$ERR")"
   ;;
 interactive_console)
   # No command: the guest runs a shell on ttyS0. Host input goes through the UART's RX FIFO and

@@ -23,6 +23,8 @@ need_guest() {
 # write_config FILE KERNEL VCPUS MEM_MIB "GUEST COMMAND" [INITRD]
 write_config() {
   local file=$1 kernel=$2 vcpus=$3 mem=$4 cmd=$5 initrd=${6:-$EMBER_ROOTFS_DIR/initrd.cpio.gz}
+  [[ $cmd != *'"'* && $cmd != *' -- '* ]] || { echo "write_config: guest commands cannot contain double quotes or ' -- '" >&2; exit 2; }
+  cmd=${cmd//\\/\\\\}
   cat > "$file" <<JSON
 {
   "boot-source": {"kernel_image_path": "$kernel", "initrd_path": "$initrd",
