@@ -1,6 +1,8 @@
 // ember: command-line entry point. Flags follow Firecracker's where they overlap.
 
 #include "api/config.hpp"
+#include "api/controller.hpp"
+#include "api/http_server.hpp"
 #include "vmm/error.hpp"
 #include "vmm/logger.hpp"
 #include "vmm/vm.hpp"
@@ -8,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <cctype>
 #include <cerrno>
@@ -18,9 +21,6 @@
 #include <pthread.h>
 #include <sstream>
 
-#ifndef EMBER_VERSION
-#define EMBER_VERSION "0.0.0"
-#endif
 
 namespace {
 
@@ -49,6 +49,80 @@ std::string read_file(const std::string& path) {
     return ss.str();
 }
 
+// API mode: the VMM thread (this one) runs the controller's event loop; the API thread serves
+// HTTP and posts each parsed request here. Ember exits when the guest ends or on SIGTERM/SIGINT.
+int run_api(const std::string& sock, std::size_t max_payload, const std::string& config_file, const std::string& id,
+            const ember::RunOptions& opts) {
+    namespace api = ember::api;
+    LOG_INFO("Running Ember v%s", EMBER_VERSION);
+    std::optional<ember::VmConfig> initial;
+    if (!config_file.empty()) {
+        try {
+            initial = ember::parse_config_file(read_file(config_file), ember::host_memory_mib());
+        } catch (const std::exception& e) {
+            return fail(EXIT_BAD_CONFIGURATION, e.what());
+        }
+    }
+    auto io = std::make_unique<boost::asio::io_context>(1);
+    int status = 0;
+    std::string detail;
+    auto controller = std::make_unique<api::Controller>(*io, id, opts, ember::host_memory_mib(), [&](int s, const std::string& d) {
+        status = s;
+        detail = d;
+        io->stop();
+    });
+    api::Controller* ctl = controller.get();
+    boost::asio::io_context* vmm_io = io.get();
+    api::HttpLimits limits;
+    limits.max_body = max_payload;
+    std::unique_ptr<api::HttpServer> server;
+    try {
+        server = std::make_unique<api::HttpServer>(sock, limits, [ctl, vmm_io](api::HttpRequest req, api::HttpServer::Reply reply) {
+            auto parsed = api::route(req.method, req.target, req.body);
+            boost::asio::post(*vmm_io, [ctl, parsed = std::move(parsed), req = std::move(req), reply = std::move(reply)] {
+                if (auto* r = std::get_if<api::Response>(&parsed)) {
+                    ctl->count_rejected(req.method, req.target);
+                    LOG_INFO("API: %s %s -> %u", req.method.c_str(), req.target.c_str(), r->status);
+                    reply(*r);
+                    return;
+                }
+                api::Response r = ctl->handle(std::get<api::Action>(parsed));
+                LOG_INFO("API: %s %s -> %u", req.method.c_str(), req.target.c_str(), r.status);
+                reply(std::move(r));
+            });
+        });
+    } catch (const std::exception& e) {
+        return fail(EXIT_GENERIC, e.what());
+    }
+    if (initial) {
+        try {
+            ctl->boot_from_config(*initial);
+        } catch (const std::exception& e) {
+            return fail(EXIT_BAD_CONFIGURATION, e.what());
+        }
+    }
+    boost::asio::signal_set signals(*io, SIGINT, SIGTERM, SIGHUP);
+    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+        if (ec) return;
+        const std::string why = std::string("received ") + strsignal(sig);
+        if (ctl->vm()) ctl->vm()->request_exit(ember::VmExitKind::HostRequest, why);
+        else io->stop();
+    });
+    auto guard = boost::asio::make_work_guard(*io);
+    server->start();
+    ctl->set_startup_time(ember::log::us_since_start(), ember::log::process_cpu_us());
+    LOG_INFO("API server listening on %s", sock.c_str());
+    io->run();
+    // Teardown order: stop serving, end the VM, then drop queued work that may still refer to
+    // sessions of the (already stopped) server.
+    server->stop();
+    controller.reset();
+    io.reset();
+    server.reset();
+    if (status != 0) return fail(status, detail);
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -57,7 +131,8 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
 
     CLI::App app{"Ember: a KVM microVM monitor that speaks Firecracker's API and config format.", "ember"};
-    std::string config_file, id = "anonymous-instance", log_path, level = "Warning";
+    std::string config_file, id = "anonymous-instance", log_path, level = "Warning", api_sock = "/run/ember.socket";
+    std::size_t max_payload = 51200;
     bool no_api = false, boot_timer = false, version = false, show_level = false, show_origin = false;
     app.add_option("--config-file", config_file, "Firecracker-format JSON file describing the microVM");
     app.add_flag("--no-api", no_api, "Run only from --config-file, without the API socket");
@@ -68,6 +143,8 @@ int main(int argc, char** argv) {
     app.add_flag("--show-level", show_level, "Include the level in log lines");
     app.add_flag("--show-log-origin", show_origin, "Include file:line in log lines");
     app.add_flag("--version", version, "Print the version and exit");
+    app.add_option("--api-sock", api_sock, "Unix socket for the REST API (default /run/ember.socket)");
+    app.add_option("--http-api-max-payload-size", max_payload, "Largest API request body in bytes (default 51200)");
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -87,7 +164,9 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
         return fail(EXIT_BAD_CONFIGURATION, e.what());
     }
-    if (!no_api) return fail(EXIT_ARG_PARSING, "the API server is not part of this build yet; run with --no-api --config-file FILE");
+    ember::RunOptions opts;
+    opts.boot_timer = boot_timer;
+    if (!no_api) return run_api(api_sock, max_payload, config_file, id, opts);
     if (config_file.empty()) return fail(EXIT_ARG_PARSING, "--no-api needs --config-file");
     LOG_INFO("Running Ember v%s", EMBER_VERSION);
 
@@ -102,8 +181,6 @@ int main(int argc, char** argv) {
     std::string detail = "event loop ended without an exit reason";
     std::unique_ptr<ember::Vm> vm;
     try {
-        ember::RunOptions opts;
-        opts.boot_timer = boot_timer;
         vm = ember::Vm::create(io, std::move(*guest), opts, [&](int s, const std::string& d) {
             status = s;
             detail = d;

@@ -1,0 +1,64 @@
+#pragma once
+// Executes API actions on the VMM thread: holds the pre-boot configuration, builds and starts
+// the VM on InstanceStart, pauses/resumes it, and writes metrics. Every method runs on the
+// VMM thread's io_context; the HTTP server posts requests there and gets a Response back.
+
+#include "api/routes.hpp"
+#include "vmm/vm.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace ember::api {
+
+class Controller {
+public:
+    // `on_vm_exit` runs on the VMM thread when the guest ends; Ember then exits with `status`.
+    Controller(boost::asio::io_context& io, std::string instance_id, RunOptions opts, std::uint64_t host_mem_mib,
+               std::function<void(int status, const std::string& detail)> on_vm_exit);
+    ~Controller();
+
+    Response handle(const Action& a);
+    // Counts a request the router refused (for the *_fails metrics).
+    void count_rejected(const std::string& method, const std::string& target);
+    // Applies a --config-file document and boots it (API mode with --config-file).
+    void boot_from_config(const VmConfig& cfg);
+
+    bool started() const noexcept { return vm_ != nullptr; }
+    Vm* vm() noexcept { return vm_.get(); }
+    // Process start to API socket ready, reported in the api_server metrics group.
+    void set_startup_time(std::uint64_t us, std::uint64_t cpu_us) noexcept {
+        startup_us_ = us;
+        startup_cpu_us_ = cpu_us;
+    }
+    // The metrics line Firecracker would write now (deltas since the previous flush).
+    std::string metrics_line();
+
+private:
+    Response start_instance();
+    Response set_logger(const LoggerConfig& c);
+    Response set_metrics(const std::string& path);
+    Response flush_metrics();
+    void arm_metrics_timer();
+    void count(const std::string& group, const std::string& name, std::uint64_t n = 1);
+
+    boost::asio::io_context& io_;
+    std::string id_;
+    RunOptions opts_;
+    std::uint64_t host_mem_mib_;
+    std::function<void(int, const std::string&)> on_vm_exit_;
+    VmConfig cfg_;
+    std::unique_ptr<Vm> vm_;
+    bool exited_ = false;
+    std::uint64_t startup_us_ = 0, startup_cpu_us_ = 0;
+
+    UniqueFd metrics_fd_;
+    boost::asio::steady_timer metrics_timer_;
+    std::map<std::string, std::map<std::string, std::uint64_t>> counters_, flushed_;
+};
+
+} // namespace ember::api

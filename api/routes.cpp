@@ -1,0 +1,190 @@
+#include "api/routes.hpp"
+
+#include "api/config.hpp"
+#include "vmm/error.hpp"
+
+#include <cctype>
+
+namespace ember::api {
+namespace {
+
+using nlohmann::json;
+
+json parse_body(const std::string& body) {
+    if (body.empty()) throw ConfigError("the request needs a JSON body");
+    try {
+        return json::parse(body);
+    } catch (const json::parse_error& e) {
+        throw ConfigError(std::string("the request body is not valid JSON: ") + e.what());
+    }
+}
+
+void require_object(const json& j) {
+    if (!j.is_object()) throw ConfigError("the request body must be a JSON object");
+}
+
+void only_fields(const json& j, std::initializer_list<const char*> known) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        bool ok = false;
+        for (const char* k : known) ok = ok || it.key() == k;
+        if (!ok) throw ConfigError("unknown field \"" + it.key() + "\"");
+    }
+}
+
+std::string string_field(const json& j, const char* name, bool required) {
+    auto it = j.find(name);
+    if (it == j.end()) {
+        if (required) throw ConfigError(std::string("missing required field \"") + name + "\"");
+        return {};
+    }
+    if (!it->is_string()) throw ConfigError(std::string("\"") + name + "\" must be a string");
+    return it->get<std::string>();
+}
+
+std::optional<bool> bool_field(const json& j, const char* name) {
+    auto it = j.find(name);
+    if (it == j.end()) return std::nullopt;
+    if (!it->is_boolean()) throw ConfigError(std::string("\"") + name + "\" must be true or false");
+    return it->get<bool>();
+}
+
+// Firecracker's resource ids: 1-64 characters from [a-zA-Z0-9_].
+bool valid_id(const std::string& id) {
+    if (id.empty() || id.size() > 64) return false;
+    for (char c : id)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
+    return true;
+}
+
+const char* kNotSupported = " is not supported by this Ember version yet";
+
+Action route_or_throw(Method m, const std::string& method, const std::string& path, const std::string& body) {
+    auto invalid = [&]() -> ConfigError {
+        return ConfigError("Invalid request method and/or path: " + method + " " + path);
+    };
+    if (path == "/") {
+        if (m == Method::Get) return GetInstanceInfo{};
+        throw invalid();
+    }
+    if (path == "/version") {
+        if (m == Method::Get) return GetVersion{};
+        throw invalid();
+    }
+    if (path == "/machine-config") {
+        if (m == Method::Get) return GetMachineConfig{};
+        if (m == Method::Put) {
+            json j = parse_body(body);
+            require_object(j);
+            return PutMachineConfig{std::move(j)};
+        }
+        if (m == Method::Patch) {
+            json j = parse_body(body);
+            require_object(j);
+            if (j.empty()) throw ConfigError("empty PATCH request");
+            return PatchMachineConfig{std::move(j)};
+        }
+        throw invalid();
+    }
+    if (path == "/boot-source") {
+        if (m != Method::Put) throw invalid();
+        return PutBootSource{parse_boot_source(parse_body(body))};
+    }
+    if (path == "/actions") {
+        if (m != Method::Put) throw invalid();
+        json j = parse_body(body);
+        require_object(j);
+        only_fields(j, {"action_type"});
+        const std::string t = string_field(j, "action_type", true);
+        if (t == "InstanceStart") return InstanceStart{};
+        if (t == "SendCtrlAltDel") return SendCtrlAltDel{};
+        if (t == "FlushMetrics") return FlushMetrics{};
+        throw ConfigError("unknown action_type \"" + t + "\" (InstanceStart, SendCtrlAltDel or FlushMetrics)");
+    }
+    if (path == "/vm") {
+        if (m != Method::Patch) throw invalid();
+        json j = parse_body(body);
+        require_object(j);
+        only_fields(j, {"state"});
+        const std::string s = string_field(j, "state", true);
+        if (s == "Paused") return PatchVmState{true};
+        if (s == "Resumed") return PatchVmState{false};
+        throw ConfigError("unknown vm state \"" + s + "\" (Paused or Resumed)");
+    }
+    if (path == "/vm/config") {
+        if (m == Method::Get) return GetVmConfig{};
+        throw invalid();
+    }
+    if (path == "/logger") {
+        if (m != Method::Put) throw invalid();
+        json j = parse_body(body);
+        require_object(j);
+        only_fields(j, {"log_path", "level", "show_level", "show_log_origin", "module"});
+        LoggerConfig c;
+        if (j.contains("log_path")) c.log_path = string_field(j, "log_path", true);
+        if (j.contains("level")) c.level = string_field(j, "level", true);
+        if (j.contains("module")) (void)string_field(j, "module", true);
+        c.show_level = bool_field(j, "show_level");
+        c.show_log_origin = bool_field(j, "show_log_origin");
+        return PutLogger{std::move(c)};
+    }
+    if (path == "/metrics") {
+        if (m != Method::Put) throw invalid();
+        json j = parse_body(body);
+        require_object(j);
+        only_fields(j, {"metrics_path"});
+        return PutMetrics{string_field(j, "metrics_path", true)};
+    }
+    if (path.rfind("/drives/", 0) == 0) {
+        if (m != Method::Put && m != Method::Patch) throw invalid();
+        const std::string id = path.substr(8);
+        if (!valid_id(id)) throw ConfigError("invalid drive id \"" + id + "\"");
+        throw ConfigError(std::string("block devices (/drives)") + kNotSupported);
+    }
+    static const char* later[] = {"/network-interfaces/", "/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/",
+                                  "/cpu-config", "/serial", "/hotplug/", "/pmem/"};
+    for (const char* p : later)
+        if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
+    throw invalid();
+}
+
+} // namespace
+
+Response Response::bad_request(const std::string& msg) { return {400, json{{"fault_message", msg}}.dump()}; }
+
+Method method_of(const std::string& m) {
+    if (m == "GET") return Method::Get;
+    if (m == "PUT") return Method::Put;
+    if (m == "PATCH") return Method::Patch;
+    return Method::Other;
+}
+
+std::variant<Action, Response> route(const std::string& method, const std::string& target, const std::string& body) {
+    // The query string plays no part in Firecracker's routes.
+    const std::string path = target.substr(0, target.find('?'));
+    try {
+        return route_or_throw(method_of(method), method, path, body);
+    } catch (const std::exception& e) {
+        return Response::bad_request(e.what());
+    }
+}
+
+const char* action_name(const Action& a) {
+    struct V {
+        const char* operator()(const GetInstanceInfo&) const { return "instance_info"; }
+        const char* operator()(const GetVersion&) const { return "vmm_version"; }
+        const char* operator()(const GetMachineConfig&) const { return "machine_cfg"; }
+        const char* operator()(const GetVmConfig&) const { return "vm_config"; }
+        const char* operator()(const PutMachineConfig&) const { return "machine_cfg"; }
+        const char* operator()(const PatchMachineConfig&) const { return "machine_cfg"; }
+        const char* operator()(const PutBootSource&) const { return "boot_source"; }
+        const char* operator()(const InstanceStart&) const { return "actions"; }
+        const char* operator()(const SendCtrlAltDel&) const { return "actions"; }
+        const char* operator()(const FlushMetrics&) const { return "actions"; }
+        const char* operator()(const PatchVmState&) const { return "vm"; }
+        const char* operator()(const PutLogger&) const { return "logger"; }
+        const char* operator()(const PutMetrics&) const { return "metrics"; }
+    };
+    return std::visit(V{}, a);
+}
+
+} // namespace ember::api

@@ -1,0 +1,57 @@
+#pragma once
+// Firecracker's REST API as pure functions: (method, path, body) -> a typed action, or a 400 with
+// a fault message. No I/O here: the HTTP server feeds it, the controller executes the action on
+// the VMM thread, and the unit tests call it directly.
+
+#include "vmm/vm_config.hpp"
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <variant>
+
+namespace ember::api {
+
+struct GetInstanceInfo {};
+struct GetVersion {};
+struct GetMachineConfig {};
+struct GetVmConfig {};
+struct PutMachineConfig { nlohmann::json body; };   // validated against the current config later
+struct PatchMachineConfig { nlohmann::json body; };
+struct PutBootSource { BootSourceConfig config; };
+struct InstanceStart {};
+struct SendCtrlAltDel {};
+struct FlushMetrics {};
+struct PatchVmState { bool pause; };
+struct LoggerConfig {
+    std::optional<std::string> log_path;
+    std::optional<std::string> level;
+    std::optional<bool> show_level;
+    std::optional<bool> show_log_origin;
+};
+struct PutLogger { LoggerConfig config; };
+struct PutMetrics { std::string metrics_path; };
+
+using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
+                            PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
+                            PatchVmState, PutLogger, PutMetrics>;
+
+struct Response {
+    unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}
+    std::string body;        // JSON text or empty
+    static Response ok_json(const nlohmann::json& j) { return {200, j.dump()}; }
+    static Response no_content() { return {204, {}}; }
+    static Response bad_request(const std::string& msg);
+};
+
+// Which request counter a route belongs to (Firecracker's metrics groups).
+enum class Method { Get, Put, Patch, Other };
+Method method_of(const std::string& m);
+
+// Parses one request. Returns the action, or the 400 response to send.
+std::variant<Action, Response> route(const std::string& method, const std::string& target, const std::string& body);
+
+// A short name of the action for logs and metrics ("instance_info", "machine_cfg", ...).
+const char* action_name(const Action& a);
+
+} // namespace ember::api
