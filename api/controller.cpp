@@ -241,7 +241,7 @@ std::string Controller::metrics_line() {
         j[group] = g;
     }
     flushed_ = snapshot;
-    return j.dump();
+    return Response::dump_json(j);
 }
 
 Response Controller::flush_metrics() {

@@ -3,6 +3,7 @@
 #include "vmm/error.hpp"
 #include "vmm/logger.hpp"
 
+#include <array>
 #include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -103,11 +104,34 @@ struct HttpServer::Impl {
             res_.prepare_payload();
             stream_.expires_after(srv_.limits.idle_timeout);
             http::async_write(stream_, res_, [self = shared_from_this(), keep](beast::error_code ec, std::size_t) {
-                if (ec || !keep) {
+                if (ec) {
+                    self->close();
+                } else if (!keep) {
+                    self->graceful_close();
+                } else {
+                    self->read();
+                }
+            });
+        }
+
+        // Half-closes and discards what the client still sends (bounded in bytes and time), so
+        // that a client still uploading a refused body reads our answer instead of a reset.
+        void graceful_close() {
+            beast::error_code ec;
+            stream_.socket().shutdown(local::socket::shutdown_send, ec);
+            drained_ = 0;
+            drain();
+        }
+
+        void drain() {
+            stream_.expires_after(std::chrono::seconds(2));
+            stream_.async_read_some(net::buffer(discard_), [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                self->drained_ += n;
+                if (ec || self->drained_ > 1024 * 1024) {
                     self->close();
                     return;
                 }
-                self->read();
+                self->drain();
             });
         }
 
@@ -122,6 +146,8 @@ struct HttpServer::Impl {
         beast::flat_buffer buffer_;
         std::optional<http::request_parser<http::string_body>> parser_;
         http::response<http::string_body> res_;
+        std::array<char, 4096> discard_{};
+        std::size_t drained_ = 0;
     };
 
     void accept() {

@@ -86,7 +86,12 @@ int run_api(const std::string& sock, std::size_t max_payload, const std::string&
                     reply(*r);
                     return;
                 }
-                api::Response r = ctl->handle(std::get<api::Action>(parsed));
+                api::Response r;
+                try {
+                    r = ctl->handle(std::get<api::Action>(parsed));
+                } catch (const std::exception& e) {
+                    r = api::Response::internal_error(std::string("internal error: ") + e.what());
+                }
                 LOG_INFO("API: %s %s -> %u", req.method.c_str(), req.target.c_str(), r.status);
                 reply(std::move(r));
             });

@@ -149,7 +149,9 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
 
 } // namespace
 
-Response Response::bad_request(const std::string& msg) { return {400, json{{"fault_message", msg}}.dump()}; }
+std::string Response::dump_json(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+Response Response::bad_request(const std::string& msg) { return {400, dump_json(json{{"fault_message", msg}})}; }
+Response Response::internal_error(const std::string& msg) { return {500, dump_json(json{{"fault_message", msg}})}; }
 
 Method method_of(const std::string& m) {
     if (m == "GET") return Method::Get;

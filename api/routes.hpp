@@ -39,9 +39,13 @@ using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVm
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}
     std::string body;        // JSON text or empty
-    static Response ok_json(const nlohmann::json& j) { return {200, j.dump()}; }
+    static Response ok_json(const nlohmann::json& j) { return {200, dump_json(j)}; }
     static Response no_content() { return {204, {}}; }
     static Response bad_request(const std::string& msg);
+    static Response internal_error(const std::string& msg);
+    // Serialises without throwing: client-supplied strings (paths, echoed parse errors) may
+    // hold invalid UTF-8, which nlohmann's default dump() refuses with an exception.
+    static std::string dump_json(const nlohmann::json& j);
 };
 
 // Which request counter a route belongs to (Firecracker's metrics groups).

@@ -82,7 +82,9 @@ void I8042::write(std::uint64_t offset, std::span<const std::uint8_t> data) noex
 }
 
 bool I8042::send_ctrl_alt_del() noexcept {
-    static constexpr std::uint8_t seq[] = {0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d};
+    // Scan code set 2: the control byte leaves XLATE clear, so Linux's i8042 driver runs in direct
+    // mode and atkbd decodes set 2. Make codes Ctrl, Alt, Del (E0 71), then the breaks (F0 ..).
+    static constexpr std::uint8_t seq[] = {0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14};
     std::lock_guard lk(mu_);
     if (st_.out.size() + sizeof seq > OUT_CAPACITY) return false;
     for (std::uint8_t b : seq) st_.out.push_back(b);

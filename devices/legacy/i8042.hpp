@@ -30,7 +30,7 @@ public:
     void read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept override;
     void write(std::uint64_t offset, std::span<const std::uint8_t> data) noexcept override;
 
-    // Queues Ctrl-Alt-Del (set 1 make and break codes) and raises IRQ 1. False if the buffer is full.
+    // Queues Ctrl-Alt-Del (set 2 make and break codes) and raises IRQ 1. False if the buffer is full.
     bool send_ctrl_alt_del() noexcept;
 
     I8042State save() const;

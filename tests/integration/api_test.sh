@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The REST API on real KVM, driven only with curl --unix-socket as a user would:
+# `api_test.sh CASE`.
+source "$(dirname "$0")/lib.sh"
+need_guest
+K=$EMBER_KERNEL_DIR
+case_name=${1:?usage: api_test.sh CASE}
+SOCK=$T/api.sock  # $T is on /tmp: inside the nested L1 that is tmpfs, where sockets work
+
+api() { # METHOD PATH [BODY] -> prints "STATUS BODY"
+  local m=$1 p=$2 b=${3:-}
+  if [[ -n $b ]]; then
+    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -H 'Content-Type: application/json' -d "$b" -w ' %{http_code}' "http://localhost$p"
+  else
+    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -w ' %{http_code}' "http://localhost$p"
+  fi
+}
+expect_status() { # NAME WANT METHOD PATH [BODY]
+  local name=$1 want=$2; shift 2
+  local out; out=$(api "$@")
+  [[ ${out##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$out'"
+  LAST=$out
+}
+start_ember() { # extra args...
+  "$EMBER_BIN" --api-sock "$SOCK" --level Info --log-path "$T/ember.log" "$@" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
+  EMBER_PID=$!
+  for _ in $(seq 1 100); do [[ -S $SOCK ]] && return 0; sleep 0.1; done
+  fail "API socket never appeared"; cat "$T/ember.err" >&2; finish
+}
+ticks() { tr -d '\r' < "$T/console.out" | sed -n 's/^TICK=//p' | tail -n 1; }
+wait_ticks_above() { # N TIMEOUT_S
+  for _ in $(seq 1 $(($2 * 5))); do local t; t=$(ticks); [[ -n $t && $t -gt $1 ]] && return 0; sleep 0.2; done
+  return 1
+}
+wait_exit() { # TIMEOUT_S -> sets RC
+  for _ in $(seq 1 $(($1 * 5))); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$EMBER_PID" 2>/dev/null; then kill -9 "$EMBER_PID"; RC=timeout; else wait "$EMBER_PID"; RC=$?; fi
+}
+TICK_CMD='i=0; while true; do i=$((i+1)); echo TICK=$i; sleep 0.2; done'
+configure_guest() {
+  expect_status "PUT /boot-source" 204 PUT /boot-source \
+    "{\"kernel_image_path\": \"$K/vmlinux\", \"initrd_path\": \"$EMBER_ROOTFS_DIR/initrd.cpio.gz\", \"boot_args\": \"$BASE_ARGS -- $TICK_CMD\"}"
+  expect_status "PUT /machine-config" 204 PUT /machine-config '{"vcpu_count": 2, "mem_size_mib": 256}'
+}
+
+case $case_name in
+lifecycle)
+  start_ember
+  expect_status "GET / before start" 200 GET /
+  [[ $LAST == *'"state":"Not started"'* ]] && pass "state Not started" || fail "state: $LAST"
+  expect_status "PUT /logger" 204 PUT /logger "{\"log_path\": \"$T/api.log\", \"level\": \"Info\", \"show_level\": true}"
+  expect_status "PUT /metrics" 204 PUT /metrics "{\"metrics_path\": \"$T/metrics.json\"}"
+  expect_status "SendCtrlAltDel before start" 400 PUT /actions '{"action_type": "SendCtrlAltDel"}'
+  expect_status "PATCH /vm before start" 400 PATCH /vm '{"state": "Paused"}'
+  configure_guest
+  expect_status "PATCH /machine-config" 204 PATCH /machine-config '{"mem_size_mib": 192}'
+  expect_status "GET /machine-config" 200 GET /machine-config
+  [[ $LAST == *'"mem_size_mib":192'* && $LAST == *'"vcpu_count":2'* ]] && pass "machine-config reflects PUT+PATCH" || fail "machine-config: $LAST"
+  expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  expect_status "GET / after start" 200 GET /
+  [[ $LAST == *'"state":"Running"'* ]] && pass "state Running" || fail "state: $LAST"
+  wait_ticks_above 3 90 && pass "guest workload running (TICK=$(ticks))" || fail "guest never ticked"
+
+  # Pre-boot-only calls are refused after start, and the VM keeps running.
+  expect_status "PUT /machine-config after start" 400 PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+  expect_status "PUT /boot-source after start" 400 PUT /boot-source "{\"kernel_image_path\": \"$K/bzImage\"}"
+  expect_status "second InstanceStart" 400 PUT /actions '{"action_type": "InstanceStart"}'
+  expect_status "bad JSON" 400 PUT /actions '{"action_type": '
+  t=$(ticks); wait_ticks_above "$t" 30 && pass "VM still running after refused calls" || fail "VM stopped after refused calls"
+
+  expect_status "pause" 204 PATCH /vm '{"state": "Paused"}'
+  expect_status "GET / paused" 200 GET /
+  [[ $LAST == *'"state":"Paused"'* ]] && pass "state Paused" || fail "state: $LAST"
+  sleep 1; t1=$(ticks); sleep 3; t2=$(ticks)
+  [[ $t1 == "$t2" ]] && pass "no guest output while paused (TICK=$t1)" || fail "guest ran while paused: $t1 -> $t2"
+  expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
+  wait_ticks_above "$t2" 30 && pass "guest resumed (TICK=$(ticks))" || fail "guest did not resume"
+  expect_status "GET /vm/config" 200 GET /vm/config
+  [[ $LAST == *'"boot-source"'* && $LAST == *'"machine-config"'* ]] && pass "vm/config has the configuration" || fail "vm/config: $LAST"
+  expect_status "FlushMetrics" 204 PUT /actions '{"action_type": "FlushMetrics"}'
+  grep -q '"put_api_requests"' "$T/metrics.json" && grep -q '"vcpu"' "$T/metrics.json" && pass "metrics line written" || fail "metrics: $(cat "$T/metrics.json")"
+  grep -q ':INFO\] API: PATCH /vm -> 204' "$T/api.log" && pass "API-configured logger in use" || fail "api.log: $(tail -n 3 "$T/api.log")"
+
+  expect_status "SendCtrlAltDel" 204 PUT /actions '{"action_type": "SendCtrlAltDel"}'
+  wait_exit 90
+  expect_eq "Ember status after Ctrl-Alt-Del" "$RC" 0
+  [[ ! -e $SOCK ]] && pass "socket removed on exit" || fail "socket left behind"
+  ;;
+config_file)
+  # --config-file with the API: boots at once, API answers while it runs.
+  write_config "$T/vm.json" "$K/bzImage" 1 128 "$TICK_CMD"
+  start_ember --config-file "$T/vm.json"
+  wait_ticks_above 2 90 && pass "guest from --config-file running" || fail "guest never ticked"
+  expect_status "GET /" 200 GET /
+  [[ $LAST == *'"state":"Running"'* ]] && pass "state Running" || fail "state: $LAST"
+  kill -TERM "$EMBER_PID"
+  wait_exit 30
+  expect_eq "Ember status after SIGTERM" "$RC" 0
+  ;;
+bad_clients)
+  start_ember
+  configure_guest
+  expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  wait_ticks_above 2 90 || fail "guest never ticked"
+  # Hostile clients hold their connections open while a normal client is served.
+  python3 "$(dirname "$0")/bad_clients.py" "$SOCK" > "$T/bad.out" 2>&1
+  prc=$?
+  cat "$T/bad.out"
+  [[ $prc -eq 0 ]] && pass "hostile clients handled" || fail "bad_clients.py failed ($prc)"
+  t=$(ticks); wait_ticks_above "$t" 30 && pass "VM kept running through the hostile clients" || fail "VM stalled"
+  expect_status "GET / after the storm" 200 GET /
+  expect_status "SendCtrlAltDel" 204 PUT /actions '{"action_type": "SendCtrlAltDel"}'
+  wait_exit 90
+  expect_eq "Ember status" "$RC" 0
+  ;;
+*) echo "unknown case $case_name" >&2; exit 2 ;;
+esac
+[[ -n ${EMBER_PID:-} ]] && kill -9 "$EMBER_PID" 2>/dev/null
+finish
