@@ -93,6 +93,10 @@ void Vcpu::resume() noexcept {
 }
 
 void Vcpu::park_while_paused() noexcept {
+    // Tell the guest (through kvmclock) that the host stopped it, so its soft-lockup and
+    // clocksource watchdogs do not misread the pause (api.rst KVM_KVMCLOCK_CTRL). EINVAL just
+    // means the guest has not enabled kvmclock.
+    (void)::ioctl(fd_.fd(), KVM_KVMCLOCK_CTRL, 0);
     std::unique_lock lk(park_mu_);
     parked_ = true;
     park_cv_.notify_all();

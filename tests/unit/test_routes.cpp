@@ -1,0 +1,105 @@
+#include "api/routes.hpp"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+using namespace ember::api;
+using nlohmann::json;
+
+namespace {
+Response as_error(const std::variant<Action, Response>& r) {
+    REQUIRE(std::holds_alternative<Response>(r));
+    return std::get<Response>(r);
+}
+std::string fault(const std::variant<Action, Response>& r) {
+    const Response resp = as_error(r);
+    CHECK(resp.status == 400);
+    return json::parse(resp.body).at("fault_message").get<std::string>();
+}
+// Returns a reference into `r`: keep the routed result alive while using it.
+template <class T>
+const T& as(const std::variant<Action, Response>& r) {
+    REQUIRE(std::holds_alternative<Action>(r));
+    const Action& a = std::get<Action>(r);
+    REQUIRE(std::holds_alternative<T>(a));
+    return std::get<T>(a);
+}
+} // namespace
+
+TEST_CASE("routes: GET endpoints") {
+    as<GetInstanceInfo>(route("GET", "/", ""));
+    as<GetVersion>(route("GET", "/version", ""));
+    as<GetMachineConfig>(route("GET", "/machine-config", ""));
+    as<GetVmConfig>(route("GET", "/vm/config", ""));
+    as<GetInstanceInfo>(route("GET", "/?x=1", "")); // the query string is ignored
+}
+
+TEST_CASE("routes: actions") {
+    as<InstanceStart>(route("PUT", "/actions", R"({"action_type": "InstanceStart"})"));
+    as<SendCtrlAltDel>(route("PUT", "/actions", R"({"action_type": "SendCtrlAltDel"})"));
+    as<FlushMetrics>(route("PUT", "/actions", R"({"action_type": "FlushMetrics"})"));
+    CHECK_THAT(fault(route("PUT", "/actions", R"({"action_type": "Reboot"})")), Catch::Contains("unknown action_type"));
+    CHECK_THAT(fault(route("PUT", "/actions", R"({})")), Catch::Contains("missing required field \"action_type\""));
+    CHECK_THAT(fault(route("PUT", "/actions", R"({"action_type": 1})")), Catch::Contains("must be a string"));
+    CHECK_THAT(fault(route("PUT", "/actions", R"({"action_type": "InstanceStart", "x": 1})")), Catch::Contains("unknown field \"x\""));
+    CHECK_THAT(fault(route("PUT", "/actions", "")), Catch::Contains("needs a JSON body"));
+    CHECK_THAT(fault(route("PUT", "/actions", "{")), Catch::Contains("not valid JSON"));
+    CHECK_THAT(fault(route("PUT", "/actions", "[]")), Catch::Contains("JSON object"));
+    CHECK_THAT(fault(route("GET", "/actions", "")), Catch::Contains("Invalid request method and/or path"));
+}
+
+TEST_CASE("routes: vm state") {
+    CHECK(as<PatchVmState>(route("PATCH", "/vm", R"({"state": "Paused"})")).pause);
+    CHECK_FALSE(as<PatchVmState>(route("PATCH", "/vm", R"({"state": "Resumed"})")).pause);
+    CHECK_THAT(fault(route("PATCH", "/vm", R"({"state": "Stopped"})")), Catch::Contains("unknown vm state"));
+    CHECK_THAT(fault(route("PUT", "/vm", R"({"state": "Paused"})")), Catch::Contains("Invalid request"));
+}
+
+TEST_CASE("routes: machine-config and boot-source bodies") {
+    CHECK(as<PutMachineConfig>(route("PUT", "/machine-config", R"({"vcpu_count": 2, "mem_size_mib": 64})")).body.at("vcpu_count") == 2);
+    CHECK(as<PatchMachineConfig>(route("PATCH", "/machine-config", R"({"mem_size_mib": 64})")).body.size() == 1);
+    CHECK_THAT(fault(route("PATCH", "/machine-config", "{}")), Catch::Contains("empty PATCH"));
+    const auto routed = route("PUT", "/boot-source", R"({"kernel_image_path": "/k", "boot_args": "x"})");
+    const auto& b = as<PutBootSource>(routed);
+    CHECK(b.config.kernel_image_path == "/k");
+    CHECK(b.config.boot_args == "x");
+    CHECK_FALSE(b.config.initrd_path);
+    CHECK_THAT(fault(route("PUT", "/boot-source", R"({"boot_args": "x"})")), Catch::Contains("kernel_image_path"));
+    CHECK_THAT(fault(route("PUT", "/boot-source", R"({"kernel_image_path": "/k", "extra": 1})")), Catch::Contains("unknown field"));
+}
+
+TEST_CASE("routes: logger and metrics") {
+    const auto routed = route("PUT", "/logger", R"({"log_path": "/l", "level": "Debug", "show_level": true})");
+    const auto& l = as<PutLogger>(routed);
+    CHECK(l.config.log_path == "/l");
+    CHECK(l.config.level == "Debug");
+    CHECK(l.config.show_level == true);
+    CHECK_FALSE(l.config.show_log_origin);
+    CHECK_THAT(fault(route("PUT", "/logger", R"({"show_level": "yes"})")), Catch::Contains("true or false"));
+    CHECK(as<PutMetrics>(route("PUT", "/metrics", R"({"metrics_path": "/m"})")).metrics_path == "/m");
+    CHECK_THAT(fault(route("PUT", "/metrics", R"({})")), Catch::Contains("metrics_path"));
+}
+
+TEST_CASE("routes: devices that do not exist yet are refused by name, never with 204") {
+    CHECK_THAT(fault(route("PUT", "/drives/rootfs", R"({})")), Catch::Contains("not supported"));
+    CHECK_THAT(fault(route("PUT", "/drives/bad id", R"({})")), Catch::Contains("invalid drive id"));
+    CHECK_THAT(fault(route("PUT", "/drives/", R"({})")), Catch::Contains("invalid drive id"));
+    for (const char* p : {"/network-interfaces/eth0", "/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/create"})
+        CHECK_THAT(fault(route("PUT", p, "{}")), Catch::Contains("not supported"));
+}
+
+TEST_CASE("routes: unknown paths and methods") {
+    CHECK_THAT(fault(route("GET", "/nope", "")), Catch::Contains("GET /nope"));
+    CHECK_THAT(fault(route("DELETE", "/", "")), Catch::Contains("Invalid request method"));
+    CHECK_THAT(fault(route("POST", "/actions", "{}")), Catch::Contains("Invalid request method"));
+    CHECK_THAT(fault(route("GET", "", "")), Catch::Contains("Invalid request"));
+}
+
+TEST_CASE("responses never throw on invalid UTF-8") {
+    const Response r = Response::bad_request(std::string("bad \xff\xfe bytes"));
+    CHECK(r.status == 400);
+    CHECK(json::parse(r.body).contains("fault_message"));
+    CHECK_NOTHROW(Response::ok_json(json{{"path", std::string("\xc3\x28")}}));
+    // A body that is not UTF-8 is a 400, not an exception.
+    CHECK(as_error(route("PUT", "/actions", std::string("{\"action_type\": \"\xff\"}"))).status == 400);
+}
