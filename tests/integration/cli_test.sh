@@ -57,7 +57,30 @@ expect_error drives_unsupported 'block devices are not supported' --no-api --con
 expect_error bad_level '--level must be one of' --no-api --level Loud --config-file "$(cfg lv "{$(bs "$KERNEL"), $(mc 1 64)}")"
 expect_error bad_id '--id must be' --no-api --id 'bad id!' --config-file "$(cfg id "{$(bs "$KERNEL"), $(mc 1 64)}")"
 expect_error unknown_flag '--frobnicate' --no-api --frobnicate
-expect_error no_api_yet 'API server is not part of this build' --config-file "$(cfg na "{$(bs "$KERNEL"), $(mc 1 64)}")"
+# API mode: socket problems and a bad --config-file are reported before serving.
+expect_error api_sock_no_dir 'cannot listen on API socket' --api-sock "$T/no/such/dir/api.sock"
+touch "$T/plain-file"
+expect_error api_sock_not_socket 'exists and is not a socket' --api-sock "$T/plain-file"
+expect_error api_bad_config 'unknown section' --api-sock "$T/cfg.sock" --config-file "$(cfg apibad '{"nope": 1}')"
+[[ ! -e $T/cfg.sock ]] && pass "no socket left after a refused config" || fail "socket left after a refused config"
+# A live socket is refused; a stale one (no listener) is replaced.
+"$EMBER_BIN" --api-sock "$T/live.sock" 2> "$T/live.err" &
+live_pid=$!
+for _ in $(seq 1 50); do [[ -S $T/live.sock ]] && break; sleep 0.1; done
+expect_error api_sock_live 'in use by a running process' --api-sock "$T/live.sock"
+kill -9 "$live_pid"; wait "$live_pid" 2>/dev/null
+[[ -S $T/live.sock ]] && pass "stale socket left by a killed Ember" || fail "expected a stale socket after SIGKILL"
+"$EMBER_BIN" --api-sock "$T/live.sock" 2> "$T/stale.err" &
+stale_pid=$!
+ok=0
+for _ in $(seq 1 50); do
+  curl -s -m 2 --unix-socket "$T/live.sock" http://localhost/ | grep -q '"state":"Not started"' && { ok=1; break; }
+  sleep 0.1
+done
+[[ $ok == 1 ]] && pass "a stale socket is replaced and served" || fail "stale socket not replaced: $(cat "$T/stale.err")"
+kill -TERM "$stale_pid"; wait "$stale_pid"; rc=$?
+expect_eq "SIGTERM before boot ends Ember with" "$rc" 0
+[[ ! -e $T/live.sock ]] && pass "socket removed on exit" || fail "socket left after SIGTERM"
 
 # KVM missing: a mount namespace with an empty /dev hides /dev/kvm.
 if command -v unshare >/dev/null && unshare --mount true 2>/dev/null; then
