@@ -105,7 +105,8 @@ VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) 
     json j;
     try {
         j = json::parse(text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+        // parse_error, and out_of_range for numbers that overflow a double (found by fuzzing).
         throw ConfigError(std::string("config file is not valid JSON: ") + e.what());
     }
     require_object(j, "config file");

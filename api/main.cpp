@@ -106,18 +106,22 @@ int run_api(const std::string& sock, std::size_t max_payload, const std::string&
             return fail(EXIT_BAD_CONFIGURATION, e.what());
         }
     }
-    boost::asio::signal_set signals(*io, SIGINT, SIGTERM, SIGHUP);
-    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
-        if (ec) return;
-        const std::string why = std::string("received ") + strsignal(sig);
-        if (ctl->vm()) ctl->vm()->request_exit(ember::VmExitKind::HostRequest, why);
-        else io->stop();
-    });
-    auto guard = boost::asio::make_work_guard(*io);
-    server->start();
-    ctl->set_startup_time(ember::log::us_since_start(), ember::log::process_cpu_us());
-    LOG_INFO("API server listening on %s", sock.c_str());
-    io->run();
+    {
+        // Everything bound to the event loop lives in this scope, so it is gone before the
+        // io_context is destroyed below.
+        boost::asio::signal_set signals(*io, SIGINT, SIGTERM, SIGHUP);
+        signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+            if (ec) return;
+            const std::string why = std::string("received ") + strsignal(sig);
+            if (ctl->vm()) ctl->vm()->request_exit(ember::VmExitKind::HostRequest, why);
+            else io->stop();
+        });
+        auto guard = boost::asio::make_work_guard(*io);
+        server->start();
+        ctl->set_startup_time(ember::log::us_since_start(), ember::log::process_cpu_us());
+        LOG_INFO("API server listening on %s", sock.c_str());
+        io->run();
+    }
     // Teardown order: stop serving, end the VM, then drop queued work that may still refer to
     // sessions of the (already stopped) server.
     server->stop();

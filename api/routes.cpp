@@ -14,7 +14,8 @@ json parse_body(const std::string& body) {
     if (body.empty()) throw ConfigError("the request needs a JSON body");
     try {
         return json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+        // parse_error, and out_of_range for numbers that overflow a double (found by fuzzing).
         throw ConfigError(std::string("the request body is not valid JSON: ") + e.what());
     }
 }

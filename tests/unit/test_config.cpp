@@ -259,3 +259,9 @@ TEST_CASE("log level names are case-insensitive, with the Warn alias") {
     for (Level l : {Level::Off, Level::Error, Level::Warning, Level::Info, Level::Debug, Level::Trace})
         CHECK(parse_level(ember::log::level_name(l)) == l);
 }
+
+TEST_CASE("config: a number that overflows a double is a ConfigError, not a library exception") {
+    // Found by the libFuzzer target: nlohmann throws out_of_range (406), not parse_error.
+    CHECK_THROWS_AS(parse_config_file("[7666666666E6666]", 1024), ConfigError);
+    CHECK_THROWS_AS(parse_config_file(R"({"machine-config": {"vcpu_count": 1e999, "mem_size_mib": 1}})", 1024), ConfigError);
+}
