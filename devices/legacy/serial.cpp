@@ -100,6 +100,12 @@ void Serial::write_reg(std::uint64_t off, std::uint8_t v) noexcept {
     }
 }
 
+bool Serial::rx_just_drained(bool had_rx) noexcept {
+    if (!had_rx || !st_.rx.empty() || !rx_refused_) return false;
+    rx_refused_ = false;
+    return true;
+}
+
 void Serial::read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept {
     if (data.size() != 1) {
         std::fill(data.begin(), data.end(), std::uint8_t{0xff});
@@ -112,10 +118,7 @@ void Serial::read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept {
         const bool before = irq_pending();
         const bool had_rx = !st_.rx.empty();
         data[0] = read_reg(offset);
-        if (had_rx && st_.rx.empty() && rx_refused_) {
-            rx_refused_ = false;
-            drained = true;
-        }
+        drained = rx_just_drained(had_rx);
         update_irq(before);
     }
     if (drained && rx_drained_) rx_drained_();
@@ -133,10 +136,7 @@ void Serial::write(std::uint64_t offset, std::span<const std::uint8_t> data) noe
         const bool had_rx = !st_.rx.empty();
         write_reg(offset, data[0]);
         // An RX FIFO reset (FCR bit 1) empties a FIFO that may have refused input, as RBR reads do.
-        if (had_rx && st_.rx.empty() && rx_refused_) {
-            rx_refused_ = false;
-            drained = true;
-        }
+        drained = rx_just_drained(had_rx);
         // A THR write re-arms THRE even if it was already pending: the driver waits for a new edge.
         if (offset == RBR_THR_DLL && !dlab() && (st_.ier & IER_THRE)) irq_.trigger();
         else update_irq(before);

@@ -65,6 +65,9 @@ private:
     void update_irq(bool was_pending) noexcept;
     bool loopback() const noexcept { return st_.mcr & 0x10; }
     bool dlab() const noexcept { return st_.lcr & 0x80; }
+    // True once when a FIFO that refused input was just emptied; the caller, outside the lock,
+    // then tells the event loop to resume reading host input. Needs mu_ held.
+    bool rx_just_drained(bool had_rx) noexcept;
 
     IrqLine& irq_;
     Sink sink_;
