@@ -73,6 +73,15 @@ int run_api(const std::string& sock, std::size_t max_payload, const std::string&
     });
     api::Controller* ctl = controller.get();
     boost::asio::io_context* vmm_io = io.get();
+    // Signals are handled before the socket exists: a client that sees the socket accept may
+    // send SIGTERM at once, and that must end Ember cleanly, not kill it.
+    auto signals = std::make_unique<boost::asio::signal_set>(*io, SIGINT, SIGTERM, SIGHUP);
+    signals->async_wait([&](const boost::system::error_code& ec, int sig) {
+        if (ec) return;
+        const std::string why = std::string("received ") + strsignal(sig);
+        if (ctl->vm()) ctl->vm()->request_exit(ember::VmExitKind::HostRequest, why);
+        else io->stop();
+    });
     api::HttpLimits limits;
     limits.max_body = max_payload;
     std::unique_ptr<api::HttpServer> server;
@@ -107,15 +116,7 @@ int run_api(const std::string& sock, std::size_t max_payload, const std::string&
         }
     }
     {
-        // Everything bound to the event loop lives in this scope, so it is gone before the
-        // io_context is destroyed below.
-        boost::asio::signal_set signals(*io, SIGINT, SIGTERM, SIGHUP);
-        signals.async_wait([&](const boost::system::error_code& ec, int sig) {
-            if (ec) return;
-            const std::string why = std::string("received ") + strsignal(sig);
-            if (ctl->vm()) ctl->vm()->request_exit(ember::VmExitKind::HostRequest, why);
-            else io->stop();
-        });
+        // The work guard lives in this scope, so it is gone before the io_context is destroyed.
         auto guard = boost::asio::make_work_guard(*io);
         server->start();
         ctl->set_startup_time(ember::log::us_since_start(), ember::log::process_cpu_us());
@@ -126,6 +127,7 @@ int run_api(const std::string& sock, std::size_t max_payload, const std::string&
     // sessions of the (already stopped) server.
     server->stop();
     controller.reset();
+    signals.reset();
     io.reset();
     server.reset();
     if (status != 0) return fail(status, detail);

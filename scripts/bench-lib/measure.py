@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""Measurement driver for scripts/bench.
+
+  measure.py kvm     --out FILE --runs N --mem-runs M --kernel VMLINUX --initrd INITRD --ember EMBER
+  measure.py startup --out FILE --runs N --ember EMBER
+
+`kvm` needs a usable /dev/kvm (scripts/bench runs it inside scripts/nested-kvm). It stages Ember,
+QEMU (each with the libraries `ldd` lists, QEMU also with the firmware it opens), the kernel and
+the initrd on a tmpfs, then measures boot-to-init and VMM memory overhead, interleaving the VMMs.
+`startup` measures Ember's process start to API socket accepting; it needs no KVM.
+Each writes raw samples as JSON to FILE; report.py turns them into statistics.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BOOT_ARGS = ("console=ttyS0 quiet reboot=k panic=-1 pci=off i8042.noaux i8042.nomux "
+             "i8042.nopnp i8042.dumbkbd -- ")
+RUN_TIMEOUT_S = 60
+KILL_WAIT_S = 20
+SMAPS_TIMEOUT_S = 20
+SETTLE_S = 3.0
+# QEMU microvm with -kernel opens these from its data dir (checked with strace: pvh.bin for the
+# PVH vmlinux, qboot.rom as microvm's default firmware).
+QEMU_FIRMWARE = ["pvh.bin", "qboot.rom", "bios-microvm.bin"]
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Staging
+# ---------------------------------------------------------------------------------------------
+def ldd_libs(binary):
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line)
+        if m:
+            libs.append(m.group(1))
+    return libs
+
+
+def stage_binary(binary, root):
+    """Copies binary to root/bin and its libraries to root/lib; returns (path, env)."""
+    os.makedirs(f"{root}/bin", exist_ok=True)
+    os.makedirs(f"{root}/lib", exist_ok=True)
+    dst = f"{root}/bin/{os.path.basename(binary)}"
+    shutil.copy2(binary, dst)
+    for lib in ldd_libs(binary):
+        shutil.copy2(lib, f"{root}/lib/{os.path.basename(lib)}")
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{root}/lib")
+    return dst, env
+
+
+def stage(args, base):
+    log(f"staging binaries, kernel and initrd in {base}")
+    t = time.monotonic()
+    ember, ember_env = stage_binary(args.ember, f"{base}/ember")
+    qemu_bin = shutil.which("qemu-system-x86_64")
+    if not qemu_bin:
+        raise SystemExit("qemu-system-x86_64 not found")
+    qemu, qemu_env = stage_binary(qemu_bin, f"{base}/qemu")
+    # QEMU also looks in <exe dir>/../share/qemu; -L points there explicitly.
+    share = f"{base}/qemu/share/qemu"
+    os.makedirs(share, exist_ok=True)
+    for fw in QEMU_FIRMWARE:
+        src = f"/usr/share/qemu/{fw}"
+        if os.path.exists(src):
+            shutil.copy(src, f"{share}/{fw}")  # follows symlinks into /usr/share/seabios etc.
+    os.makedirs(f"{base}/guest", exist_ok=True)
+    kernel = shutil.copy(args.kernel, f"{base}/guest/vmlinux")
+    initrd = shutil.copy(args.initrd, f"{base}/guest/initrd.cpio.gz")
+    log(f"staged in {time.monotonic() - t:.1f} s")
+    return {"ember": (ember, ember_env), "qemu": (qemu, qemu_env), "qemu_share": share,
+            "kernel": kernel, "initrd": initrd, "base": base}
+
+
+def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag):
+    boot_args = BOOT_ARGS + cmd
+    if vmm == "ember":
+        cfg = f"{st['base']}/ember-{tag}.json"
+        with open(cfg, "w") as f:
+            json.dump({"boot-source": {"kernel_image_path": st["kernel"],
+                                       "initrd_path": st["initrd"], "boot_args": boot_args},
+                       "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib}}, f)
+        exe, env = st["ember"]
+        return [exe, "--no-api", "--boot-timer", "--level", "Info", "--config-file", cfg], env
+    exe, env = st["qemu"]
+    return [exe, "-L", st["qemu_share"], "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+            "-m", str(mem_mib), "-smp", str(vcpus), "-nographic", "-no-reboot", "-nic", "none",
+            "-kernel", st["kernel"], "-initrd", st["initrd"], "-append", boot_args], env
+
+
+# ---------------------------------------------------------------------------------------------
+# One VMM process, its console (stdout) and log (stderr) read line by line with timestamps.
+# ---------------------------------------------------------------------------------------------
+class VmmRun:
+    MARKERS = ("EMBER_GUEST_INIT", "EMBER_EXIT_STATUS=")
+
+    def __init__(self, argv, env):
+        self.events = {}
+        self.boot_timer_us = None
+        self.exit_status = None
+        self.tail = {"stdout": [], "stderr": []}
+        self.eof = 0
+        self.cond = threading.Condition()
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        for name in ("stdout", "stderr"):
+            threading.Thread(target=self._reader, args=(name,), daemon=True).start()
+
+    def _reader(self, name):
+        pipe = getattr(self.proc, name)
+        for raw in iter(pipe.readline, b""):
+            now = time.monotonic()
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            with self.cond:
+                tail = self.tail[name]
+                tail.append(line)
+                del tail[:-20]
+                if name == "stdout":
+                    for m in self.MARKERS:
+                        if m in line and m not in self.events:
+                            self.events[m] = now - self.t0
+                            if m == "EMBER_EXIT_STATUS=":
+                                s = re.search(r"EMBER_EXIT_STATUS=(\d+)", line)
+                                self.exit_status = int(s.group(1)) if s else None
+                else:
+                    m = re.search(r"Guest-boot-time\s*=\s*(\d+)\s*us", line)
+                    if m and self.boot_timer_us is None:
+                        self.boot_timer_us = int(m.group(1))
+                self.cond.notify_all()
+        with self.cond:
+            self.eof += 1
+            self.cond.notify_all()
+
+    def wait_marker(self, marker, timeout):
+        deadline = self.t0 + timeout
+        with self.cond:
+            while marker not in self.events and self.eof < 2:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return self.events.get(marker)
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        """SIGKILLs the VMM; returns None, or a description if it is still there after 20 s."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=KILL_WAIT_S)
+            return None
+        except subprocess.TimeoutExpired:
+            return f"VMM pid {self.proc.pid} still alive {KILL_WAIT_S} s after SIGKILL: " \
+                   + proc_state(self.proc.pid)
+
+    def failure(self, what):
+        rc = self.proc.poll()
+        return {"ok": False, "error": what, "rc": rc,
+                "stdout_tail": self.tail["stdout"][-8:], "stderr_tail": self.tail["stderr"][-8:]}
+
+
+def proc_state(pid):
+    """State and kernel wait channel of every thread of pid, for failure records."""
+    out = []
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                with open(f"{base}/comm") as f:
+                    comm = f.read().strip()
+                with open(f"{base}/wchan") as f:
+                    wchan = f.read().strip()
+                with open(f"{base}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                out.append(f"{tid}:{comm}:{state}:{wchan}")
+            except OSError:
+                pass
+    except OSError as e:
+        return f"unreadable ({e})"
+    return " ".join(out)
+
+
+def with_timeout(fn, timeout):
+    """Runs fn in a daemon thread; returns (result, None) or (None, error text)."""
+    box = {}
+
+    def run():
+        try:
+            box["r"] = fn()
+        except Exception as e:  # noqa: BLE001 - reported as a failed sample
+            box["e"] = repr(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        return None, f"timed out after {timeout} s"
+    return box.get("r"), box.get("e")
+
+
+def guarded(r, measure):
+    try:
+        return measure()
+    except Exception as e:  # noqa: BLE001 - reported as a failed sample
+        return r.failure(f"measurement error: {e!r}")
+
+
+def finish(r, sample):
+    """Kills the run's VMM; a VMM that survives SIGKILL turns the sample into a failure."""
+    stuck = r.kill()
+    if stuck:
+        log(stuck)
+        if sample.get("ok"):
+            sample = dict(sample, ok=False, error=stuck, measured_value=sample.get("value"))
+            sample.pop("value", None)
+        else:
+            sample["kill_error"] = stuck
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+def boot_once(vmm, st):
+    """Exec to EMBER_GUEST_INIT on the console; 1 vCPU, 256 MiB, guest runs `true`."""
+    argv, env = vmm_argv(vmm, st, 1, 256, "true", "boot")
+    r = VmmRun(argv, env)
+    return finish(r, guarded(r, lambda: boot_measure(vmm, r)))
+
+
+def boot_measure(vmm, r):
+    t_init = r.wait_marker("EMBER_GUEST_INIT", RUN_TIMEOUT_S)
+    if t_init is None:
+        return r.failure("no EMBER_GUEST_INIT within timeout or VMM exited")
+    t_exit = r.wait_marker("EMBER_EXIT_STATUS=", RUN_TIMEOUT_S)
+    sample = {"ok": True, "value": t_init * 1000.0, "guest_exit_status": r.exit_status,
+              "exit_status_ms": None if t_exit is None else t_exit * 1000.0}
+    if vmm == "ember":
+        # Ember must exit by itself when the guest reboots (reboot=k).
+        rc = r.wait_exit(10)
+        sample["vmm_rc"] = rc
+        if rc is None:
+            sample["note"] = "Ember did not exit within 10 s of the guest's reboot"
+        sample["boot_timer_us"] = r.boot_timer_us
+    return sample
+
+
+def parse_smaps(pid):
+    maps, cur = [], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                parts = line.split(None, 5)
+                cur = {"name": parts[5].strip() if len(parts) > 5 else "", "size_kb": 0,
+                       "rss_kb": 0}
+                maps.append(cur)
+            elif cur is not None and line.startswith("Size:"):
+                cur["size_kb"] = int(line.split()[1])
+            elif cur is not None and line.startswith("Rss:"):
+                cur["rss_kb"] = int(line.split()[1])
+    return maps
+
+
+def memory_once(vmm, st, vcpus, mem_mib):
+    """Rss of every mapping but guest RAM, guest idle (`sleep 30`), 3 s after guest init."""
+    argv, env = vmm_argv(vmm, st, vcpus, mem_mib, "sleep 30", f"mem{vcpus}")
+    r = VmmRun(argv, env)
+    return finish(r, guarded(r, lambda: memory_measure(r, mem_mib)))
+
+
+def memory_measure(r, mem_mib):
+    if r.wait_marker("EMBER_GUEST_INIT", RUN_TIMEOUT_S) is None:
+        return r.failure("no EMBER_GUEST_INIT within timeout or VMM exited")
+    time.sleep(SETTLE_S)
+    if r.proc.poll() is not None:
+        return r.failure("VMM exited while the guest should be idle")
+    maps, err = with_timeout(lambda: parse_smaps(r.proc.pid), SMAPS_TIMEOUT_S)
+    if err:
+        return r.failure(f"reading /proc/{r.proc.pid}/smaps: {err}; "
+                         + proc_state(r.proc.pid))
+    anon = [m for m in maps if m["name"] == "" or m["name"].startswith("[anon")]
+    ram = [m for m in anon if m["size_kb"] >= mem_mib * 1024]
+    if not ram:
+        return r.failure(f"no anonymous mapping of >= {mem_mib} MiB in smaps")
+    guest = max(ram, key=lambda m: m["size_kb"])
+    total = sum(m["rss_kb"] for m in maps)
+    return {"ok": True, "value": (total - guest["rss_kb"]) / 1024.0,
+            "total_rss_mib": total / 1024.0, "guest_ram_rss_mib": guest["rss_kb"] / 1024.0,
+            "guest_ram_mapping_mib": guest["size_kb"] / 1024.0, "mappings": len(maps)}
+
+
+def first_response(s, t0):
+    """Sends GET / on the connected socket; ms from t0 to the status line, None if none came."""
+    s.settimeout(RUN_TIMEOUT_S)
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                return None
+            buf += chunk
+        return (time.monotonic() - t0) * 1000.0 if buf.startswith(b"HTTP/1.1 200") else None
+    except OSError:
+        return None
+
+
+def startup_once(ember, env, sockdir, i):
+    """Exec of `ember --api-sock` to the first successful connect() on the socket."""
+    path = f"{sockdir}/ember-{os.getpid()}-{i}.sock"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([ember, "--api-sock", path], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                t = time.monotonic() - t0
+                first = first_response(s, t0)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            finally:
+                s.close()
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace").splitlines()[-8:]
+                return {"ok": False, "error": "ember exited before the socket accepted",
+                        "rc": proc.returncode, "stderr_tail": err}
+            if time.monotonic() - t0 > RUN_TIMEOUT_S:
+                return {"ok": False, "error": "socket not accepting within timeout"}
+            time.sleep(0.0002)
+        proc.terminate()
+        try:
+            rc = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            rc = None
+        sample = {"ok": True, "value": t * 1000.0, "first_get_response_ms": first,
+                  "sigterm_rc": rc}
+        if rc is None:
+            sample["note"] = "Ember did not exit within 10 s of SIGTERM"
+        return sample
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log(f"ember pid {proc.pid} still alive after SIGKILL: {proc_state(proc.pid)}")
+        proc.stderr.close()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def environment():
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"kernel": platform.release(), "cpu_model": cpu, "nproc": os.cpu_count(),
+            "in_l1": os.environ.get("EMBER_IN_L1") == "1"}
+
+
+def version(argv, env=None):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30).stdout
+        return out.splitlines()[0].strip() if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def interleaved(runs, order, fn, label):
+    samples = {v: [] for v in order}
+    for i in range(runs):
+        seq = order if i % 2 == 0 else list(reversed(order))  # alternate who goes first
+        for vmm in seq:
+            s = fn(vmm)
+            s["run"] = i
+            samples[vmm].append(s)
+            shown = f"{s['value']:.1f}" if s["ok"] else f"FAILED ({s['error']})"
+            log(f"{label} run {i + 1}/{runs} {vmm}: {shown}")
+    return samples
+
+
+def cmd_kvm(args):
+    base = tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp")
+    st = stage(args, base)
+    res = {"environment": environment()}
+    res["environment"]["qemu_version"] = version([st["qemu"][0], "--version"], st["qemu"][1])
+    res["environment"]["ember_version"] = version([st["ember"][0], "--version"], st["ember"][1])
+    order = ["ember", "qemu"]
+    save(res, args.out)  # after every figure, so a lost L1 still leaves the figures so far
+    res["boot_to_init"] = interleaved(args.runs, order, lambda v: boot_once(v, st), "boot-to-init ms")
+    save(res, args.out)
+    for vcpus, mem in ((1, 256), (2, 1024)):
+        res[f"mem_{vcpus}_{mem}"] = interleaved(
+            args.mem_runs, order, lambda v, c=vcpus, m=mem: memory_once(v, st, c, m),
+            f"memory overhead MiB ({vcpus} vCPU, {mem} MiB)")
+        save(res, args.out)
+    ember, env = st["ember"]
+    res["api_startup"] = {"ember": [dict(startup_once(ember, env, base, i), run=i)
+                                    for i in range(args.runs)]}
+    log("api-startup ms (L1): " + ", ".join(
+        f"{s['value']:.1f}" if s["ok"] else "FAILED" for s in res["api_startup"]["ember"]))
+    save(res, args.out)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def save(res, path):
+    with open(path + ".part", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(path + ".part", path)
+
+
+def cmd_startup(args):
+    sockdir = tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp")
+    try:
+        samples = [dict(startup_once(args.ember, dict(os.environ), sockdir, i), run=i)
+                   for i in range(args.runs)]
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+    log("api-startup ms (host): " + ", ".join(
+        f"{s['value']:.1f}" if s["ok"] else "FAILED" for s in samples))
+    with open(args.out, "w") as f:
+        json.dump({"environment": environment(), "api_startup": {"ember": samples}}, f, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["kvm", "startup"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--mem-runs", type=int, default=3)
+    ap.add_argument("--kernel")
+    ap.add_argument("--initrd")
+    ap.add_argument("--ember", required=True)
+    args = ap.parse_args()
+    if args.mode == "kvm":
+        if not (args.kernel and args.initrd):
+            ap.error("kvm needs --kernel and --initrd")
+        cmd_kvm(args)
+    else:
+        cmd_startup(args)
+
+
+if __name__ == "__main__":
+    main()
