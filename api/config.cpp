@@ -21,14 +21,6 @@ void require_object(const json& j, const std::string& where) {
     if (!j.is_object()) throw ConfigError(where + " must be a JSON object, not " + type_name(j));
 }
 
-// Firecracker's structs deny unknown fields; so do we.
-void reject_unknown(const json& j, const std::string& where, std::initializer_list<const char*> known) {
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        bool ok = false;
-        for (const char* k : known) ok = ok || it.key() == k;
-        if (!ok) throw ConfigError(where + ": unknown field \"" + it.key() + "\"");
-    }
-}
 
 const json* field(const json& j, const char* name) {
     auto it = j.find(name);
@@ -53,6 +45,14 @@ std::uint64_t get_uint(const json& v, const std::string& where) {
 }
 
 } // namespace
+
+void reject_unknown(const json& j, const std::string& where, std::initializer_list<const char*> known) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        bool ok = false;
+        for (const char* k : known) ok = ok || it.key() == k;
+        if (!ok) throw ConfigError(where + ": unknown field \"" + it.key() + "\"");
+    }
+}
 
 BootSourceConfig parse_boot_source(const json& j) {
     const std::string w = "boot-source";

@@ -22,6 +22,10 @@ nlohmann::json to_json(const MachineConfig& m);
 // The --config-file shape (what GET /vm/config returns).
 nlohmann::json to_json(const VmConfig& c);
 
+// Firecracker's request and config structs deny unknown fields: throws ConfigError
+// "<where>: unknown field "<key>"" for the first key of `j` not in `known`.
+void reject_unknown(const nlohmann::json& j, const std::string& where, std::initializer_list<const char*> known);
+
 // MemTotal of this host in MiB (upper bound for mem_size_mib).
 std::uint64_t host_memory_mib();
 

@@ -24,14 +24,6 @@ void require_object(const json& j) {
     if (!j.is_object()) throw ConfigError("the request body must be a JSON object");
 }
 
-void only_fields(const json& j, std::initializer_list<const char*> known) {
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        bool ok = false;
-        for (const char* k : known) ok = ok || it.key() == k;
-        if (!ok) throw ConfigError("unknown field \"" + it.key() + "\"");
-    }
-}
-
 std::string string_field(const json& j, const char* name, bool required) {
     auto it = j.find(name);
     if (it == j.end()) {
@@ -94,7 +86,7 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         json j = parse_body(body);
         require_object(j);
-        only_fields(j, {"action_type"});
+        reject_unknown(j, "actions", {"action_type"});
         const std::string t = string_field(j, "action_type", true);
         if (t == "InstanceStart") return InstanceStart{};
         if (t == "SendCtrlAltDel") return SendCtrlAltDel{};
@@ -105,7 +97,7 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Patch) throw invalid();
         json j = parse_body(body);
         require_object(j);
-        only_fields(j, {"state"});
+        reject_unknown(j, "vm", {"state"});
         const std::string s = string_field(j, "state", true);
         if (s == "Paused") return PatchVmState{true};
         if (s == "Resumed") return PatchVmState{false};
@@ -119,7 +111,7 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         json j = parse_body(body);
         require_object(j);
-        only_fields(j, {"log_path", "level", "show_level", "show_log_origin", "module"});
+        reject_unknown(j, "logger", {"log_path", "level", "show_level", "show_log_origin", "module"});
         LoggerConfig c;
         if (j.contains("log_path")) c.log_path = string_field(j, "log_path", true);
         if (j.contains("level")) c.level = string_field(j, "level", true);
@@ -132,7 +124,7 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         json j = parse_body(body);
         require_object(j);
-        only_fields(j, {"metrics_path"});
+        reject_unknown(j, "metrics", {"metrics_path"});
         return PutMetrics{string_field(j, "metrics_path", true)};
     }
     if (path.rfind("/drives/", 0) == 0) {
