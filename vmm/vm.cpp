@@ -4,6 +4,9 @@
 #include "devices/legacy/boot_timer.hpp"
 #include "devices/legacy/i8042.hpp"
 #include "devices/legacy/serial.hpp"
+#include "devices/virtio/block/device.hpp"
+#include "devices/virtio/mmio.hpp"
+#include "devices/virtio/spec.hpp"
 #include "vmm/error.hpp"
 #include "vmm/layout.hpp"
 #include "vmm/logger.hpp"
@@ -92,10 +95,14 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
         auto f = open_regular(*bs.initrd_path, "initrd");
         initrd = load_initrd(f.fd.get(), f.size, *bs.initrd_path, kernel, mem);
     }
-    std::string cmdline = bs.boot_args.value_or(DEFAULT_BOOT_ARGS);
+    std::vector<OpenedDrive> drives = open_drives(cfg.drives);
+    // Devices are attached in this order by Vm::attach_virtio_devices(): drives first.
+    std::string device_args = root_args(drives);
+    for (std::size_t i = 0; i < drives.size(); ++i) device_args += (device_args.empty() ? "" : " ") + virtio_mmio_arg(i);
+    std::string cmdline = add_kernel_args(bs.boot_args.value_or(DEFAULT_BOOT_ARGS), device_args);
     write_boot_info(mem, kernel, cmdline, initrd);
     write_mptable(mem, m.vcpu_count);
-    return PreparedGuest{std::move(mem), kernel, std::move(cmdline), m.vcpu_count, m.smt};
+    return PreparedGuest{std::move(mem), kernel, std::move(cmdline), m.vcpu_count, m.smt, std::move(drives)};
 }
 
 struct Vm::StdinReader {
@@ -128,6 +135,7 @@ std::unique_ptr<Vm> Vm::create(boost::asio::io_context& io, PreparedGuest guest,
     vm->vm_.setup_x86_platform();
     vm->vm_.register_memory(vm->guest_.mem);
     vm->attach_legacy_devices(opts);
+    vm->attach_virtio_devices();
 
     const auto cpuid = vm->kvm_.supported_cpuid();
     const CpuTopology topo{vm->guest_.vcpus, vm->guest_.smt};
@@ -155,6 +163,25 @@ void Vm::attach_legacy_devices(const RunOptions& opts) {
         boot_timer_ = std::make_shared<BootTimer>();
         mmio_.insert(layout::BOOT_TIMER, 0x1000, boot_timer_, "boot-timer");
     }
+}
+
+void Vm::attach_virtio_devices() {
+    // Fixed order, matching the virtio_mmio.device= arguments prepare_guest() wrote: drives.
+    for (auto& d : guest_.drives) {
+        auto blk = std::make_shared<virtio::block::BlockDevice>(guest_.mem, io_, d.cfg, std::move(d.fd), d.size);
+        blocks_.push_back(blk);
+        attach_virtio(blk);
+    }
+}
+
+void Vm::attach_virtio(std::shared_ptr<virtio::VirtioDevice> dev) {
+    const std::size_t n = virtio_count_++;
+    const std::uint64_t base = virtio_mmio_addr(n);
+    vm_.register_irqfd(dev->irq_fd(), virtio_irq(n));
+    for (std::size_t q = 0; q < dev->queues().size(); ++q)
+        vm_.register_ioeventfd(dev->notify_fd(q), base + virtio::mmio::QUEUE_NOTIFY, 4, false, q);
+    auto transport = std::make_shared<virtio::MmioTransport>(dev, io_);
+    mmio_.insert(base, layout::VIRTIO_MMIO_SLOT, std::move(transport), dev->name());
 }
 
 void Vm::start_stdin_reader() {

@@ -3,6 +3,7 @@
 // VmConfig, and the VMM thread's event loop (Asio) that owns host I/O for the devices.
 
 #include "vmm/bus.hpp"
+#include "vmm/drives.hpp"
 #include "vmm/guest_memory.hpp"
 #include "vmm/kvm.hpp"
 #include "vmm/vcpu.hpp"
@@ -21,6 +22,12 @@ class Serial;
 class I8042;
 class BootTimer;
 class EventFdIrq;
+namespace virtio {
+class VirtioDevice;
+namespace block {
+class BlockDevice;
+}
+} // namespace virtio
 
 // Resources that exist before KVM is touched: guest memory with the kernel, initrd and boot
 // structures already in place. Building this first means every configuration error (bad
@@ -31,6 +38,7 @@ struct PreparedGuest {
     std::string cmdline;
     unsigned vcpus;
     bool smt;
+    std::vector<OpenedDrive> drives; // in attach order: root drive first
 };
 
 // Throws ConfigError with one line on any invalid input.
@@ -65,10 +73,15 @@ public:
     const Bus& mmio_bus() const noexcept { return mmio_; }
     const std::vector<std::unique_ptr<Vcpu>>& vcpus() const noexcept { return vcpus_; }
     const Serial& serial() const noexcept { return *serial_; }
+    const GuestMemory& memory() const noexcept { return guest_.mem; }
+    // Block devices in attach order (root drive first).
+    const std::vector<std::shared_ptr<virtio::block::BlockDevice>>& block_devices() const noexcept { return blocks_; }
 
 private:
     Vm(boost::asio::io_context& io, Kvm kvm, PreparedGuest guest, ExitHandler on_exit);
     void attach_legacy_devices(const RunOptions& opts);
+    void attach_virtio_devices();
+    void attach_virtio(std::shared_ptr<virtio::VirtioDevice> dev);
     void start_stdin_reader();
     void read_stdin();
     void feed_serial();
@@ -85,6 +98,9 @@ private:
     std::shared_ptr<Serial> serial_;
     std::shared_ptr<I8042> i8042_;
     std::shared_ptr<BootTimer> boot_timer_;
+    // Declared after guest_ so they are destroyed first: their in-flight I/O targets guest RAM.
+    std::vector<std::shared_ptr<virtio::block::BlockDevice>> blocks_;
+    std::size_t virtio_count_ = 0;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
 
     struct StdinReader;

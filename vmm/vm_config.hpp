@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace ember {
 
@@ -28,9 +29,26 @@ struct MachineConfig {
     std::string huge_pages = "None";
 };
 
+// Firecracker's `cache_type`: Unsafe ignores the guest's flushes (no VIRTIO_BLK_F_FLUSH),
+// Writeback offers FLUSH and makes it an fdatasync.
+enum class DriveCacheType { Unsafe, Writeback };
+// Firecracker's `io_engine`. Ember defaults to Async (io_uring); Firecracker defaults to Sync.
+enum class DriveIoEngine { Sync, Async };
+
+struct DriveConfig {
+    std::string drive_id;
+    std::string path_on_host;
+    bool is_root_device = false;
+    bool is_read_only = false;
+    std::optional<std::string> partuuid;
+    DriveCacheType cache_type = DriveCacheType::Unsafe;
+    DriveIoEngine io_engine = DriveIoEngine::Async;
+};
+
 struct VmConfig {
     std::optional<BootSourceConfig> boot_source;
     MachineConfig machine;
+    std::vector<DriveConfig> drives; // in the order they were configured
 };
 
 struct RunOptions {

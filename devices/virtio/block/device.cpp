@@ -1,0 +1,214 @@
+#include "devices/virtio/block/device.hpp"
+
+#include "devices/virtio/spec.hpp"
+#include "vmm/error.hpp"
+#include "vmm/logger.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <unistd.h>
+
+namespace ember::virtio::block {
+namespace {
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
+} // namespace
+
+BlockDevice::BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size)
+    : VirtioDevice(mem, {QUEUE_SIZE}), cfg_(std::move(cfg)), file_(std::move(file)), size_(size),
+      backend_(make_backend(cfg_.io_engine, file_.get(), QUEUE_SIZE, SEG_MAX)), slots_(QUEUE_SIZE) {
+    free_.reserve(QUEUE_SIZE);
+    for (std::uint16_t i = QUEUE_SIZE; i > 0; --i) free_.push_back(static_cast<std::uint16_t>(i - 1));
+    iov_.reserve(SEG_MAX);
+    done_.reserve(QUEUE_SIZE);
+    if (backend_->completion_fd() >= 0) {
+        int fd = ::dup(backend_->completion_fd());
+        if (fd < 0) throw SystemError("virtio-blk: dup of the completion eventfd", errno);
+        completion_watch_ = std::make_unique<boost::asio::posix::stream_descriptor>(io, fd);
+        watch_completions();
+    }
+}
+
+BlockDevice::~BlockDevice() {
+    if (completion_watch_) {
+        boost::system::error_code ec;
+        completion_watch_->close(ec);
+    }
+}
+
+void BlockDevice::watch_completions() {
+    completion_watch_->async_wait(boost::asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
+        if (ec) return; // closed: the device is gone
+        {
+            std::lock_guard lk(mutex());
+            const bool freed = complete_finished() > 0;
+            if (freed) signal_used(queues()[0]);
+            // Chains left waiting for a free slot are started now.
+            if (freed && running() && queues()[0].active()) pump();
+        }
+        watch_completions();
+    });
+}
+
+std::uint32_t BlockDevice::device_type() const noexcept { return device_id::BLOCK; }
+
+std::uint64_t BlockDevice::device_features() const noexcept {
+    std::uint64_t f = bit(F_SEG_MAX) | bit(F_BLK_SIZE);
+    if (cfg_.is_read_only) f |= bit(F_RO);
+    if (cfg_.cache_type == DriveCacheType::Writeback) f |= bit(F_FLUSH);
+    return f;
+}
+
+DiskGeometry BlockDevice::geometry() const noexcept { return {size_ / SECTOR_SIZE, cfg_.is_read_only, SEG_MAX}; }
+
+void BlockDevice::read_config(std::uint64_t offset, std::span<std::uint8_t> data) const noexcept {
+    // struct virtio_blk_config (§5.2.4) up to blk_size: capacity, size_max, seg_max, geometry, blk_size.
+    std::uint8_t cfg[24] = {};
+    const std::uint64_t capacity = size_ / SECTOR_SIZE;
+    const std::uint32_t seg_max = SEG_MAX, blk_size = SECTOR_SIZE;
+    std::memcpy(cfg, &capacity, 8);
+    std::memcpy(cfg + 12, &seg_max, 4);
+    std::memcpy(cfg + 20, &blk_size, 4);
+    for (std::size_t i = 0; i < data.size(); ++i) data[i] = offset + i < sizeof cfg ? cfg[offset + i] : 0;
+}
+
+bool BlockDevice::activate() noexcept { return true; }
+
+void BlockDevice::reset_device() noexcept {
+    // §2.4: after reset the device must not touch the old rings or buffers, so in-flight I/O is
+    // waited for here (a rare path; it blocks this vCPU only as long as the disk takes).
+    done_.clear();
+    backend_->drain(done_);
+    done_.clear();
+    free_.clear();
+    for (std::uint16_t i = QUEUE_SIZE; i > 0; --i) free_.push_back(static_cast<std::uint16_t>(i - 1));
+}
+
+void BlockDevice::process_queue(std::size_t) noexcept {
+    bump(metrics_.queue_event_count);
+    pump();
+}
+
+void BlockDevice::pump() noexcept {
+    Queue& q = queues()[0];
+    bool used = false;
+    for (;;) {
+        bool popped = false;
+        while (!free_.empty()) {
+            const Queue::PopResult r = q.pop();
+            if (r.status == Queue::PopStatus::Empty) break;
+            if (r.status == Queue::PopStatus::Broken) {
+                bump(metrics_.event_fails);
+                fail(r.error);
+                return;
+            }
+            popped = true;
+            if (r.status == Queue::PopStatus::BadChain) {
+                bump(metrics_.invalid_reqs_count);
+                LOG_DEBUG("virtio %s: %s", name().c_str(), r.error);
+                q.add_used(r.head, 0);
+                used = true;
+                continue;
+            }
+            used |= start(r.head, r.descs);
+        }
+        backend_->kick();
+        if (complete_finished() > 0) used = true;
+        if (free_.empty()) {
+            bump(metrics_.no_avail_buffer);
+            break; // resumed by the completion handler
+        }
+        if (popped) continue;
+        if (!q.enable_notification()) break;
+    }
+    if (used) signal_used(q);
+}
+
+// Starts one request; true if it already completed (used ring written).
+bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) noexcept {
+    Queue& q = queues()[0];
+    const ParseResult p = parse_request(chain, geometry());
+    if (p.error != RequestError::None) {
+        bump(metrics_.invalid_reqs_count);
+        LOG_DEBUG("virtio %s: request refused: %s", name().c_str(), to_string(p.error));
+        if (p.status) *p.status = std::byte{p.status_value()};
+        q.add_used(head, p.status ? 1 : 0);
+        return true;
+    }
+    const Request& req = p.request;
+    switch (req.type) {
+    case RequestType::GetId: {
+        // §5.2.6: up to 20 bytes, zero-padded; the drive id serves as the serial number.
+        std::uint32_t written = 0;
+        for (const auto& d : req.data) {
+            for (std::uint32_t i = 0; i < d.len && written < ID_BYTES; ++i, ++written)
+                d.host[i] = std::byte{static_cast<unsigned char>(written < cfg_.drive_id.size() ? cfg_.drive_id[written] : '\0')};
+        }
+        *p.status = std::byte{S_OK};
+        q.add_used(head, written + 1);
+        return true;
+    }
+    case RequestType::Flush:
+        bump(metrics_.flush_count);
+        if (cfg_.cache_type == DriveCacheType::Unsafe) { // nothing promised: as Firecracker, a no-op
+            *p.status = std::byte{S_OK};
+            q.add_used(head, 1);
+            return true;
+        }
+        break;
+    case RequestType::In:
+    case RequestType::Out: break;
+    }
+    const std::uint16_t tag = free_.back();
+    free_.pop_back();
+    slots_[tag] = Slot{head, req.type, req.data_len, p.status};
+    iov_.clear();
+    for (const auto& d : req.data) iov_.push_back(iovec{d.host, d.len});
+    const Op op = req.type == RequestType::In ? Op::Read : req.type == RequestType::Out ? Op::Write : Op::Flush;
+    backend_->submit(tag, op, req.sector * SECTOR_SIZE, iov_);
+    return false;
+}
+
+std::size_t BlockDevice::complete_finished() noexcept {
+    done_.clear();
+    backend_->reap(done_);
+    for (const auto& c : done_) complete(c);
+    return done_.size();
+}
+
+void BlockDevice::complete(const Completion& c) noexcept {
+    Slot& s = slots_[c.tag];
+    const bool ok = c.result >= 0;
+    if (!ok) {
+        bump(metrics_.execute_fails);
+        LOG_WARN("virtio %s: I/O error: %s", name().c_str(), std::strerror(static_cast<int>(-c.result)));
+    }
+    std::uint32_t used_len = 1;
+    if (ok && s.type == RequestType::In) {
+        bump(metrics_.read_count);
+        bump(metrics_.read_bytes, s.data_len);
+        used_len += static_cast<std::uint32_t>(std::min<std::uint64_t>(s.data_len, UINT32_MAX - 1));
+    } else if (ok && s.type == RequestType::Out) {
+        bump(metrics_.write_count);
+        bump(metrics_.write_bytes, s.data_len);
+    }
+    *s.status = std::byte{ok ? S_OK : S_IOERR};
+    queues()[0].add_used(s.head, used_len);
+    free_.push_back(c.tag);
+}
+
+void BlockDevice::replace_file(UniqueFd file, std::uint64_t size, std::string path) noexcept {
+    std::lock_guard lk(mutex());
+    done_.clear();
+    backend_->drain(done_);
+    for (const auto& c : done_) complete(c);
+    if (!done_.empty()) signal_used(queues()[0]);
+    backend_->set_fd(file.get());
+    file_ = std::move(file);
+    size_ = size;
+    cfg_.path_on_host = std::move(path);
+    bump(metrics_.update_count);
+    if (state().status & status::DRIVER_OK) config_changed();
+}
+
+} // namespace ember::virtio::block

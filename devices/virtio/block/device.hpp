@@ -1,0 +1,81 @@
+#pragma once
+// virtio-blk (virtio 1.2 §5.2) over a raw image file: IN, OUT, FLUSH and GET_ID on one queue,
+// served on the event loop with the drive's I/O engine.
+
+#include "devices/virtio/block/backend.hpp"
+#include "devices/virtio/block/request.hpp"
+#include "devices/virtio/device.hpp"
+#include "vmm/vm_config.hpp"
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <memory>
+
+namespace ember::virtio::block {
+
+// §5.2.3 feature bits.
+inline constexpr unsigned F_SEG_MAX = 2;
+inline constexpr unsigned F_RO = 5;
+inline constexpr unsigned F_BLK_SIZE = 6;
+inline constexpr unsigned F_FLUSH = 9;
+
+// Firecracker's block metric names (BlockDeviceMetrics).
+struct BlockMetrics {
+    std::atomic<std::uint64_t> activate_fails{0}, cfg_fails{0}, event_fails{0}, execute_fails{0}, invalid_reqs_count{0},
+        flush_count{0}, queue_event_count{0}, read_bytes{0}, write_bytes{0}, read_count{0}, write_count{0},
+        update_count{0}, update_fails{0}, no_avail_buffer{0};
+};
+
+class BlockDevice final : public VirtioDevice {
+public:
+    static constexpr std::uint16_t QUEUE_SIZE = 256;
+    static constexpr std::uint32_t SEG_MAX = QUEUE_SIZE - 2; // header and status take two
+
+    // `file` is the opened image (O_RDONLY for read-only drives) of `size` bytes, a multiple of
+    // 512. Throws SystemError if the I/O engine cannot be set up.
+    BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size);
+    ~BlockDevice() override;
+
+    std::uint32_t device_type() const noexcept override;
+    std::uint64_t device_features() const noexcept override;
+    void read_config(std::uint64_t offset, std::span<std::uint8_t> data) const noexcept override;
+    bool activate() noexcept override;
+    void reset_device() noexcept override;
+    void process_queue(std::size_t index) noexcept override;
+    std::string name() const override { return "block " + cfg_.drive_id; }
+
+    // PATCH /drives/{id}: the same drive on another image (Firecracker's "update"). Waits for
+    // in-flight I/O, swaps the file and raises a configuration change for the new capacity.
+    void replace_file(UniqueFd file, std::uint64_t size, std::string path) noexcept;
+
+    const DriveConfig& config() const noexcept { return cfg_; }
+    const BlockMetrics& metrics() const noexcept { return metrics_; }
+    DiskGeometry geometry() const noexcept;
+
+private:
+    struct Slot {
+        std::uint16_t head = 0;
+        RequestType type = RequestType::In;
+        std::uint64_t data_len = 0;
+        std::byte* status = nullptr;
+    };
+    void pump() noexcept;
+    bool start(std::uint16_t head, std::span<const Descriptor> chain) noexcept;
+    std::size_t complete_finished() noexcept;
+    void complete(const Completion& c) noexcept;
+    void watch_completions();
+
+    DriveConfig cfg_;
+    UniqueFd file_;
+    std::uint64_t size_;
+    std::unique_ptr<Backend> backend_;
+    std::unique_ptr<boost::asio::posix::stream_descriptor> completion_watch_;
+    std::vector<Slot> slots_;
+    std::vector<std::uint16_t> free_;
+    std::vector<iovec> iov_;
+    std::vector<Completion> done_;
+    BlockMetrics metrics_;
+};
+
+} // namespace ember::virtio::block

@@ -1,0 +1,106 @@
+#pragma once
+// What every virtio device shares, independent of the transport: its queues, the device status
+// and feature negotiation (virtio 1.2 §2.1, §2.2, §3.1), the interrupt status and line, and one
+// eventfd per queue for notifications (fed by KVM ioeventfds without a VM exit).
+//
+// Threading: the transport (vCPU threads) and the device's event-loop handlers both run under
+// mutex(). Devices implement the virtual hooks; none of them may throw or block on the guest.
+
+#include "devices/irq.hpp"
+#include "devices/virtio/queue.hpp"
+#include "vmm/unique_fd.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace ember {
+class GuestMemory;
+}
+
+namespace ember::virtio {
+
+// The generic part of a device's state, as plain values (snapshots save and load it).
+struct VirtioState {
+    std::uint32_t status = 0;
+    std::uint64_t acked_features = 0;
+    std::uint32_t config_generation = 0;
+    std::uint32_t device_features_sel = 0;
+    std::uint32_t driver_features_sel = 0;
+    std::uint32_t queue_sel = 0;
+    std::uint32_t shm_sel = 0;
+};
+
+class VirtioDevice {
+public:
+    VirtioDevice(const GuestMemory& mem, std::vector<std::uint16_t> queue_max_sizes);
+    virtual ~VirtioDevice() = default;
+    VirtioDevice(const VirtioDevice&) = delete;
+    VirtioDevice& operator=(const VirtioDevice&) = delete;
+
+    // --- implemented by each device -------------------------------------------------------
+    virtual std::uint32_t device_type() const noexcept = 0;
+    // Offered features; VERSION_1, INDIRECT_DESC and RING_EVENT_IDX are added by this class.
+    virtual std::uint64_t device_features() const noexcept = 0;
+    virtual void read_config(std::uint64_t offset, std::span<std::uint8_t> data) const noexcept = 0;
+    virtual void write_config(std::uint64_t, std::span<const std::uint8_t>) noexcept {}
+    // DRIVER_OK was accepted and every ready queue is valid: start serving. False fails the
+    // device (DEVICE_NEEDS_RESET).
+    virtual bool activate() noexcept = 0;
+    // The driver reset the device (§2.4): finish or abandon in-flight work; the queues and the
+    // generic state are reset by this class afterwards.
+    virtual void reset_device() noexcept = 0;
+    // The driver notified queue `index` (on the event loop, under mutex()).
+    virtual void process_queue(std::size_t index) noexcept = 0;
+    // Name for logs ("block vda", ...).
+    virtual std::string name() const = 0;
+
+    // --- used by the transport and the event loop ---------------------------------------------
+    std::mutex& mutex() noexcept { return mu_; }
+    std::uint64_t offered_features() const noexcept;
+    std::vector<Queue>& queues() noexcept { return queues_; }
+    VirtioState& state() noexcept { return state_; }
+    const VirtioState& state() const noexcept { return state_; }
+    bool running() const noexcept;
+    // Status register write (§2.1.1, §3.1.1): accepted only in the order ACKNOWLEDGE, DRIVER,
+    // FEATURES_OK, DRIVER_OK (FAILED at any time, 0 resets). Returns false for an illegal write,
+    // which changes nothing.
+    bool write_status(std::uint32_t value) noexcept;
+    // DriverFeatures page write; only while DRIVER is set and FEATURES_OK is not (§3.1.1).
+    bool write_driver_features(std::uint32_t page, std::uint32_t value) noexcept;
+    // Queue configuration is writable between FEATURES_OK and DRIVER_OK.
+    bool queue_config_writable() const noexcept;
+    void reset() noexcept;
+
+    std::uint32_t interrupt_status() const noexcept { return isr_.load(std::memory_order_acquire); }
+    void ack_interrupt(std::uint32_t bits) noexcept { isr_.fetch_and(~bits, std::memory_order_acq_rel); }
+    int irq_fd() const noexcept { return irq_.fd(); }
+    int notify_fd(std::size_t q) const noexcept { return notify_[q].fd(); }
+    void notify(std::size_t q) noexcept { (void)notify_[q].signal(); }
+    std::uint64_t needs_reset_count() const noexcept { return needs_reset_.load(); }
+
+protected:
+    // Used-buffer interrupt (§2.7.7), when `q` says the driver wants one.
+    void signal_used(Queue& q) noexcept;
+    // Configuration-change interrupt; bumps the config generation (§2.5.1, §4.2.2).
+    void config_changed() noexcept;
+    // The driver broke the protocol: DEVICE_NEEDS_RESET plus a config interrupt (§2.1.2). The
+    // device stops serving until the driver resets it.
+    void fail(const std::string& why) noexcept;
+    bool negotiated(unsigned feature_bit) const noexcept;
+    const GuestMemory& mem_;
+
+private:
+    std::mutex mu_;
+    std::vector<Queue> queues_;
+    std::vector<EventFd> notify_;
+    EventFdIrq irq_;
+    std::atomic<std::uint32_t> isr_{0};
+    std::atomic<std::uint64_t> needs_reset_{0};
+    VirtioState state_;
+};
+
+} // namespace ember::virtio

@@ -1,0 +1,117 @@
+#pragma once
+// Split virtqueue, device side (virtio 1.2 §2.7). The driver owns the descriptor table and the
+// available ring, so everything read from them is hostile input: every index is bounded, every
+// chain walk has a hop limit, every buffer is resolved through GuestMemory::slice().
+//
+// Threading: a Queue is used under its device's lock, by the transport (configuration) and the
+// device's event-loop handlers (pop/add_used). Ring memory is shared with the guest's vCPUs, so
+// ring indexes are read and written with the barriers of §2.7.13 / §2.7.7.
+
+#include "vmm/guest_addr.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace ember {
+class GuestMemory;
+}
+
+namespace ember::virtio {
+
+// One resolved buffer of a chain: guest address, length, direction and where its bytes live
+// in this process (valid for as long as guest memory is mapped).
+struct Descriptor {
+    GuestAddr addr;
+    std::uint32_t len = 0;
+    bool device_writable = false;
+    std::byte* host = nullptr;
+};
+
+// Everything a snapshot needs to bring a queue back: what the driver programmed and how far
+// the device got. Plain values only.
+struct QueueState {
+    std::uint16_t max_size = 0;
+    std::uint16_t size = 0;
+    bool ready = false;
+    std::uint64_t desc_addr = 0;
+    std::uint64_t avail_addr = 0;
+    std::uint64_t used_addr = 0;
+    std::uint16_t next_avail = 0;
+    std::uint16_t next_used = 0;
+    std::uint16_t signalled_used = 0;
+    bool signalled_used_valid = false;
+    bool event_idx = false;
+    bool indirect = false;
+};
+
+// vring_need_event() of §2.7.7.2: true when `event` lies in the window (old, new_idx] that the
+// device just published, computed modulo 2^16.
+constexpr bool need_event(std::uint16_t event, std::uint16_t new_idx, std::uint16_t old) noexcept {
+    return static_cast<std::uint16_t>(new_idx - event - 1) < static_cast<std::uint16_t>(new_idx - old);
+}
+
+class Queue {
+public:
+    explicit Queue(std::uint16_t max_size);
+
+    enum class PopStatus {
+        Empty,    // nothing new in the available ring
+        Chain,    // a well-formed chain: head and descs are valid
+        BadChain, // the chain at `head` is malformed: return it with add_used(head, 0)
+        Broken,   // the driver broke the ring protocol: the device needs a reset
+    };
+    struct PopResult {
+        PopStatus status = PopStatus::Empty;
+        std::uint16_t head = 0;
+        std::span<const Descriptor> descs; // valid until the next pop()
+        const char* error = nullptr;       // why, for BadChain and Broken
+    };
+
+    const QueueState& state() const noexcept { return s_; }
+    std::uint16_t max_size() const noexcept { return s_.max_size; }
+    bool ready() const noexcept { return s_.ready; }
+    bool active() const noexcept { return mem_ != nullptr; }
+
+    // Driver-side configuration (MMIO QueueNum/QueueReady/Queue{Desc,Driver,Device}). Ignored
+    // while the queue is ready, as §4.2.3.2 forbids changing a live queue.
+    void set_size(std::uint16_t n) noexcept;
+    void set_ready(bool r) noexcept;
+    void set_desc_addr(std::uint64_t a, bool high) noexcept;
+    void set_avail_addr(std::uint64_t a, bool high) noexcept;
+    void set_used_addr(std::uint64_t a, bool high) noexcept;
+
+    // At DRIVER_OK: checks size (power of two, ≤ max), alignment (§2.7 table: 16/2/4) and that
+    // every ring lies inside guest RAM, then starts serving. Returns an empty string on success,
+    // else why the queue is unusable (the queue stays inactive).
+    std::string activate(const GuestMemory& mem, bool event_idx, bool indirect) noexcept;
+    // Back to the power-on state (§2.4): forgets the rings and every index.
+    void reset() noexcept;
+
+    // The next available chain, walked with head < size, next < table length, at most `size`
+    // descriptors in all (§2.7.5.3.1) and indirect tables not nested (§2.7.5.3.1).
+    PopResult pop() noexcept;
+    // Chains taken but not yet returned.
+    std::uint16_t pending() const noexcept;
+    // Puts (head, len) into the used ring and publishes used.idx (release ordering).
+    void add_used(std::uint16_t head, std::uint32_t len) noexcept;
+    // Whether the driver wants an interrupt for what was added since the last call (event-idx
+    // window or VIRTQ_AVAIL_F_NO_INTERRUPT). Call after a batch of add_used().
+    bool needs_interrupt() noexcept;
+    // With EVENT_IDX, asks for a notification once the driver adds past what was consumed;
+    // returns true if chains arrived meanwhile (the caller then pops again).
+    bool enable_notification() noexcept;
+
+private:
+    std::uint16_t avail_idx() const noexcept;
+    std::byte* avail_ = nullptr;
+    std::byte* used_ = nullptr;
+    std::byte* desc_ = nullptr;
+    const GuestMemory* mem_ = nullptr;
+    QueueState s_;
+    std::vector<Descriptor> scratch_;
+};
+
+} // namespace ember::virtio

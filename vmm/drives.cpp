@@ -1,0 +1,96 @@
+#include "vmm/drives.hpp"
+
+#include "vmm/error.hpp"
+#include "vmm/layout.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <set>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+namespace ember {
+
+OpenedDrive open_drive(const DriveConfig& cfg) {
+    const std::string what = "drive " + cfg.drive_id + ": " + cfg.path_on_host;
+    const int flags = (cfg.is_read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+    int fd = ::open(cfg.path_on_host.c_str(), flags);
+    if (fd < 0) throw ConfigError(what + ": " + std::strerror(errno));
+    OpenedDrive d{cfg, UniqueFd(fd), 0, 0, 0};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) throw ConfigError(what + ": " + std::strerror(errno));
+    if (S_ISREG(st.st_mode)) {
+        d.size = static_cast<std::uint64_t>(st.st_size);
+    } else if (S_ISBLK(st.st_mode)) {
+        std::uint64_t bytes = 0;
+        if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) throw ConfigError(what + ": BLKGETSIZE64: " + std::strerror(errno));
+        d.size = bytes;
+    } else {
+        throw ConfigError(what + " is not a regular file or block device");
+    }
+    if (d.size == 0) throw ConfigError(what + " is empty");
+    if (d.size % 512 != 0)
+        throw ConfigError(what + " is " + std::to_string(d.size) + " bytes, not a multiple of the 512-byte sector");
+    d.dev = st.st_dev;
+    d.ino = st.st_ino;
+    return d;
+}
+
+std::vector<OpenedDrive> open_drives(const std::vector<DriveConfig>& drives) {
+    std::set<std::string> ids;
+    std::size_t roots = 0;
+    for (const auto& d : drives) {
+        if (!ids.insert(d.drive_id).second) throw ConfigError("drive id \"" + d.drive_id + "\" is used twice");
+        roots += d.is_root_device;
+    }
+    if (roots > 1) throw ConfigError("only one drive can be the root device");
+    if (drives.size() > max_virtio_devices())
+        throw ConfigError("at most " + std::to_string(max_virtio_devices()) + " virtio devices fit the IRQ range");
+    std::vector<OpenedDrive> out;
+    for (const auto& d : drives)
+        if (d.is_root_device) out.push_back(open_drive(d));
+    for (const auto& d : drives)
+        if (!d.is_root_device) out.push_back(open_drive(d));
+    for (std::size_t i = 0; i < out.size(); ++i)
+        for (std::size_t j = 0; j < i; ++j)
+            if (out[i].dev == out[j].dev && out[i].ino == out[j].ino && (!out[i].cfg.is_read_only || !out[j].cfg.is_read_only))
+                throw ConfigError("drives " + out[j].cfg.drive_id + " and " + out[i].cfg.drive_id +
+                                  " are the same file, and at least one is writable");
+    return out;
+}
+
+std::string root_args(const std::vector<OpenedDrive>& drives) {
+    for (const auto& d : drives) {
+        if (!d.cfg.is_root_device) continue;
+        std::string s = d.cfg.partuuid ? "root=PARTUUID=" + *d.cfg.partuuid : std::string("root=/dev/vda");
+        return s + (d.cfg.is_read_only ? " ro" : " rw");
+    }
+    return {};
+}
+
+std::uint64_t virtio_mmio_addr(std::size_t n) noexcept { return layout::VIRTIO_MMIO_BASE + n * layout::VIRTIO_MMIO_SLOT; }
+std::uint32_t virtio_irq(std::size_t n) noexcept { return layout::IRQ_VIRTIO_BASE + static_cast<std::uint32_t>(n); }
+std::size_t max_virtio_devices() noexcept { return layout::IRQ_MAX - layout::IRQ_VIRTIO_BASE + 1; }
+
+std::string virtio_mmio_arg(std::size_t n) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "virtio_mmio.device=4K@0x%llx:%u", static_cast<unsigned long long>(virtio_mmio_addr(n)), virtio_irq(n));
+    return buf;
+}
+
+std::string add_kernel_args(const std::string& cmdline, const std::string& args) {
+    if (args.empty()) return cmdline;
+    const auto sep = cmdline == "--" || cmdline.rfind("-- ", 0) == 0 ? 0 : cmdline.find(" -- ");
+    if (sep == std::string::npos) {
+        if (cmdline.size() >= 3 && cmdline.compare(cmdline.size() - 3, 3, " --") == 0)
+            return cmdline.substr(0, cmdline.size() - 3) + " " + args + " --";
+        return cmdline.empty() ? args : cmdline + " " + args;
+    }
+    if (sep == 0) return args + " " + cmdline;
+    return cmdline.substr(0, sep) + " " + args + cmdline.substr(sep);
+}
+
+} // namespace ember

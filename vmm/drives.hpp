@@ -1,0 +1,42 @@
+#pragma once
+// Opening the images behind `drives` and what they add to the kernel command line. Runs before
+// KVM is touched, so every bad drive is a one-line ConfigError even on a host without KVM.
+
+#include "vmm/unique_fd.hpp"
+#include "vmm/vm_config.hpp"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ember {
+
+struct OpenedDrive {
+    DriveConfig cfg;
+    UniqueFd fd;
+    std::uint64_t size = 0; // bytes, a multiple of 512
+    std::uint64_t dev = 0, ino = 0;
+};
+
+// Opens one image: O_RDONLY for read-only drives, else O_RDWR; O_CLOEXEC. Refuses anything but
+// a regular file (or block device) whose size is a non-zero multiple of 512.
+OpenedDrive open_drive(const DriveConfig& cfg);
+
+// Opens every drive, root drive first (it becomes /dev/vda), then the others in configuration
+// order. Refuses duplicate ids, two root drives and one file behind two writable drives.
+std::vector<OpenedDrive> open_drives(const std::vector<DriveConfig>& drives);
+
+// root=/dev/vda (or root=PARTUUID=...) and ro/rw for the root drive, if there is one.
+std::string root_args(const std::vector<OpenedDrive>& drives);
+
+// The virtio-mmio slot and IRQ of the n-th virtio device, and its kernel argument
+// (virtio_mmio.device=4K@0x...:IRQ, Documentation/admin-guide/kernel-parameters.txt).
+std::uint64_t virtio_mmio_addr(std::size_t n) noexcept;
+std::uint32_t virtio_irq(std::size_t n) noexcept;
+std::size_t max_virtio_devices() noexcept;
+std::string virtio_mmio_arg(std::size_t n);
+
+// Adds `args` to a command line before the " -- " that starts init's arguments, if any.
+std::string add_kernel_args(const std::string& cmdline, const std::string& args);
+
+} // namespace ember
