@@ -2,6 +2,7 @@
 
 #include "vmm/error.hpp"
 
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <unistd.h>
@@ -101,6 +102,65 @@ MachineConfig parse_machine_config(const json& j, std::uint64_t host_mem_mib) {
     return m;
 }
 
+bool valid_resource_id(const std::string& id) {
+    if (id.empty() || id.size() > 64) return false;
+    for (char ch : id)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_') return false;
+    return true;
+}
+
+DriveConfig parse_drive(const json& j) {
+    std::string w = "drive";
+    require_object(j, w);
+    reject_unknown(j, w, {"drive_id", "partuuid", "is_root_device", "cache_type", "is_read_only", "path_on_host",
+                          "rate_limiter", "io_engine", "socket"});
+    DriveConfig d;
+    const json* id = field(j, "drive_id");
+    if (!id) throw ConfigError(w + ": missing required field \"drive_id\"");
+    d.drive_id = get_string(*id, w + ".drive_id");
+    if (!valid_resource_id(d.drive_id))
+        throw ConfigError(w + ".drive_id \"" + d.drive_id + "\" must be 1-64 characters from [a-zA-Z0-9_]");
+    w = "drive " + d.drive_id;
+    const json* root = field(j, "is_root_device");
+    if (!root) throw ConfigError(w + ": missing required field \"is_root_device\"");
+    d.is_root_device = get_bool(*root, w + ".is_root_device");
+    if (const json* s = field(j, "socket"); s && !s->is_null())
+        throw ConfigError(w + ": vhost-user block devices (\"socket\") are not supported by Ember");
+    const json* path = field(j, "path_on_host");
+    if (!path) throw ConfigError(w + ": missing required field \"path_on_host\"");
+    d.path_on_host = get_string(*path, w + ".path_on_host");
+    if (d.path_on_host.empty()) throw ConfigError(w + ".path_on_host must not be empty");
+    if (const json* ro = field(j, "is_read_only"); ro && !ro->is_null()) d.is_read_only = get_bool(*ro, w + ".is_read_only");
+    if (const json* pu = field(j, "partuuid"); pu && !pu->is_null()) d.partuuid = get_string(*pu, w + ".partuuid");
+    if (const json* c = field(j, "cache_type"); c && !c->is_null()) {
+        const std::string t = get_string(*c, w + ".cache_type");
+        if (t == "Unsafe") d.cache_type = DriveCacheType::Unsafe;
+        else if (t == "Writeback") d.cache_type = DriveCacheType::Writeback;
+        else throw ConfigError(w + ".cache_type \"" + t + "\" is not Unsafe or Writeback");
+    }
+    if (const json* e = field(j, "io_engine"); e && !e->is_null()) {
+        const std::string t = get_string(*e, w + ".io_engine");
+        if (t == "Sync") d.io_engine = DriveIoEngine::Sync;
+        else if (t == "Async") d.io_engine = DriveIoEngine::Async;
+        else throw ConfigError(w + ".io_engine \"" + t + "\" is not Sync or Async");
+    }
+    if (const json* r = field(j, "rate_limiter"); r && !r->is_null())
+        throw ConfigError(w + ".rate_limiter is not supported by this Ember version yet");
+    return d;
+}
+
+void add_drive(std::vector<DriveConfig>& drives, DriveConfig d) {
+    for (const auto& o : drives)
+        if (o.is_root_device && d.is_root_device && o.drive_id != d.drive_id)
+            throw ConfigError("A root block device already exists! (drive " + o.drive_id + ")");
+    for (auto& o : drives)
+        if (o.drive_id == d.drive_id) {
+            o = std::move(d);
+            return;
+        }
+    drives.push_back(std::move(d));
+}
+
 VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) {
     json j;
     try {
@@ -121,7 +181,12 @@ VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) 
             c.machine = parse_machine_config(*it, host_mem_mib);
         } else if (k == "drives") {
             if (!it->is_array()) throw ConfigError("drives must be a JSON array, not " + type_name(*it));
-            if (!it->empty()) throw ConfigError("drives: block devices are not supported by this Ember version yet");
+            for (const auto& d : *it) {
+                DriveConfig dc = parse_drive(d);
+                for (const auto& o : c.drives)
+                    if (o.drive_id == dc.drive_id) throw ConfigError("drives: drive id \"" + dc.drive_id + "\" is used twice");
+                add_drive(c.drives, std::move(dc));
+            }
         } else if (later.count(k)) {
             throw ConfigError("config file section \"" + k + "\" is not supported by this Ember version yet");
         } else {
@@ -147,11 +212,24 @@ json to_json(const MachineConfig& m) {
             {"huge_pages", m.huge_pages}};
 }
 
+json to_json(const DriveConfig& d) {
+    return {{"drive_id", d.drive_id},
+            {"partuuid", d.partuuid ? json(*d.partuuid) : json(nullptr)},
+            {"is_root_device", d.is_root_device},
+            {"cache_type", d.cache_type == DriveCacheType::Writeback ? "Writeback" : "Unsafe"},
+            {"is_read_only", d.is_read_only},
+            {"path_on_host", d.path_on_host},
+            {"rate_limiter", nullptr},
+            {"io_engine", d.io_engine == DriveIoEngine::Sync ? "Sync" : "Async"},
+            {"socket", nullptr}};
+}
+
 json to_json(const VmConfig& c) {
     json j = json::object();
     if (c.boot_source) j["boot-source"] = to_json(*c.boot_source);
     j["machine-config"] = to_json(c.machine);
     j["drives"] = json::array();
+    for (const auto& d : c.drives) j["drives"].push_back(to_json(d));
     return j;
 }
 

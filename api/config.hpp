@@ -10,15 +10,22 @@
 
 namespace ember {
 
-// A whole --config-file document. Sections Ember does not implement yet are rejected by name
-// ("drives" is accepted when empty, since Firecracker's schema requires the key).
+// A whole --config-file document. Sections Ember does not implement yet are rejected by name.
 VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib);
 
 BootSourceConfig parse_boot_source(const nlohmann::json& j);
 MachineConfig parse_machine_config(const nlohmann::json& j, std::uint64_t host_mem_mib);
+// Firecracker's Drive (virtio-block only: `socket`, vhost-user, is refused).
+DriveConfig parse_drive(const nlohmann::json& j);
+// Adds a drive to the list, or replaces the one with the same id (PUT /drives/{id} semantics).
+// Throws ConfigError if another drive is already the root device.
+void add_drive(std::vector<DriveConfig>& drives, DriveConfig d);
+// Firecracker's resource ids: 1-64 characters from [a-zA-Z0-9_].
+bool valid_resource_id(const std::string& id);
 
 nlohmann::json to_json(const BootSourceConfig& b);
 nlohmann::json to_json(const MachineConfig& m);
+nlohmann::json to_json(const DriveConfig& d);
 // The --config-file shape (what GET /vm/config returns).
 nlohmann::json to_json(const VmConfig& c);
 

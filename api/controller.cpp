@@ -2,6 +2,7 @@
 
 #include "api/config.hpp"
 #include "devices/legacy/serial.hpp"
+#include "devices/virtio/block/device.hpp"
 #include "vmm/error.hpp"
 #include "vmm/logger.hpp"
 
@@ -48,7 +49,8 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
 
 Response Controller::handle(const Action& a) {
     const char* name = action_name(a);
-    const char* group = std::holds_alternative<PatchMachineConfig>(a) || std::holds_alternative<PatchVmState>(a)
+    const char* group = std::holds_alternative<PatchMachineConfig>(a) || std::holds_alternative<PatchVmState>(a) ||
+                                std::holds_alternative<PatchDrive>(a)
                             ? "patch_api_requests"
                             : "put_api_requests";
     auto fails = [&](const char* g) { count(g, std::string(name) + "_fails"); };
@@ -90,6 +92,19 @@ Response Controller::handle(const Action& a) {
             if (vm_) return bad("put_api_requests", kNotAfterBoot);
             cfg_.boot_source = p->config;
             return Response::no_content();
+        }
+        if (auto* p = std::get_if<PutDrive>(&a)) {
+            count("put_api_requests", "drive_count");
+            if (vm_) return bad("put_api_requests", kNotAfterBoot);
+            // Firecracker opens the image at PUT time, so a wrong path fails here, not at start.
+            (void)open_drive(p->config);
+            add_drive(cfg_.drives, p->config);
+            return Response::no_content();
+        }
+        if (auto* p = std::get_if<PatchDrive>(&a)) {
+            count("patch_api_requests", "drive_count");
+            if (!vm_) return bad("patch_api_requests", kNotBeforeBoot);
+            return patch_drive(*p);
         }
         if (std::holds_alternative<InstanceStart>(a)) {
             count("put_api_requests", "actions_count");
@@ -144,12 +159,32 @@ Response Controller::handle(const Action& a) {
     return Response::bad_request("unhandled action");
 }
 
+Response Controller::patch_drive(const PatchDrive& p) {
+    for (const auto& blk : vm_->block_devices()) {
+        if (blk->config().drive_id != p.drive_id) continue;
+        if (!p.path_on_host) return Response::no_content(); // nothing to change (rate limiters come later)
+        DriveConfig updated = blk->config();
+        updated.path_on_host = *p.path_on_host;
+        OpenedDrive d = open_drive(updated); // throws ConfigError: the drive keeps its old image
+        blk->replace_file(std::move(d.fd), d.size, updated.path_on_host);
+        for (auto& c : cfg_.drives)
+            if (c.drive_id == p.drive_id) c.path_on_host = updated.path_on_host;
+        LOG_INFO("drive %s now uses %s (%llu bytes)", p.drive_id.c_str(), updated.path_on_host.c_str(),
+                 static_cast<unsigned long long>(d.size));
+        return Response::no_content();
+    }
+    count("patch_api_requests", "drive_fails");
+    return Response::bad_request("Invalid block device ID: " + p.drive_id);
+}
+
 Response Controller::start_instance() {
     if (exited_) return Response::bad_request("the microVM has already ended");
     try {
         PreparedGuest guest = prepare_guest(cfg_);
         vm_ = Vm::create(io_, std::move(guest), opts_, [this](int status, const std::string& detail) {
             exited_ = true;
+            // A last metrics line as the VM ends (Firecracker flushes on exit too).
+            if (metrics_fd_.valid()) (void)flush_metrics();
             if (on_vm_exit_) on_vm_exit_(status, detail);
         });
     } catch (const std::exception& e) {
@@ -221,6 +256,25 @@ std::string Controller::metrics_line() {
             fails += c.failures;
         }
         snapshot["vcpu"] = {{"exit_io_in", in}, {"exit_io_out", out}, {"exit_mmio_read", rd}, {"exit_mmio_write", wr}, {"failures", fails}};
+        // Firecracker's block metrics: "block" sums every drive, "block_<id>" is one drive.
+        auto& all = snapshot["block"];
+        for (const auto& blk : vm_->block_devices()) {
+            const auto& m = blk->metrics();
+            auto& one = snapshot["block_" + blk->config().drive_id];
+            const std::pair<const char*, const std::atomic<std::uint64_t>*> fields[] = {
+                {"activate_fails", &m.activate_fails}, {"cfg_fails", &m.cfg_fails},
+                {"event_fails", &m.event_fails},       {"execute_fails", &m.execute_fails},
+                {"invalid_reqs_count", &m.invalid_reqs_count}, {"flush_count", &m.flush_count},
+                {"queue_event_count", &m.queue_event_count},   {"read_bytes", &m.read_bytes},
+                {"write_bytes", &m.write_bytes},       {"read_count", &m.read_count},
+                {"write_count", &m.write_count},       {"update_count", &m.update_count},
+                {"update_fails", &m.update_fails},     {"no_avail_buffer", &m.no_avail_buffer}};
+            for (const auto& [name, c] : fields) {
+                one[name] = c->load(std::memory_order_relaxed);
+                all[name] += one[name];
+            }
+        }
+        if (vm_->block_devices().empty()) snapshot.erase("block");
         const auto& u = vm_->serial().counters();
         snapshot["uart"] = {{"read_count", u.read_count.load()},           {"write_count", u.write_count.load()},
                             {"missed_read_count", u.missed_read_count.load()}, {"missed_write_count", u.missed_write_count.load()},

@@ -40,6 +40,7 @@ public:
 
 private:
     Response start_instance();
+    Response patch_drive(const PatchDrive& p);
     Response set_logger(const LoggerConfig& c);
     Response set_metrics(const std::string& path);
     Response flush_metrics();

@@ -41,14 +41,6 @@ std::optional<bool> bool_field(const json& j, const char* name) {
     return it->get<bool>();
 }
 
-// Firecracker's resource ids: 1-64 characters from [a-zA-Z0-9_].
-bool valid_id(const std::string& id) {
-    if (id.empty() || id.size() > 64) return false;
-    for (char c : id)
-        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') return false;
-    return true;
-}
-
 const char* kNotSupported = " is not supported by this Ember version yet";
 
 Action route_or_throw(Method m, const std::string& method, const std::string& path, const std::string& body) {
@@ -130,8 +122,24 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
     if (path.rfind("/drives/", 0) == 0) {
         if (m != Method::Put && m != Method::Patch) throw invalid();
         const std::string id = path.substr(8);
-        if (!valid_id(id)) throw ConfigError("invalid drive id \"" + id + "\"");
-        throw ConfigError(std::string("block devices (/drives)") + kNotSupported);
+        if (!valid_resource_id(id)) throw ConfigError("invalid drive id \"" + id + "\"");
+        json j = parse_body(body);
+        require_object(j);
+        if (m == Method::Put) {
+            DriveConfig d = parse_drive(j);
+            if (d.drive_id != id) throw ConfigError("The id from the path does not match the id from the body!");
+            return PutDrive{std::move(d)};
+        }
+        reject_unknown(j, "drive", {"drive_id", "path_on_host", "rate_limiter"});
+        PatchDrive p{string_field(j, "drive_id", true), std::nullopt};
+        if (p.drive_id != id) throw ConfigError("The id from the path does not match the id from the body!");
+        if (j.contains("path_on_host")) {
+            p.path_on_host = string_field(j, "path_on_host", true);
+            if (p.path_on_host->empty()) throw ConfigError("drive " + id + ".path_on_host must not be empty");
+        }
+        if (auto r = j.find("rate_limiter"); r != j.end() && !r->is_null())
+            throw ConfigError("drive " + id + ".rate_limiter is not supported by this Ember version yet");
+        return p;
     }
     static const char* later[] = {"/network-interfaces/", "/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/",
                                   "/cpu-config", "/serial", "/hotplug/", "/pmem/"};
@@ -178,6 +186,8 @@ const char* action_name(const Action& a) {
         const char* operator()(const PatchVmState&) const { return "vm"; }
         const char* operator()(const PutLogger&) const { return "logger"; }
         const char* operator()(const PutMetrics&) const { return "metrics"; }
+        const char* operator()(const PutDrive&) const { return "drive"; }
+        const char* operator()(const PatchDrive&) const { return "drive"; }
     };
     return std::visit(V{}, a);
 }

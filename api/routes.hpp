@@ -31,10 +31,16 @@ struct LoggerConfig {
 };
 struct PutLogger { LoggerConfig config; };
 struct PutMetrics { std::string metrics_path; };
+struct PutDrive { DriveConfig config; };
+// PATCH /drives/{id}: Firecracker's PartialDrive (a new image for a running drive).
+struct PatchDrive {
+    std::string drive_id;
+    std::optional<std::string> path_on_host;
+};
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
-                            PatchVmState, PutLogger, PutMetrics>;
+                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

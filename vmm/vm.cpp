@@ -86,6 +86,7 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
         throw ConfigError("vcpu_count must be from 1 to " + std::to_string(MAX_VCPUS));
     if (m.mem_size_mib == 0) throw ConfigError("mem_size_mib must be at least 1");
     const auto& bs = *cfg.boot_source;
+    std::vector<OpenedDrive> drives = open_drives(cfg.drives);
     GuestMemory mem = GuestMemory::anonymous(m.mem_size_mib * layout::MiB);
 
     auto kernel_file = open_regular(bs.kernel_image_path, "kernel image");
@@ -95,7 +96,6 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
         auto f = open_regular(*bs.initrd_path, "initrd");
         initrd = load_initrd(f.fd.get(), f.size, *bs.initrd_path, kernel, mem);
     }
-    std::vector<OpenedDrive> drives = open_drives(cfg.drives);
     // Devices are attached in this order by Vm::attach_virtio_devices(): drives first.
     std::string device_args = root_args(drives);
     for (std::size_t i = 0; i < drives.size(); ++i) device_args += (device_args.empty() ? "" : " ") + virtio_mmio_arg(i);

@@ -113,6 +113,64 @@ bad_clients)
   wait_exit 90
   expect_eq "Ember status" "$RC" 0
   ;;
+drives)
+  # Firecracker's getting-started sequence with a root drive, then PATCH /drives swapping a
+  # running drive's image: the guest sees the new capacity through a config-change interrupt.
+  cp "$EMBER_ROOTFS_DIR/rootfs.ext4" "$T/root.ext4"
+  printf '%s\n' 'echo SIZE0=$(cat /sys/block/vdb/size)
+i=0
+while [ $i -lt 600 ]; do
+  s=$(cat /sys/block/vdb/size)
+  if [ $s != 2048 ]; then echo SIZE1=$s; break; fi
+  i=$((i+1)); sleep 0.2
+done
+echo MD5=$(md5sum /dev/vdb | cut -c1-32)
+echo ROOTDEV=$(grep -c /dev/root /proc/mounts)' > "$T/t.sh"
+  debugfs -w -R "write $T/t.sh /t.sh" "$T/root.ext4" >/dev/null 2>&1 || fail "debugfs write"
+  head -c $((1024 * 1024)) /dev/urandom > "$T/small.img"
+  head -c $((3 * 1024 * 1024)) /dev/urandom > "$T/big.img"
+  start_ember
+  expect_status "PUT /metrics" 204 PUT /metrics "{\"metrics_path\": \"$T/metrics.json\"}"
+  expect_status "PUT /boot-source (no initrd)" 204 PUT /boot-source \
+    "{\"kernel_image_path\": \"$K/vmlinux\", \"boot_args\": \"$BASE_ARGS -- sh /t.sh\"}"
+  expect_status "PUT /drives/rootfs" 204 PUT /drives/rootfs \
+    "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$T/root.ext4\", \"is_root_device\": true, \"is_read_only\": false}"
+  expect_status "PUT /drives/scratch" 204 PUT /drives/scratch \
+    "{\"drive_id\": \"scratch\", \"path_on_host\": \"$T/small.img\", \"is_root_device\": false, \"is_read_only\": false, \"io_engine\": \"Sync\"}"
+  expect_status "PUT /drives id mismatch" 400 PUT /drives/other \
+    "{\"drive_id\": \"scratch\", \"path_on_host\": \"$T/small.img\", \"is_root_device\": false, \"is_read_only\": false}"
+  [[ $LAST == *'does not match'* ]] && pass "id mismatch explained" || fail "id mismatch: $LAST"
+  expect_status "PUT /drives missing file" 400 PUT /drives/gone \
+    "{\"drive_id\": \"gone\", \"path_on_host\": \"$T/nope.img\", \"is_root_device\": false, \"is_read_only\": false}"
+  expect_status "second root drive" 400 PUT /drives/root2 \
+    "{\"drive_id\": \"root2\", \"path_on_host\": \"$T/small.img\", \"is_root_device\": true, \"is_read_only\": true}"
+  expect_status "PATCH /drives before start" 400 PATCH /drives/scratch "{\"drive_id\": \"scratch\", \"path_on_host\": \"$T/big.img\"}"
+  expect_status "PUT /machine-config" 204 PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 256}'
+  expect_status "GET /vm/config" 200 GET /vm/config
+  [[ $LAST == *'"drive_id":"rootfs"'* && $LAST == *'"drive_id":"scratch"'* && $LAST == *'"io_engine":"Sync"'* && $LAST != *'"gone"'* ]] \
+    && pass "vm/config lists both drives, not the refused ones" || fail "vm/config: $LAST"
+  expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  for _ in $(seq 1 450); do grep -q '^SIZE0=' "$T/console.out" && break; sleep 0.2; done
+  OUT=$T/console.out
+  expect_eq "guest sees the 1 MiB scratch drive" "$(guest_value SIZE0)" 2048
+  expect_status "PATCH unknown drive" 400 PATCH /drives/nosuch '{"drive_id": "nosuch", "path_on_host": "/dev/null"}'
+  expect_status "PATCH to a missing file" 400 PATCH /drives/scratch "{\"drive_id\": \"scratch\", \"path_on_host\": \"$T/nope.img\"}"
+  expect_status "PATCH /drives/scratch" 204 PATCH /drives/scratch "{\"drive_id\": \"scratch\", \"path_on_host\": \"$T/big.img\"}"
+  wait_exit 120
+  expect_eq "Ember status" "$RC" 0
+  expect_eq "guest sees the new capacity" "$(guest_value SIZE1)" 6144
+  expect_eq "guest reads the new image" "$(guest_value MD5)" "$(md5sum < "$T/big.img" | cut -c1-32)"
+  expect_eq "root is the rootfs drive" "$(guest_value ROOTDEV)" 1
+  line=$(grep '"block_scratch"' "$T/metrics.json" | tail -n 1)
+  python3 - "$T/metrics.json" <<'PY' && pass "block metrics: update_count 1, reads counted" || fail "block metrics: $(tail -c 600 "$T/metrics.json")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+tot = lambda g, k: sum(l.get(g, {}).get(k, 0) for l in lines)
+assert tot("block_scratch", "update_count") == 1, tot("block_scratch", "update_count")
+assert tot("block_scratch", "read_bytes") >= 3 * 1024 * 1024, tot("block_scratch", "read_bytes")
+assert tot("block", "read_count") >= tot("block_scratch", "read_count") > 0
+PY
+  ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
 [[ -n ${EMBER_PID:-} ]] && kill -9 "$EMBER_PID" 2>/dev/null

@@ -53,7 +53,6 @@ if [[ $KERNEL != "$T/garbage" ]]; then
 else
   fail "EMBER_KERNEL_DIR not set: cannot test initrd and RAM-size errors against a real kernel"
 fi
-expect_error drives_unsupported 'block devices are not supported' --no-api --config-file "$(cfg dr "{$(bs "$KERNEL"), $(mc 1 64), \"drives\": [{\"drive_id\": \"rootfs\"}]}")"
 expect_error bad_level '--level must be one of' --no-api --level Loud --config-file "$(cfg lv "{$(bs "$KERNEL"), $(mc 1 64)}")"
 expect_error bad_id '--id must be' --no-api --id 'bad id!' --config-file "$(cfg id "{$(bs "$KERNEL"), $(mc 1 64)}")"
 expect_error unknown_flag '--frobnicate' --no-api --frobnicate
@@ -81,6 +80,33 @@ done
 kill -TERM "$stale_pid"; wait "$stale_pid"; rc=$?
 expect_eq "SIGTERM before boot ends Ember with" "$rc" 0
 [[ ! -e $T/live.sock ]] && pass "socket removed on exit" || fail "socket left after SIGTERM"
+
+# Drives: every bad drive fails before KVM is opened, naming the drive.
+head -c 1048576 /dev/zero > "$T/disk.img"
+head -c 1000 /dev/zero > "$T/odd.img"
+: > "$T/empty.img"
+drv() { # ID PATH ROOT RO [EXTRA JSON]
+  echo "{\"drive_id\": \"$1\", \"path_on_host\": \"$2\", \"is_root_device\": $3, \"is_read_only\": $4${5:+, $5}}"
+}
+dcfg() { cfg "$1" "{$(bs "$KERNEL"), $(mc 1 64), \"drives\": [$2]}"; }
+expect_error drive_missing 'drive rootfs: .*/nope.img: No such file or directory' --no-api --config-file "$(dcfg dmiss "$(drv rootfs "$T/nope.img" true false)")"
+expect_error drive_odd_size 'not a multiple of the 512-byte sector' --no-api --config-file "$(dcfg dodd "$(drv rootfs "$T/odd.img" true false)")"
+expect_error drive_empty 'drive d: .*empty.img is empty' --no-api --config-file "$(dcfg dempty "$(drv d "$T/empty.img" false false)")"
+expect_error drive_dir 'is not a regular file or block device' --no-api --config-file "$(dcfg ddir "$(drv d "$T" false true)")"
+expect_error drive_two_roots 'A root block device already exists' --no-api --config-file "$(dcfg droots "$(drv a "$T/disk.img" true true), $(drv b "$T/disk.img" true true)")"
+expect_error drive_same_file 'drives a and b are the same file, and at least one is writable' --no-api --config-file "$(dcfg dsame "$(drv a "$T/disk.img" false false), $(drv b "$T/disk.img" false true)")"
+expect_error drive_dup_id 'drive id "a" is used twice' --no-api --config-file "$(dcfg ddup "$(drv a "$T/disk.img" false true), $(drv a "$T/disk.img" false true)")"
+expect_error drive_bad_id 'must be 1-64 characters' --no-api --config-file "$(dcfg dbid "$(drv 'a-b' "$T/disk.img" false true)")"
+expect_error drive_cache 'cache_type "Fast" is not Unsafe or Writeback' --no-api --config-file "$(dcfg dcache "$(drv a "$T/disk.img" false false '"cache_type": "Fast"')")"
+expect_error drive_engine 'io_engine "Uring" is not Sync or Async' --no-api --config-file "$(dcfg deng "$(drv a "$T/disk.img" false false '"io_engine": "Uring"')")"
+expect_error drive_socket 'vhost-user' --no-api --config-file "$(dcfg dsock "$(drv a "$T/disk.img" false false '"socket": "/tmp/x"')")"
+expect_error drive_rate_limiter 'rate_limiter is not supported' --no-api --config-file "$(dcfg drl "$(drv a "$T/disk.img" false false '"rate_limiter": {}')")"
+expect_error drive_unknown_field 'unknown field "readonly"' --no-api --config-file "$(dcfg dunk "$(drv a "$T/disk.img" false false '"readonly": true')")"
+chmod 444 "$T/disk.img"
+if [[ $(id -u) -ne 0 ]]; then
+  expect_error drive_no_write_permission 'drive a: .*disk.img: Permission denied' --no-api --config-file "$(dcfg dperm "$(drv a "$T/disk.img" false false)")"
+fi
+chmod 644 "$T/disk.img"
 
 # KVM missing: a mount namespace with an empty /dev hides /dev/kvm.
 if command -v unshare >/dev/null && unshare --mount true 2>/dev/null; then
