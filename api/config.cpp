@@ -161,7 +161,34 @@ void add_drive(std::vector<DriveConfig>& drives, DriveConfig d) {
     drives.push_back(std::move(d));
 }
 
+LoggerConfig parse_logger(const json& j) {
+    const std::string w = "logger";
+    require_object(j, w);
+    reject_unknown(j, w, {"log_path", "level", "show_level", "show_log_origin", "module"});
+    LoggerConfig c;
+    if (const json* p = field(j, "log_path"); p && !p->is_null()) c.log_path = get_string(*p, w + ".log_path");
+    if (const json* l = field(j, "level"); l && !l->is_null()) c.level = get_string(*l, w + ".level");
+    if (const json* m = field(j, "module"); m && !m->is_null()) (void)get_string(*m, w + ".module");
+    if (const json* b = field(j, "show_level"); b && !b->is_null()) c.show_level = get_bool(*b, w + ".show_level");
+    if (const json* b = field(j, "show_log_origin"); b && !b->is_null()) c.show_log_origin = get_bool(*b, w + ".show_log_origin");
+    return c;
+}
+
+std::string parse_metrics(const json& j) {
+    require_object(j, "metrics");
+    reject_unknown(j, "metrics", {"metrics_path"});
+    const json* p = field(j, "metrics_path");
+    if (!p) throw ConfigError("metrics: missing required field \"metrics_path\"");
+    std::string path = get_string(*p, "metrics.metrics_path");
+    if (path.empty()) throw ConfigError("metrics.metrics_path must not be empty");
+    return path;
+}
+
 VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) {
+    return parse_config_document(text, host_mem_mib).vm;
+}
+
+ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem_mib) {
     json j;
     try {
         j = json::parse(text);
@@ -170,9 +197,10 @@ VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) 
         throw ConfigError(std::string("config file is not valid JSON: ") + e.what());
     }
     require_object(j, "config file");
-    static const std::set<std::string> later = {"cpu-config", "balloon", "network-interfaces", "vsock", "logger",
-                                                "metrics", "mmds-config", "entropy", "serial"};
-    VmConfig c;
+    static const std::set<std::string> later = {"cpu-config", "balloon", "network-interfaces", "vsock",
+                                                "mmds-config", "entropy", "serial"};
+    ConfigFile doc;
+    VmConfig& c = doc.vm;
     for (auto it = j.begin(); it != j.end(); ++it) {
         const std::string& k = it.key();
         if (k == "boot-source") {
@@ -187,6 +215,10 @@ VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) 
                     if (o.drive_id == dc.drive_id) throw ConfigError("drives: drive id \"" + dc.drive_id + "\" is used twice");
                 add_drive(c.drives, std::move(dc));
             }
+        } else if (k == "logger") {
+            if (!it->is_null()) doc.logger = parse_logger(*it);
+        } else if (k == "metrics") {
+            if (!it->is_null()) doc.metrics_path = parse_metrics(*it);
         } else if (later.count(k)) {
             throw ConfigError("config file section \"" + k + "\" is not supported by this Ember version yet");
         } else {
@@ -194,7 +226,7 @@ VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) 
         }
     }
     if (!c.boot_source) throw ConfigError("config file: missing required section \"boot-source\"");
-    return c;
+    return doc;
 }
 
 json to_json(const BootSourceConfig& b) {

@@ -6,12 +6,32 @@
 #include "vmm/vm_config.hpp"
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 namespace ember {
 
-// A whole --config-file document. Sections Ember does not implement yet are rejected by name.
+// PUT /logger and the config file's "logger" section (Firecracker's Logger).
+struct LoggerConfig {
+    std::optional<std::string> log_path;
+    std::optional<std::string> level;
+    std::optional<bool> show_level;
+    std::optional<bool> show_log_origin;
+};
+
+// A whole --config-file document: the VM, plus the optional logger and metrics sections.
+struct ConfigFile {
+    VmConfig vm;
+    std::optional<LoggerConfig> logger;
+    std::optional<std::string> metrics_path;
+};
+// Sections Ember does not implement yet are rejected by name.
+ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem_mib);
+// The VM part of parse_config_document().
 VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib);
+LoggerConfig parse_logger(const nlohmann::json& j);
+// Firecracker's Metrics object: {"metrics_path": ...}.
+std::string parse_metrics(const nlohmann::json& j);
 
 BootSourceConfig parse_boot_source(const nlohmann::json& j);
 MachineConfig parse_machine_config(const nlohmann::json& j, std::uint64_t host_mem_mib);

@@ -197,8 +197,13 @@ Response Controller::start_instance() {
     return Response::no_content();
 }
 
-void Controller::boot_from_config(const VmConfig& cfg) {
-    cfg_ = cfg;
+void Controller::boot_from_config(const ConfigFile& doc) {
+    auto check = [](const Response& r) {
+        if (r.status != 204) throw ConfigError(json::parse(r.body).value("fault_message", "invalid configuration"));
+    };
+    if (doc.logger) check(set_logger(*doc.logger));
+    if (doc.metrics_path) check(set_metrics(*doc.metrics_path));
+    cfg_ = doc.vm;
     Response r = start_instance();
     if (r.status != 204) throw ConfigError(json::parse(r.body).value("fault_message", "cannot start"));
 }
@@ -245,6 +250,16 @@ std::string Controller::metrics_line() {
     auto snapshot = counters_;
     snapshot["api_server"]["process_startup_time_us"] = startup_us_;
     snapshot["api_server"]["process_startup_time_cpu_us"] = startup_cpu_us_;
+    // Firecracker's LoggerSystemMetrics; missed_metrics_count and metrics_fails are counted
+    // by flush_metrics().
+    snapshot["logger"]["missed_log_count"] = log::missed_log_count();
+    snapshot["logger"]["log_fails"] = log::log_fails();
+    snapshot["logger"]["missed_metrics_count"] += 0;
+    snapshot["logger"]["metrics_fails"] += 0;
+    // Firecracker's VmmMetrics: events the device loop served, and panics (none: Ember has no
+    // panic path that returns).
+    snapshot["vmm"]["panic_count"] += 0;
+    std::uint64_t device_events = 0;
     if (vm_) {
         std::uint64_t in = 0, out = 0, rd = 0, wr = 0, fails = 0;
         for (const auto& v : vm_->vcpus()) {
@@ -273,8 +288,10 @@ std::string Controller::metrics_line() {
                 one[name] = c->load(std::memory_order_relaxed);
                 all[name] += one[name];
             }
+            device_events += one["queue_event_count"];
         }
         if (vm_->block_devices().empty()) snapshot.erase("block");
+        snapshot["vmm"]["device_events"] = device_events;
         const auto& u = vm_->serial().counters();
         snapshot["uart"] = {{"read_count", u.read_count.load()},           {"write_count", u.write_count.load()},
                             {"missed_read_count", u.missed_read_count.load()}, {"missed_write_count", u.missed_write_count.load()},
@@ -301,8 +318,10 @@ std::string Controller::metrics_line() {
 Response Controller::flush_metrics() {
     if (!metrics_fd_.valid()) return Response::bad_request("the metrics system is not initialized (PUT /metrics first)");
     std::string line = metrics_line() + "\n";
-    if (::write(metrics_fd_.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size()))
+    if (::write(metrics_fd_.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
         count("logger", "missed_metrics_count");
+        count("logger", "metrics_fails");
+    }
     return Response::no_content();
 }
 

@@ -25,8 +25,8 @@ public:
     Response handle(const Action& a);
     // Counts a request the router refused (for the *_fails metrics).
     void count_rejected(const std::string& method, const std::string& target);
-    // Applies a --config-file document and boots it (API mode with --config-file).
-    void boot_from_config(const VmConfig& cfg);
+    // Applies a --config-file document (logger, metrics, VM) and boots it; throws ConfigError.
+    void boot_from_config(const ConfigFile& doc);
 
     bool started() const noexcept { return vm_ != nullptr; }
     Vm* vm() noexcept { return vm_.get(); }

@@ -49,16 +49,17 @@ std::string read_file(const std::string& path) {
     return ss.str();
 }
 
-// API mode: the VMM thread (this one) runs the controller's event loop; the API thread serves
-// HTTP and posts each parsed request here. Ember exits when the guest ends or on SIGTERM/SIGINT.
-int run_api(const std::string& sock, std::size_t max_payload, const std::string& config_file, const std::string& id,
-            const ember::RunOptions& opts) {
+// The VMM thread (this one) runs the controller's event loop. With the API, the API thread
+// serves HTTP and posts each parsed request here; without it (--no-api), the config file is all
+// there is. Ember exits when the guest ends or on SIGTERM/SIGINT/SIGHUP.
+int run(bool serve_api, const std::string& sock, std::size_t max_payload, const std::string& config_file,
+        const std::string& id, const ember::RunOptions& opts) {
     namespace api = ember::api;
     LOG_INFO("Running Ember v%s", EMBER_VERSION);
-    std::optional<ember::VmConfig> initial;
+    std::optional<ember::ConfigFile> initial;
     if (!config_file.empty()) {
         try {
-            initial = ember::parse_config_file(read_file(config_file), ember::host_memory_mib());
+            initial = ember::parse_config_document(read_file(config_file), ember::host_memory_mib());
         } catch (const std::exception& e) {
             return fail(EXIT_BAD_CONFIGURATION, e.what());
         }
@@ -85,7 +86,7 @@ int run_api(const std::string& sock, std::size_t max_payload, const std::string&
     api::HttpLimits limits;
     limits.max_body = max_payload;
     std::unique_ptr<api::HttpServer> server;
-    try {
+    if (serve_api) try {
         server = std::make_unique<api::HttpServer>(sock, limits, [ctl, vmm_io](api::HttpRequest req, api::HttpServer::Reply reply) {
             auto parsed = api::route(req.method, req.target, req.body);
             boost::asio::post(*vmm_io, [ctl, parsed = std::move(parsed), req = std::move(req), reply = std::move(reply)] {
@@ -118,14 +119,16 @@ int run_api(const std::string& sock, std::size_t max_payload, const std::string&
     {
         // The work guard lives in this scope, so it is gone before the io_context is destroyed.
         auto guard = boost::asio::make_work_guard(*io);
-        server->start();
-        ctl->set_startup_time(ember::log::us_since_start(), ember::log::process_cpu_us());
-        LOG_INFO("API server listening on %s", sock.c_str());
+        if (server) {
+            server->start();
+            ctl->set_startup_time(ember::log::us_since_start(), ember::log::process_cpu_us());
+            LOG_INFO("API server listening on %s", sock.c_str());
+        }
         io->run();
     }
     // Teardown order: stop serving, end the VM, then drop queued work that may still refer to
     // sessions of the (already stopped) server.
-    server->stop();
+    if (server) server->stop();
     controller.reset();
     signals.reset();
     io.reset();
@@ -177,37 +180,6 @@ int main(int argc, char** argv) {
     }
     ember::RunOptions opts;
     opts.boot_timer = boot_timer;
-    if (!no_api) return run_api(api_sock, max_payload, config_file, id, opts);
-    if (config_file.empty()) return fail(EXIT_ARG_PARSING, "--no-api needs --config-file");
-    LOG_INFO("Running Ember v%s", EMBER_VERSION);
-
-    std::optional<ember::PreparedGuest> guest;
-    try {
-        guest = ember::prepare_guest(ember::parse_config_file(read_file(config_file), ember::host_memory_mib()));
-    } catch (const std::exception& e) {
-        return fail(EXIT_BAD_CONFIGURATION, e.what());
-    }
-    boost::asio::io_context io;
-    int status = EXIT_GENERIC;
-    std::string detail = "event loop ended without an exit reason";
-    std::unique_ptr<ember::Vm> vm;
-    try {
-        vm = ember::Vm::create(io, std::move(*guest), opts, [&](int s, const std::string& d) {
-            status = s;
-            detail = d;
-            io.stop();
-        });
-    } catch (const std::exception& e) {
-        return fail(EXIT_GENERIC, e.what());
-    }
-    boost::asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
-    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
-        if (!ec) vm->request_exit(ember::VmExitKind::HostRequest, std::string("received ") + strsignal(sig));
-    });
-    auto guard = boost::asio::make_work_guard(io);
-    vm->start();
-    io.run();
-    vm.reset();
-    if (status != 0) return fail(status, detail);
-    return 0;
+    if (no_api && config_file.empty()) return fail(EXIT_ARG_PARSING, "--no-api needs --config-file");
+    return run(!no_api, api_sock, max_payload, config_file, id, opts);
 }

@@ -34,13 +34,6 @@ std::string string_field(const json& j, const char* name, bool required) {
     return it->get<std::string>();
 }
 
-std::optional<bool> bool_field(const json& j, const char* name) {
-    auto it = j.find(name);
-    if (it == j.end()) return std::nullopt;
-    if (!it->is_boolean()) throw ConfigError(std::string("\"") + name + "\" must be true or false");
-    return it->get<bool>();
-}
-
 const char* kNotSupported = " is not supported by this Ember version yet";
 
 Action route_or_throw(Method m, const std::string& method, const std::string& path, const std::string& body) {
@@ -101,23 +94,14 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
     }
     if (path == "/logger") {
         if (m != Method::Put) throw invalid();
-        json j = parse_body(body);
-        require_object(j);
-        reject_unknown(j, "logger", {"log_path", "level", "show_level", "show_log_origin", "module"});
-        LoggerConfig c;
-        if (j.contains("log_path")) c.log_path = string_field(j, "log_path", true);
-        if (j.contains("level")) c.level = string_field(j, "level", true);
-        if (j.contains("module")) (void)string_field(j, "module", true);
-        c.show_level = bool_field(j, "show_level");
-        c.show_log_origin = bool_field(j, "show_log_origin");
+        LoggerConfig c = parse_logger(parse_body(body));
         return PutLogger{std::move(c)};
     }
     if (path == "/metrics") {
         if (m != Method::Put) throw invalid();
         json j = parse_body(body);
         require_object(j);
-        reject_unknown(j, "metrics", {"metrics_path"});
-        return PutMetrics{string_field(j, "metrics_path", true)};
+        return PutMetrics{parse_metrics(j)};
     }
     if (path.rfind("/drives/", 0) == 0) {
         if (m != Method::Put && m != Method::Patch) throw invalid();

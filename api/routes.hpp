@@ -3,6 +3,7 @@
 // a fault message. No I/O here: the HTTP server feeds it, the controller executes the action on
 // the VMM thread, and the unit tests call it directly.
 
+#include "api/config.hpp"
 #include "vmm/vm_config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -23,12 +24,6 @@ struct InstanceStart {};
 struct SendCtrlAltDel {};
 struct FlushMetrics {};
 struct PatchVmState { bool pause; };
-struct LoggerConfig {
-    std::optional<std::string> log_path;
-    std::optional<std::string> level;
-    std::optional<bool> show_level;
-    std::optional<bool> show_log_origin;
-};
 struct PutLogger { LoggerConfig config; };
 struct PutMetrics { std::string metrics_path; };
 struct PutDrive { DriveConfig config; };

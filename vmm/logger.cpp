@@ -75,6 +75,11 @@ void configure(const Options& o) {
 
 bool enabled(Level l) noexcept { return static_cast<int>(l) <= state().level.load(std::memory_order_relaxed); }
 
+namespace {
+std::atomic<std::uint64_t> g_missed_logs{0};
+std::atomic<std::uint64_t> g_log_fails{0};
+} // namespace
+
 void write(Level l, const char* file, int line, const char* fmt, ...) noexcept {
     auto& s = state();
     char buf[2048];
@@ -101,12 +106,18 @@ void write(Level l, const char* file, int line, const char* fmt, ...) noexcept {
     va_start(ap, fmt);
     int m = std::vsnprintf(buf + n, sizeof buf - static_cast<std::size_t>(n) - 1, fmt, ap);
     va_end(ap);
-    if (m < 0) return;
+    if (m < 0) {
+        g_log_fails.fetch_add(1, std::memory_order_relaxed);
+        return;
+    }
     std::size_t len = std::min(static_cast<std::size_t>(n) + static_cast<std::size_t>(m), sizeof buf - 2);
     buf[len++] = '\n';
-    ssize_t w = ::write(s.fd.load(), buf, len);
-    (void)w; // a full log FIFO drops the line rather than stall a vCPU
+    // A full log FIFO drops the line rather than stall a vCPU; the loss is counted.
+    if (::write(s.fd.load(), buf, len) != static_cast<ssize_t>(len)) g_missed_logs.fetch_add(1, std::memory_order_relaxed);
 }
+
+std::uint64_t missed_log_count() noexcept { return g_missed_logs.load(std::memory_order_relaxed); }
+std::uint64_t log_fails() noexcept { return g_log_fails.load(std::memory_order_relaxed); }
 
 void mark_process_start() noexcept { g_start_ns = mono_ns(); }
 std::uint64_t us_since_start() noexcept { return (mono_ns() - g_start_ns.load()) / 1000; }

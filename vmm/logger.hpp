@@ -27,6 +27,11 @@ void configure(const Options& o);
 bool enabled(Level l) noexcept;
 void write(Level l, const char* file, int line, const char* fmt, ...) noexcept __attribute__((format(printf, 4, 5)));
 
+// Lines lost to a short write (full FIFO, closed file) and lines that could not be formatted,
+// for the metrics' "logger" group.
+std::uint64_t missed_log_count() noexcept;
+std::uint64_t log_fails() noexcept;
+
 // Monotonic microseconds since the process started (set by mark_process_start in main).
 void mark_process_start() noexcept;
 std::uint64_t us_since_start() noexcept;

@@ -81,11 +81,35 @@ TEST_CASE("routes: logger and metrics") {
 }
 
 TEST_CASE("routes: devices that do not exist yet are refused by name, never with 204") {
-    CHECK_THAT(fault(route("PUT", "/drives/rootfs", R"({})")), Catch::Contains("not supported"));
     CHECK_THAT(fault(route("PUT", "/drives/bad id", R"({})")), Catch::Contains("invalid drive id"));
     CHECK_THAT(fault(route("PUT", "/drives/", R"({})")), Catch::Contains("invalid drive id"));
     for (const char* p : {"/network-interfaces/eth0", "/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/create"})
         CHECK_THAT(fault(route("PUT", p, "{}")), Catch::Contains("not supported"));
+}
+
+TEST_CASE("routes: drives") {
+    const auto put = route("PUT", "/drives/rootfs",
+                           R"({"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false})");
+    const auto& d = as<PutDrive>(put);
+    CHECK(d.config.drive_id == "rootfs");
+    CHECK(d.config.path_on_host == "/r.ext4");
+    CHECK(d.config.is_root_device);
+    CHECK_THAT(fault(route("PUT", "/drives/other", R"({"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true})")),
+               Catch::Contains("does not match"));
+    CHECK_THAT(fault(route("PUT", "/drives/rootfs", R"({})")), Catch::Contains("drive_id"));
+    CHECK_THAT(fault(route("PUT", "/drives/rootfs", "")), Catch::Contains("JSON body"));
+    const auto patch = route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "path_on_host": "/new.img"})");
+    const auto& p = as<PatchDrive>(patch);
+    CHECK(p.drive_id == "scratch");
+    CHECK(p.path_on_host == "/new.img");
+    const auto patch_rl = route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "rate_limiter": null})");
+    CHECK_FALSE(as<PatchDrive>(patch_rl).path_on_host);
+    CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "x"})")), Catch::Contains("does not match"));
+    CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "is_read_only": true})")),
+               Catch::Contains("unknown field \"is_read_only\""));
+    CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "rate_limiter": {"bandwidth": {}}})")),
+               Catch::Contains("not supported"));
+    CHECK_THAT(fault(route("GET", "/drives/scratch", "")), Catch::Contains("Invalid request method"));
 }
 
 TEST_CASE("routes: unknown paths and methods") {
