@@ -51,10 +51,12 @@ bool VirtioDevice::write_status(std::uint32_t value) noexcept {
         // §3.1.1 step 5-6: the device refuses FEATURES_OK for features it did not offer or
         // without VERSION_1 (legacy drivers are not supported); the driver reads it back.
         const std::uint64_t acked = state_.acked_features;
-        if ((acked & ~offered_features()) != 0 || !(acked & bit(feature::VERSION_1))) value &= ~status::FEATURES_OK;
+        // DRIVER_OK written in the same access falls with it: it requires FEATURES_OK.
+        if ((acked & ~offered_features()) != 0 || !(acked & bit(feature::VERSION_1)))
+            value &= ~(status::FEATURES_OK | status::DRIVER_OK);
     }
     state_.status = value;
-    if (added & status::DRIVER_OK) {
+    if (value & added & status::DRIVER_OK) {
         for (std::size_t i = 0; i < queues_.size(); ++i) {
             Queue& q = queues_[i];
             if (!q.ready()) continue;

@@ -47,8 +47,8 @@ struct QueueState {
     bool indirect = false;
 };
 
-// vring_need_event() of §2.7.7.2: true when `event` lies in the window (old, new_idx] that the
-// device just published, computed modulo 2^16.
+// vring_need_event() of §2.7.7.2: true when the driver's used_event index lies in [old, new_idx),
+// i.e. the device just moved used.idx past it, computed modulo 2^16.
 constexpr bool need_event(std::uint16_t event, std::uint16_t new_idx, std::uint16_t old) noexcept {
     return static_cast<std::uint16_t>(new_idx - event - 1) < static_cast<std::uint16_t>(new_idx - old);
 }

@@ -307,13 +307,12 @@ TEST_CASE("mmio: legal status transitions, including several bits at once and FA
 }
 
 TEST_CASE("mmio: FEATURES_OK is refused for unoffered features or without VERSION_1", "[virtio]") {
+    // An unoffered bit in the low page, one in the high page, and no VERSION_1 (a legacy driver).
+    const std::uint64_t features = GENERATE(bit(feature::VERSION_1) | bit(0), bit(feature::VERSION_1) | bit(63), bit(5));
+    INFO("features " << features);
     Fixture f;
     f.wr(mmio::STATUS, ACK);
     f.wr(mmio::STATUS, ACK | DRV);
-    std::uint64_t features = 0;
-    SECTION("an unoffered feature bit") { features = bit(feature::VERSION_1) | bit(0); }
-    SECTION("an unoffered bit in the high page") { features = bit(feature::VERSION_1) | bit(63); }
-    SECTION("no VERSION_1 (a legacy driver)") { features = bit(5); }
     f.wr(mmio::DRIVER_FEATURES_SEL, 0);
     f.wr(mmio::DRIVER_FEATURES, static_cast<std::uint32_t>(features));
     f.wr(mmio::DRIVER_FEATURES_SEL, 1);
@@ -376,7 +375,8 @@ TEST_CASE("mmio: queue configuration is writable only between FEATURES_OK and DR
     CHECK(q0.state().desc_addr == 0);
     CHECK_FALSE(q0.ready());
     CHECK(f.rd(mmio::QUEUE_READY) == 0);
-    // Between FEATURES_OK and DRIVER_OK.
+    // Between FEATURES_OK and DRIVER_OK (after a reset, to negotiate from the start).
+    f.wr(mmio::STATUS, 0);
     f.negotiate();
     f.setup_queue(0, DriverRings(f.mem, 8));
     CHECK(f.t.rejected_writes() == 5);
@@ -433,11 +433,18 @@ TEST_CASE("mmio: DRIVER_OK with an invalid queue sets DEVICE_NEEDS_RESET", "[vir
     const std::uint32_t gen = f.rd(mmio::CONFIG_GENERATION);
     std::uint64_t irqs_before = take_eventfd(f.dev->irq_fd());
     CHECK(irqs_before == 0);
-    SECTION("size not a power of two") { f.setup_queue(0, DriverRings(f.mem, 6)); }
-    SECTION("rings outside RAM") { f.setup_queue(0, DriverRings(f.mem, 8, std::uint64_t{1} << 32, 0x3000, 0x4000)); }
+    SECTION("size not a power of two") {
+        f.setup_queue(0, DriverRings(f.mem, 6));
+        CHECK(f.rd(mmio::QUEUE_READY) == 1); // checked only at DRIVER_OK
+    }
+    SECTION("rings outside RAM") {
+        f.setup_queue(0, DriverRings(f.mem, 8, std::uint64_t{1} << 32, 0x3000, 0x4000));
+        CHECK(f.dev->queues()[0].state().desc_addr == std::uint64_t{1} << 32);
+    }
     SECTION("misaligned used ring in the second queue") {
         f.setup_queue(0, DriverRings(f.mem, 8));
         f.setup_queue(1, DriverRings(f.mem, 8, 0x20000, 0x21000, 0x22002));
+        CHECK(f.dev->queues()[1].state().used_addr == 0x22002);
     }
     f.wr(mmio::STATUS, ACK | DRV | FOK | DOK);
     const std::uint32_t st = static_cast<std::uint32_t>(f.status());

@@ -307,46 +307,39 @@ TEST_CASE("queue: an available index more than the queue size ahead breaks the r
 }
 
 TEST_CASE("queue: buffers outside guest RAM are bad chains", "[virtio]") {
-    Fixture f(8);
-    f.start();
-    std::uint64_t addr = 0;
-    std::uint32_t len = 0;
-    SECTION("huge length") {
-        addr = buf(0);
-        len = 0xffffffff;
-    }
-    SECTION("runs past the end of RAM") {
-        addr = kRamBytes - 8;
-        len = 16;
-    }
-    SECTION("starts past the end of RAM") {
-        addr = kRamBytes;
-        len = 1;
-    }
-    SECTION("wraps around 2^64") {
-        addr = 0xfffffffffffffff8ULL;
-        len = 16;
-    }
-    SECTION("high half of the address") {
-        addr = (std::uint64_t{1} << 32) + buf(0);
-        len = 16;
-    }
-    SECTION("second descriptor of a chain") {
-        f.d.set_desc(3, buf(0), 16, NEXT, 4);
-        f.d.set_desc(4, kRamBytes - 1, 2, WRITE);
+    struct Case {
+        const char* what;
+        std::uint64_t addr;
+        std::uint32_t len;
+    };
+    const Case cases[] = {
+        {"huge length", buf(0), 0xffffffff},
+        {"runs past the end of RAM", kRamBytes - 8, 16},
+        {"starts past the end of RAM", kRamBytes, 1},
+        {"wraps around 2^64", 0xfffffffffffffff8ULL, 16},
+        {"high half of the address", (std::uint64_t{1} << 32) + buf(0), 16},
+    };
+    for (const Case& c : cases) {
+        INFO(c.what);
+        Fixture f(8);
+        f.start();
+        f.d.set_desc(3, c.addr, c.len);
         f.d.publish(3);
         const auto r = f.q.pop();
         CHECK(r.status == Queue::PopStatus::BadChain);
         CHECK(r.head == 3);
-        return;
+        REQUIRE(r.error != nullptr);
+        CHECK(std::string(r.error).find("outside guest RAM") != std::string::npos);
     }
-    f.d.set_desc(3, addr, len);
+    // The second descriptor of a chain.
+    Fixture f(8);
+    f.start();
+    f.d.set_desc(3, buf(0), 16, NEXT, 4);
+    f.d.set_desc(4, kRamBytes - 1, 2, WRITE);
     f.d.publish(3);
     const auto r = f.q.pop();
     CHECK(r.status == Queue::PopStatus::BadChain);
     CHECK(r.head == 3);
-    REQUIRE(r.error != nullptr);
-    CHECK(std::string(r.error).find("outside guest RAM") != std::string::npos);
 }
 
 TEST_CASE("queue: indirect tables are walked when negotiated", "[virtio]") {
@@ -476,6 +469,25 @@ TEST_CASE("queue: an indirect table of exactly the queue size is accepted", "[vi
     const auto r = f.q.pop();
     REQUIRE(r.status == Queue::PopStatus::Chain);
     CHECK(r.head == 5);
+    CHECK(r.descs.size() == 8);
+}
+
+TEST_CASE("queue: one direct descriptor plus a full-size indirect table is one too many", "[virtio]") {
+    Fixture f(8);
+    f.start(false, true);
+    for (std::uint16_t i = 0; i < 8; ++i)
+        f.d.set_desc_at(kIndirectAddr, i, buf(i), 16, i < 7 ? NEXT : std::uint16_t{0}, static_cast<std::uint16_t>(i + 1));
+    f.d.set_desc(0, buf(0), 16, NEXT, 1);
+    f.d.set_desc(1, kIndirectAddr, 8 * 16, INDIRECT);
+    f.d.publish(0);
+    auto r = f.q.pop();
+    CHECK(r.status == Queue::PopStatus::BadChain);
+    // Seven entries in the table instead of eight fit exactly.
+    f.d.set_desc_at(kIndirectAddr, 6, buf(6), 16);
+    f.d.set_desc(1, kIndirectAddr, 7 * 16, INDIRECT);
+    f.d.publish(0);
+    r = f.q.pop();
+    REQUIRE(r.status == Queue::PopStatus::Chain);
     CHECK(r.descs.size() == 8);
 }
 

@@ -34,7 +34,7 @@ class DriverRings {
 public:
     DriverRings(const GuestMemory& mem, std::uint16_t size, std::uint64_t desc = kDescAddr, std::uint64_t avail = kAvailAddr,
                 std::uint64_t used = kUsedAddr)
-        : mem_(mem), size_(size), desc_(desc), avail_(avail), used_(used) {}
+        : mem_(&mem), size_(size), desc_(desc), avail_(avail), used_(used) {}
 
     std::uint16_t size() const noexcept { return size_; }
     std::uint64_t desc_addr() const noexcept { return desc_; }
@@ -59,7 +59,7 @@ public:
     }
     void set_desc_at(std::uint64_t table, std::uint16_t i, std::uint64_t addr, std::uint32_t len, std::uint16_t flags = 0,
                      std::uint16_t next = 0) const {
-        REQUIRE(mem_.write_obj(GuestAddr(table + 16 * std::uint64_t{i}), RawDesc{addr, len, flags, next}));
+        REQUIRE(mem_->write_obj(GuestAddr(table + 16 * std::uint64_t{i}), RawDesc{addr, len, flags, next}));
     }
 
     // Puts `head` into the next available slot and publishes avail.idx.
@@ -85,8 +85,8 @@ public:
     // (id, len) of used ring slot `slot`.
     std::pair<std::uint32_t, std::uint32_t> used_elem(std::uint16_t slot) const {
         std::uint32_t id = 0, len = 0;
-        REQUIRE(mem_.read_obj(GuestAddr(used_ + 4 + 8 * std::uint64_t{slot}), id));
-        REQUIRE(mem_.read_obj(GuestAddr(used_ + 8 + 8 * std::uint64_t{slot}), len));
+        REQUIRE(mem_->read_obj(GuestAddr(used_ + 4 + 8 * std::uint64_t{slot}), id));
+        REQUIRE(mem_->read_obj(GuestAddr(used_ + 8 + 8 * std::uint64_t{slot}), len));
         return {id, len};
     }
     // The used element the device wrote for the n-th completion overall.
@@ -95,20 +95,20 @@ public:
     }
 
     std::byte* host(std::uint64_t addr) const {
-        auto s = mem_.slice(GuestAddr(addr), 1);
+        auto s = mem_->slice(GuestAddr(addr), 1);
         REQUIRE(s);
         return s->data();
     }
 
 private:
-    void w16(std::uint64_t a, std::uint16_t v) const { REQUIRE(mem_.write_obj(GuestAddr(a), v)); }
+    void w16(std::uint64_t a, std::uint16_t v) const { REQUIRE(mem_->write_obj(GuestAddr(a), v)); }
     std::uint16_t r16(std::uint64_t a) const {
         std::uint16_t v = 0;
-        REQUIRE(mem_.read_obj(GuestAddr(a), v));
+        REQUIRE(mem_->read_obj(GuestAddr(a), v));
         return v;
     }
 
-    const GuestMemory& mem_;
+    const GuestMemory* mem_; // a pointer, so that a rig can be re-pointed at other rings
     std::uint16_t size_;
     std::uint64_t desc_, avail_, used_;
     std::uint16_t avail_idx_ = 0;
