@@ -130,6 +130,8 @@ echo ROOTDEV=$(grep -c /dev/root /proc/mounts)' > "$T/t.sh"
   head -c $((1024 * 1024)) /dev/urandom > "$T/small.img"
   head -c $((3 * 1024 * 1024)) /dev/urandom > "$T/big.img"
   start_ember
+  # The body of Firecracker's getting-started guide.
+  expect_status "PUT /logger" 204 PUT /logger "{\"log_path\": \"$T/gs.log\", \"level\": \"Debug\", \"show_level\": true, \"show_log_origin\": true}"
   expect_status "PUT /metrics" 204 PUT /metrics "{\"metrics_path\": \"$T/metrics.json\"}"
   expect_status "PUT /boot-source (no initrd)" 204 PUT /boot-source \
     "{\"kernel_image_path\": \"$K/vmlinux\", \"boot_args\": \"$BASE_ARGS -- sh /t.sh\"}"
@@ -161,6 +163,7 @@ echo ROOTDEV=$(grep -c /dev/root /proc/mounts)' > "$T/t.sh"
   expect_eq "guest sees the new capacity" "$(guest_value SIZE1)" 6144
   expect_eq "guest reads the new image" "$(guest_value MD5)" "$(md5sum < "$T/big.img" | cut -c1-32)"
   expect_eq "root is the rootfs drive" "$(guest_value ROOTDEV)" 1
+  grep -E -q ':INFO:[^]]*:[0-9]+\] API: PUT /drives/rootfs' "$T/gs.log" && grep -q 'drive scratch now uses' "$T/gs.log" && pass "getting-started logger: level and origin shown" || fail "gs.log: $(tail -n 3 "$T/gs.log")"
   line=$(grep '"block_scratch"' "$T/metrics.json" | tail -n 1)
   python3 - "$T/metrics.json" <<'PY' && pass "block metrics: update_count 1, reads counted" || fail "block metrics: $(tail -c 600 "$T/metrics.json")"
 import json, sys
