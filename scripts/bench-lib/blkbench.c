@@ -109,8 +109,9 @@ static void *aligned(size_t len) {
  * something is wrong, so a short count is an error too. */
 static void io(int write, int fd, void *buf, size_t len, uint64_t off) {
     ssize_t n = write ? pwrite(fd, buf, len, (off_t)off) : pread(fd, buf, len, (off_t)off);
-    if (n < 0) fail("%s at %llu: %s", write ? "pwrite" : "pread", (unsigned long long)off, strerror(errno));
-    if ((size_t)n != len) fail("short %s at %llu: %zd of %zu", write ? "pwrite" : "pread", (unsigned long long)off, n, len);
+    const char *what = write ? "pwrite" : "pread";
+    if (n < 0) fail("%s at %llu: %s", what, (unsigned long long)off, strerror(errno));
+    if ((size_t)n != len) fail("short %s at %llu: %zd of %zu", what, (unsigned long long)off, n, len);
 }
 
 static int cmd_fill(const char *path, unsigned mib) {
@@ -199,7 +200,8 @@ static int cmd_run(int argc, char **argv) {
     if (bs_kib % 4) { fprintf(stderr, "blkbench: --bs-kib must be a multiple of 4\n"); return 2; }
     const uint64_t region = (uint64_t)region_mib * MIB, seq = (uint64_t)seq_mib * MIB;
     const size_t bs = (size_t)bs_kib * 1024;
-    if (seq > region || seq % bs) fail("--seq-mib must be a multiple of --bs-kib and at most --region-mib");
+    if (seq > region || seq % bs)
+        fail("--seq-mib must be a multiple of --bs-kib and at most --region-mib");
 
     /* The kernel creates the node while probing the disk, normally before init runs. */
     int fd = -1;
@@ -213,7 +215,8 @@ static int cmd_run(int argc, char **argv) {
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) size = (uint64_t)st.st_size; /* for testing */
     else if (ioctl(fd, BLKGETSIZE64, &size) != 0) fail("BLKGETSIZE64 %s: %s", dev, strerror(errno));
-    if (size < 2 * region) fail("%s has %llu bytes, needs %llu", dev, (unsigned long long)size, (unsigned long long)(2 * region));
+    if (size < 2 * region)
+        fail("%s has %llu bytes, needs %llu", dev, (unsigned long long)size, (unsigned long long)(2 * region));
     printf("BLK_DISK_MIB=%llu\n", (unsigned long long)(size / MIB));
 
     unsigned char *tmpl = aligned(BLOCK), *buf = aligned(bs);
@@ -241,7 +244,8 @@ static int cmd_run(int argc, char **argv) {
     fflush(stdout);
 
     for (unsigned i = 0; i < nqd; ++i) {
-        printf("BLK_RANDREAD_QD%u_IOPS=%.0f\n", qds[i], rand_read(fd, region, rand_secs, qds[i], &bad));
+        double iops = rand_read(fd, region, rand_secs, qds[i], &bad);
+        printf("BLK_RANDREAD_QD%u_IOPS=%.0f\n", qds[i], iops);
         fflush(stdout);
     }
     printf("BLK_ERRORS=%llu\n", (unsigned long long)bad);
@@ -251,9 +255,11 @@ static int cmd_run(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc == 4 && !strcmp(argv[1], "fill")) return cmd_fill(argv[2], arg_uint("MIB", argv[3], 1, 1u << 20));
+    if (argc == 4 && !strcmp(argv[1], "fill"))
+        return cmd_fill(argv[2], arg_uint("MIB", argv[3], 1, 1u << 20));
     if (argc >= 3 && !strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
-    fprintf(stderr, "usage: blkbench fill FILE MIB | blkbench run DEV [--region-mib N] [--seq-mib N] "
-                    "[--bs-kib N] [--rand-secs S] [--qd N]...\n");
+    fprintf(stderr, "usage: blkbench fill FILE MIB\n"
+                    "       blkbench run DEV [--region-mib N] [--seq-mib N] [--bs-kib N] "
+                    "[--rand-secs S] [--qd N]...\n");
     return 2;
 }

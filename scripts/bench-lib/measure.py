@@ -2,15 +2,20 @@
 """Measurement driver for scripts/bench.
 
   measure.py kvm     --out FILE --runs N --mem-runs M --kernel VMLINUX --initrd INITRD --ember EMBER
+                     [--blkbench BLKBENCH --blk-runs B --blk-seq-mib S --blk-rand-secs R]
   measure.py startup --out FILE --runs N --ember EMBER
 
 `kvm` needs a usable /dev/kvm (scripts/bench runs it inside scripts/nested-kvm). It stages Ember,
 QEMU (each with the libraries `ldd` lists, QEMU also with the firmware it opens), the kernel and
 the initrd on a tmpfs, then measures boot-to-init and VMM memory overhead, interleaving the VMMs.
+With --blkbench (a static build of blkbench.c) it also stages a second initrd (the first plus
+/bin/blkbench) and a BLK_DISK_MIB MiB data disk made by `blkbench fill`, and measures block I/O:
+Ember with io_engine Async and Sync, and QEMU with aio=io_uring, on that same disk.
 `startup` measures Ember's process start to API socket accepting; it needs no KVM.
 Each writes raw samples as JSON to FILE; report.py turns them into statistics.
 """
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -33,6 +38,17 @@ SETTLE_S = 3.0
 # QEMU microvm with -kernel opens these from its data dir (checked with strace: pvh.bin for the
 # PVH vmlinux, qboot.rom as microvm's default firmware).
 QEMU_FIRMWARE = ["pvh.bin", "qboot.rom", "bios-microvm.bin"]
+# Block figures: a raw data disk of BLK_DISK_MIB MiB, its first half read, its second half written.
+BLK_DISK_MIB = 128
+BLK_REGION_MIB = BLK_DISK_MIB // 2
+BLK_QDS = (1, 8)
+BLK_VARIANTS = ["ember_async", "ember_sync", "qemu"]
+# QEMU microvm appends the virtio_mmio.device= arguments it generates (auto-kernel-cmdline) to the
+# END of the command line, i.e. after "--", where Linux hands them to init instead of parsing them.
+# So the block runs turn that off, plug the disk into transport 0 explicitly and describe it
+# before "--" themselves: microvm's transports are 512 bytes apart from 0xfeb00000 and, without
+# ACPI (no second IOAPIC), use GSIs from 5.
+QEMU_BLK_MMIO_ARG = "virtio_mmio.device=512@0xfeb00000:5"
 
 
 def log(msg):
@@ -82,25 +98,67 @@ def stage(args, base):
     os.makedirs(f"{base}/guest", exist_ok=True)
     kernel = shutil.copy(args.kernel, f"{base}/guest/vmlinux")
     initrd = shutil.copy(args.initrd, f"{base}/guest/initrd.cpio.gz")
+    st = {"ember": (ember, ember_env), "qemu": (qemu, qemu_env), "qemu_share": share,
+          "kernel": kernel, "initrd": initrd, "base": base}
+    if args.blkbench:
+        st.update(stage_block(args.blkbench, initrd, f"{base}/guest"))
     log(f"staged in {time.monotonic() - t:.1f} s")
-    return {"ember": (ember, ember_env), "qemu": (qemu, qemu_env), "qemu_share": share,
-            "kernel": kernel, "initrd": initrd, "base": base}
+    return st
 
 
-def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag):
+def newc(name, mode, data, ino):
+    """One entry of a newc cpio archive (the format the kernel's initramfs unpacker reads)."""
+    name = name.encode() + b"\0"
+    fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name), 0)
+    hdr = b"070701" + b"".join(b"%08X" % f for f in fields) + name
+    hdr += b"\0" * (-len(hdr) % 4)
+    return hdr + data + b"\0" * (-len(data) % 4)
+
+
+def stage_block(blkbench, initrd, guest):
+    """initrd-blk.cpio.gz: the initrd plus a second gzip'ed cpio holding /bin/blkbench (Linux
+    unpacks concatenated archives in turn); disk.img: the data disk, made by `blkbench fill`."""
+    with open(blkbench, "rb") as f:
+        prog = f.read()
+    extra = newc("bin/blkbench", 0o100755, prog, 1) + newc("TRAILER!!!", 0, b"", 0)
+    blk_initrd = f"{guest}/initrd-blk.cpio.gz"
+    with open(initrd, "rb") as src, open(blk_initrd, "wb") as dst:
+        dst.write(src.read())
+        dst.write(gzip.compress(extra, compresslevel=1, mtime=0))
+    disk = f"{guest}/disk.img"
+    subprocess.run([blkbench, "fill", disk, str(BLK_DISK_MIB)], check=True)
+    return {"blk_initrd": blk_initrd, "blk_disk": disk}
+
+
+def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None):
+    """Command line for one run. With io_engine (Ember: "Async" or "Sync"; QEMU: "io_uring") the
+    guest boots the block initrd and gets the data disk as /dev/vda."""
+    initrd = st["blk_initrd"] if io_engine else st["initrd"]
     boot_args = BOOT_ARGS + cmd
     if vmm == "ember":
         cfg = f"{st['base']}/ember-{tag}.json"
+        conf = {"boot-source": {"kernel_image_path": st["kernel"],
+                                "initrd_path": initrd, "boot_args": boot_args},
+                "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib}}
+        if io_engine:
+            conf["drives"] = [{"drive_id": "data", "path_on_host": st["blk_disk"],
+                               "is_root_device": False, "is_read_only": False,
+                               "cache_type": "Writeback", "io_engine": io_engine}]
         with open(cfg, "w") as f:
-            json.dump({"boot-source": {"kernel_image_path": st["kernel"],
-                                       "initrd_path": st["initrd"], "boot_args": boot_args},
-                       "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib}}, f)
+            json.dump(conf, f)
         exe, env = st["ember"]
         return [exe, "--no-api", "--boot-timer", "--level", "Info", "--config-file", cfg], env
     exe, env = st["qemu"]
-    return [exe, "-L", st["qemu_share"], "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+    machine, blk = "microvm,acpi=off", []
+    if io_engine:
+        machine += ",auto-kernel-cmdline=off"
+        boot_args = BOOT_ARGS.replace(" -- ", f" {QEMU_BLK_MMIO_ARG} -- ") + cmd
+        blk = ["-drive", f"id=d0,file={st['blk_disk']},format=raw,if=none,aio={io_engine},"
+                         "cache=writeback",
+               "-device", "virtio-blk-device,drive=d0,bus=virtio-mmio-bus.0"]
+    return [exe, "-L", st["qemu_share"], "-M", machine, "-accel", "kvm", "-cpu", "host",
             "-m", str(mem_mib), "-smp", str(vcpus), "-nographic", "-no-reboot", "-nic", "none",
-            "-kernel", st["kernel"], "-initrd", st["initrd"], "-append", boot_args], env
+            "-kernel", st["kernel"], "-initrd", initrd, "-append", boot_args] + blk, env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +169,8 @@ class VmmRun:
 
     def __init__(self, argv, env):
         self.events = {}
+        self.values = {}      # BLK_*=VALUE lines on the console
+        self.log_notes = []   # the VMM's stderr lines that mention errors or warnings
         self.boot_timer_us = None
         self.exit_status = None
         self.tail = {"stdout": [], "stderr": []}
@@ -133,6 +193,9 @@ class VmmRun:
                 tail.append(line)
                 del tail[:-20]
                 if name == "stdout":
+                    kv = re.search(r"\b(BLK_[A-Z0-9_]+)=(\S+)", line)
+                    if kv:
+                        self.values.setdefault(kv.group(1), kv.group(2))
                     for m in self.MARKERS:
                         if m in line and m not in self.events:
                             self.events[m] = now - self.t0
@@ -140,6 +203,8 @@ class VmmRun:
                                 s = re.search(r"EMBER_EXIT_STATUS=(\d+)", line)
                                 self.exit_status = int(s.group(1)) if s else None
                 else:
+                    if re.search(r"error|warn|fail", line, re.I) and len(self.log_notes) < 20:
+                        self.log_notes.append(line)
                     m = re.search(r"Guest-boot-time\s*=\s*(\d+)\s*us", line)
                     if m and self.boot_timer_us is None:
                         self.boot_timer_us = int(m.group(1))
@@ -313,6 +378,52 @@ def memory_measure(r, mem_mib):
             "guest_ram_mapping_mib": guest["size_kb"] / 1024.0, "mappings": len(maps)}
 
 
+BLK_KEYS = {"BLK_SEQREAD_MIBPS": "seqread_mibps", "BLK_SEQWRITE_MIBPS": "seqwrite_mibps"}
+BLK_KEYS.update({f"BLK_RANDREAD_QD{qd}_IOPS": f"randread_qd{qd}_iops" for qd in BLK_QDS})
+
+
+def blk_once(variant, st, seq_mib, rand_secs):
+    """One boot of the block initrd running `blkbench run /dev/vda`; 1 vCPU, 256 MiB."""
+    vmm, engine = {"ember_async": ("ember", "Async"), "ember_sync": ("ember", "Sync"),
+                   "qemu": ("qemu", "io_uring")}[variant]
+    cmd = (f"blkbench run /dev/vda --region-mib {BLK_REGION_MIB} --seq-mib {seq_mib} "
+           f"--bs-kib 1024 --rand-secs {rand_secs}" + "".join(f" --qd {q}" for q in BLK_QDS))
+    argv, env = vmm_argv(vmm, st, 1, 256, cmd, f"blk-{variant}", engine)
+    r = VmmRun(argv, env)
+    sample = finish(r, guarded(r, lambda: blk_measure(vmm, r)))
+    if r.log_notes:
+        sample["vmm_log_notes"] = r.log_notes
+    return sample
+
+
+def blk_measure(vmm, r):
+    if r.wait_marker("EMBER_EXIT_STATUS=", RUN_TIMEOUT_S) is None:
+        return r.failure("no EMBER_EXIT_STATUS within timeout or VMM exited")
+    with r.cond:
+        raw = dict(r.values)
+    sample = {"guest_exit_status": r.exit_status, "guest": raw}
+    if vmm == "ember":
+        sample["vmm_rc"] = r.wait_exit(10)
+    problems = []
+    if r.exit_status != 0:
+        problems.append(f"guest exit status {r.exit_status}")
+    if "BLK_FAIL" in raw:
+        problems.append(f"blkbench: {raw['BLK_FAIL']}")
+    if raw.get("BLK_ERRORS") != "0":
+        problems.append(f"BLK_ERRORS={raw.get('BLK_ERRORS')} (blocks read with the wrong tag)")
+    values = {}
+    for key, name in BLK_KEYS.items():
+        try:
+            values[name] = float(raw[key])
+        except (KeyError, ValueError):
+            problems.append(f"no {key}")
+    if problems:
+        return dict(r.failure("; ".join(problems)), **sample)
+    with r.cond:
+        tail = r.tail["stderr"][-5:]
+    return dict(sample, ok=True, values=values, stderr_tail=tail)
+
+
 def first_response(s, t0):
     """Sends GET / on the connected socket; ms from t0 to the status line, None if none came."""
     s.settimeout(RUN_TIMEOUT_S)
@@ -409,6 +520,26 @@ def interleaved(runs, order, fn, label):
     return samples
 
 
+def blk_interleaved(args, st):
+    """Block runs: each round runs every variant once, rotating which one goes first."""
+    samples = {v: [] for v in BLK_VARIANTS}
+    for i in range(args.blk_runs):
+        k = i % len(BLK_VARIANTS)
+        for variant in BLK_VARIANTS[k:] + BLK_VARIANTS[:k]:
+            t = time.monotonic()
+            s = blk_once(variant, st, args.blk_seq_mib, args.blk_rand_secs)
+            s["run"], s["wall_s"] = i, round(time.monotonic() - t, 1)
+            samples[variant].append(s)
+            if s["ok"]:
+                shown = ", ".join(f"{n} {v:.0f}" for n, v in s["values"].items())
+            else:
+                shown = f"FAILED ({s['error']})"
+            log(f"block I/O run {i + 1}/{args.blk_runs} {variant} ({s['wall_s']} s): {shown}")
+            for note in s.get("vmm_log_notes", []):
+                log(f"  {variant} log: {note}")
+    return samples
+
+
 def cmd_kvm(args):
     base = tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp")
     st = stage(args, base)
@@ -423,6 +554,13 @@ def cmd_kvm(args):
         res[f"mem_{vcpus}_{mem}"] = interleaved(
             args.mem_runs, order, lambda v, c=vcpus, m=mem: memory_once(v, st, c, m),
             f"memory overhead MiB ({vcpus} vCPU, {mem} MiB)")
+        save(res, args.out)
+    if args.blkbench:
+        res["blk"] = blk_interleaved(args, st)
+        res["blk_params"] = {"disk_mib": BLK_DISK_MIB, "region_mib": BLK_REGION_MIB,
+                             "seq_mib": args.blk_seq_mib, "bs_kib": 1024,
+                             "rand_secs": args.blk_rand_secs, "qds": list(BLK_QDS),
+                             "vcpus": 1, "mem_mib": 256}
         save(res, args.out)
     ember, env = st["ember"]
     res["api_startup"] = {"ember": [dict(startup_once(ember, env, base, i), run=i)
@@ -461,6 +599,10 @@ def main():
     ap.add_argument("--kernel")
     ap.add_argument("--initrd")
     ap.add_argument("--ember", required=True)
+    ap.add_argument("--blkbench")
+    ap.add_argument("--blk-runs", type=int, default=3)
+    ap.add_argument("--blk-seq-mib", type=int, default=BLK_REGION_MIB)
+    ap.add_argument("--blk-rand-secs", type=int, default=3)
     args = ap.parse_args()
     if args.mode == "kvm":
         if not (args.kernel and args.initrd):

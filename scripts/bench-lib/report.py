@@ -12,25 +12,43 @@ import os
 import subprocess
 import sys
 
-# (key in results.json, source file, key in source, unit, label)
+# (key in results.json, source file, key in source, unit, label, which is better).
+# Every ratio is Ember/QEMU of the medians: for "lower" figures (times, memory) a ratio below 1.0
+# means Ember is better, for "higher" figures (block MiB/s and IOPS) a ratio above 1.0 does.
 FIGURES = [
     ("boot_to_init_1vcpu_256mib", "kvm", "boot_to_init", "ms",
-     "Boot to guest init, 1 vCPU / 256 MiB (exec to EMBER_GUEST_INIT)"),
+     "Boot to guest init, 1 vCPU / 256 MiB (exec to EMBER_GUEST_INIT)", "lower"),
     ("boot_timer_1vcpu_256mib", "kvm", "boot_timer", "ms",
-     "Guest-reported boot time, 1 vCPU / 256 MiB (Ember boot timer)"),
+     "Guest-reported boot time, 1 vCPU / 256 MiB (Ember boot timer)", "lower"),
     ("mem_overhead_1vcpu_256mib", "kvm", "mem_1_256", "MiB",
-     "VMM memory overhead, idle guest, 1 vCPU / 256 MiB (Rss minus guest RAM)"),
+     "VMM memory overhead, idle guest, 1 vCPU / 256 MiB (Rss minus guest RAM)", "lower"),
     ("mem_overhead_2vcpu_1024mib", "kvm", "mem_2_1024", "MiB",
-     "VMM memory overhead, idle guest, 2 vCPU / 1024 MiB (Rss minus guest RAM)"),
+     "VMM memory overhead, idle guest, 2 vCPU / 1024 MiB (Rss minus guest RAM)", "lower"),
     ("api_startup_l1", "kvm", "api_startup", "ms",
-     "Start to API socket accepting, inside nested L1"),
+     "Start to API socket accepting, inside nested L1", "lower"),
     ("api_startup_host", "host", "api_startup", "ms",
-     "Start to API socket accepting, on the host"),
+     "Start to API socket accepting, on the host", "lower"),
     ("api_first_response_l1", "kvm", "api_first_response", "ms",
-     "Start to first GET / answer, inside nested L1"),
+     "Start to first GET / answer, inside nested L1", "lower"),
     ("api_first_response_host", "host", "api_first_response", "ms",
-     "Start to first GET / answer, on the host"),
+     "Start to first GET / answer, on the host", "lower"),
 ]
+# Block I/O (measure.py's "blk" samples): guest O_DIRECT on the raw virtio-blk disk. One figure
+# per metric and Ember io_engine, each against the same QEMU (aio=io_uring) samples.
+# (metric in the samples, key stem, unit, label)
+BLK_METRICS = [
+    ("seqread_mibps", "blk_seqread_mibps", "MiB/s", "sequential read, 1 MiB requests"),
+    ("seqwrite_mibps", "blk_seqwrite_mibps", "MiB/s",
+     "sequential write, 1 MiB requests + fdatasync"),
+    ("randread_qd1_iops", "blk_randread_4k_qd1_iops", "IOPS", "4 KiB random read, queue depth 1"),
+    ("randread_qd8_iops", "blk_randread_4k_qd8_iops", "IOPS",
+     "4 KiB random read, queue depth 8 (8 threads)"),
+]
+for _metric, _stem, _unit, _label in BLK_METRICS:
+    for _engine in ("async", "sync"):
+        FIGURES.append((f"{_stem}_{_engine}", "kvm", f"blk:{_metric}:{_engine}", _unit,
+                        f"Block {_label}: Ember io_engine {_engine.capitalize()} vs QEMU "
+                        "aio=io_uring", "higher"))
 
 
 def percentile(values, p):
@@ -74,41 +92,73 @@ def first_response_samples(startup):
     return {"ember": out}
 
 
+def blk_samples(blk, metric, engine):
+    """One block metric out of the per-run samples: Ember with io_engine `engine`, and QEMU."""
+    out = {}
+    for vmm, variant in (("ember", f"ember_{engine}"), ("qemu", "qemu")):
+        if variant not in blk:
+            continue
+        out[vmm] = []
+        for s in blk[variant]:
+            if s.get("ok") and s.get("values", {}).get(metric) is not None:
+                out[vmm].append({"ok": True, "value": s["values"][metric], "run": s["run"]})
+            else:
+                out[vmm].append({"ok": False, "run": s.get("run"),
+                                 "error": s.get("error", f"no {metric} from the guest")})
+    return out
+
+
+def better_if(fig):
+    if fig["ratio"] is None:
+        return "n/a"
+    return "> 1" if fig["better"] == "higher" else "< 1"
+
+
 def fmt(st, unit):
     if st is None or st["median"] is None:
         return "n/a" if st is None else f"no sample ({st['failed']} failed)"
-    nd = 2 if unit == "MiB" else 0
+    nd = {"MiB": 2, "MiB/s": 1}.get(unit, 0)
     s = f"{st['median']:.{nd}f} ({st['p10']:.{nd}f}–{st['p90']:.{nd}f}) {unit}"
     if st["failed"]:
         s += f", {st['failed']}/{st['n']} failed"
     return s
 
 
+LOWER_COLOR, HIGHER_COLOR = 0x4477AA, 0x44AA66
+
+
 def plot(figs, out_dir):
-    rows = [(k, f["ratio"]) for k, f in figs.items() if f["ratio"] is not None]
+    rows = [(k, f["ratio"], f["better"]) for k, f in figs.items() if f["ratio"] is not None]
     dat = os.path.join(out_dir, "ratios.dat")
     with open(dat, "w") as f:
-        for i, (k, r) in enumerate(rows):
-            f.write(f'{i} {r:.4f} "{k.replace("_", "-")}"\n')
-    term = "pngcairo size 900,520 font ',10'"
+        for i, (k, r, better) in enumerate(rows):
+            color = HIGHER_COLOR if better == "higher" else LOWER_COLOR
+            f.write(f'{i} {r:.4f} "{k.replace("_", "-")}" {color}\n')
+    width = max(900, 70 * len(rows) + 160)
+    term = f"pngcairo size {width},620 font ',10'"
     if subprocess.run(["gnuplot", "-e", "set terminal pngcairo"],
                       capture_output=True).returncode != 0:
-        term = "png size 900,520"
-    ymax = max([r for _, r in rows] + [1.0]) * 1.25
+        term = f"png size {width},620"
+    ymax = max([r for _, r, _ in rows] + [1.0]) * 1.35
     script = f"""
 set terminal {term}
 set output '{os.path.join(out_dir, "ratios.png")}'
-set title 'Ember / QEMU microvm (median ratio; below 1.0 = Ember better)'
+set title 'Ember / QEMU microvm (ratio of medians; the red line is parity)'
 set ylabel 'Ember / QEMU'
 set style fill solid 0.6 border -1
 set boxwidth 0.6
 set xrange [-0.6:{len(rows) - 0.4}]
 set yrange [0:{ymax:.3f}]
+set xtics rotate by 35 right
+set lmargin 18
+set bmargin 9
 set grid ytics
-set key off
+set key top left opaque box
 set arrow from -0.6,1 to {len(rows) - 0.4},1 nohead lw 2 lc rgb 'red' front
-plot '{dat}' using 1:2:xtic(3) with boxes lc rgb '#4477aa', \\
-     '' using 1:2:(sprintf('%.2f', $2)) with labels offset 0,1
+plot '{dat}' using 1:2:4:xtic(3) with boxes lc rgb variable notitle, \\
+     '' using 1:2:(sprintf('%.2f', $2)) with labels offset 0,1 notitle, \\
+     NaN with boxes lc rgb '#{LOWER_COLOR:06x}' title 'time, memory: below 1.0 = Ember better', \\
+     NaN with boxes lc rgb '#{HIGHER_COLOR:06x}' title 'block MiB/s, IOPS: above 1.0 = Ember better'
 """
     subprocess.run(["gnuplot"], input=script, text=True, check=True)
     os.unlink(dat)
@@ -128,11 +178,16 @@ def main():
     src["kvm"]["boot_timer"] = boot_timer_samples(src["kvm"].get("boot_to_init", {}))
     for name in ("kvm", "host"):
         src[name]["api_first_response"] = first_response_samples(src[name].get("api_startup", {}))
+    blk = src["kvm"].get("blk")
+    if blk:
+        for metric, _, _, _ in BLK_METRICS:
+            for engine in ("async", "sync"):
+                src["kvm"][f"blk:{metric}:{engine}"] = blk_samples(blk, metric, engine)
 
     figs, missing = {}, []
-    for key, where, skey, unit, label in FIGURES:
+    for key, where, skey, unit, label, better in FIGURES:
         raw = src[where].get(skey, {})
-        fig = {"description": label, "unit": unit, "samples": raw, "stats": {}}
+        fig = {"description": label, "unit": unit, "better": better, "samples": raw, "stats": {}}
         if not raw:
             missing.append(f"{key} (not measured)")
         for vmm in ("ember", "qemu"):
@@ -154,25 +209,40 @@ def main():
            "l1_cpu_model": kenv["cpu_model"] if kenv.get("in_l1") else None,
            "qemu_version": kenv.get("qemu_version"), "ember_version": kenv.get("ember_version"),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if src["kvm"].get("blk_params"):
+        env["blk_params"] = src["kvm"]["blk_params"]
     for kv in args.env:
         k, _, v = kv.partition("=")
         env[k] = v
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"environment": env, "figures": figs}, f, indent=1)
+        # The block runs as measured too: every guest's BLK_* lines, exit statuses, VMM log notes.
+        json.dump({"environment": env, "figures": figs,
+                   "block_runs": src["kvm"].get("blk")}, f, indent=1)
 
-    lines = ["| figure | Ember median (p10–p90) | QEMU median (p10–p90) | Ember/QEMU |",
-             "|---|---|---|---|"]
+    lines = ["| figure | Ember median (p10–p90) | QEMU median (p10–p90) | Ember/QEMU "
+             "| Ember better if |",
+             "|---|---|---|---|---|"]
     for key, fig in figs.items():
         ratio = "n/a" if fig["ratio"] is None else f"{fig['ratio']:.2f}"
         lines.append(f"| {fig['description']} | {fmt(fig['stats'].get('ember'), fig['unit'])} "
-                     f"| {fmt(fig['stats'].get('qemu'), fig['unit'])} | {ratio} |")
+                     f"| {fmt(fig['stats'].get('qemu'), fig['unit'])} | {ratio} "
+                     f"| {better_if(fig)} |")
     where = "nested KVM (L1 under QEMU TCG)" if env["nested"] else "host KVM"
     lines += ["", f"Measured {env['date']} in {where}; host {env['host_cpu_model']}, "
               f"kernel {env['host_kernel']}" +
               (f"; L1 kernel {env['l1_kernel']}" if env["l1_kernel"] else "") +
               f"; {env['ember_version']}; {env['qemu_version']}."]
+    bp = env.get("blk_params")
+    if bp:
+        lines += ["", f"Block I/O: guest `blkbench` (scripts/bench-lib/blkbench.c), O_DIRECT on "
+                  f"the raw virtio-blk disk (/dev/vda, a {bp['disk_mib']} MiB raw file on L1's "
+                  f"tmpfs), {bp['vcpus']} vCPU / {bp['mem_mib']} MiB; {bp['seq_mib']} MiB "
+                  f"sequential in {bp['bs_kib']} KiB requests, random reads for "
+                  f"{bp['rand_secs']} s each. Ember: cache_type Writeback; QEMU: "
+                  "aio=io_uring,cache=writeback (both buffered on the host, both offer flush). "
+                  "Ratios are Ember/QEMU, so above 1.0 means Ember moved more data."]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
