@@ -1,5 +1,6 @@
 #include "api/config.hpp"
 
+#include "devices/virtio/net/request.hpp"
 #include "vmm/error.hpp"
 
 #include <cctype>
@@ -149,6 +150,55 @@ DriveConfig parse_drive(const json& j) {
     return d;
 }
 
+NetConfig parse_net(const json& j) {
+    std::string w = "network-interface";
+    require_object(j, w);
+    reject_unknown(j, w, {"iface_id", "host_dev_name", "guest_mac", "mtu", "rx_rate_limiter", "tx_rate_limiter"});
+    NetConfig n;
+    const json* id = field(j, "iface_id");
+    if (!id) throw ConfigError(w + ": missing required field \"iface_id\"");
+    n.iface_id = get_string(*id, w + ".iface_id");
+    if (!valid_resource_id(n.iface_id))
+        throw ConfigError(w + ".iface_id \"" + n.iface_id + "\" must be 1-64 characters from [a-zA-Z0-9_]");
+    w = "network interface " + n.iface_id;
+    const json* dev = field(j, "host_dev_name");
+    if (!dev) throw ConfigError(w + ": missing required field \"host_dev_name\"");
+    n.host_dev_name = get_string(*dev, w + ".host_dev_name");
+    if (n.host_dev_name.empty() || n.host_dev_name.size() > 15)
+        throw ConfigError(w + ".host_dev_name must be 1-15 characters (a Linux interface name)");
+    if (const json* m = field(j, "guest_mac"); m && !m->is_null()) {
+        n.guest_mac = get_string(*m, w + ".guest_mac");
+        std::array<std::uint8_t, 6> bytes{};
+        if (!virtio::net::parse_mac(*n.guest_mac, bytes))
+            throw ConfigError(w + ".guest_mac \"" + *n.guest_mac + "\" is not a unicast MAC address like 06:00:ac:10:00:02");
+    }
+    if (const json* m = field(j, "mtu"); m && !m->is_null()) {
+        const std::uint64_t mtu = get_uint(*m, w + ".mtu");
+        if (mtu < 68 || mtu > 65535) throw ConfigError(w + ".mtu must be from 68 to 65535, not " + std::to_string(mtu));
+        n.mtu = static_cast<std::uint16_t>(mtu);
+    }
+    for (const char* rl : {"rx_rate_limiter", "tx_rate_limiter"})
+        if (const json* r = field(j, rl); r && !r->is_null())
+            throw ConfigError(w + "." + rl + " is not supported by this Ember version yet");
+    return n;
+}
+
+void add_net(std::vector<NetConfig>& nets, NetConfig n) {
+    for (const auto& o : nets) {
+        if (o.iface_id == n.iface_id) continue;
+        if (o.host_dev_name == n.host_dev_name)
+            throw ConfigError("The host device name " + n.host_dev_name + " is already in use (interface " + o.iface_id + ")");
+        if (n.guest_mac && o.guest_mac == n.guest_mac)
+            throw ConfigError("The guest MAC address " + *n.guest_mac + " is already in use (interface " + o.iface_id + ")");
+    }
+    for (auto& o : nets)
+        if (o.iface_id == n.iface_id) {
+            o = std::move(n);
+            return;
+        }
+    nets.push_back(std::move(n));
+}
+
 void add_drive(std::vector<DriveConfig>& drives, DriveConfig d) {
     for (const auto& o : drives)
         if (o.is_root_device && d.is_root_device && o.drive_id != d.drive_id)
@@ -197,8 +247,7 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
         throw ConfigError(std::string("config file is not valid JSON: ") + e.what());
     }
     require_object(j, "config file");
-    static const std::set<std::string> later = {"cpu-config", "balloon", "network-interfaces", "vsock",
-                                                "mmds-config", "entropy", "serial"};
+    static const std::set<std::string> later = {"cpu-config", "balloon", "vsock", "mmds-config", "entropy", "serial"};
     ConfigFile doc;
     VmConfig& c = doc.vm;
     for (auto it = j.begin(); it != j.end(); ++it) {
@@ -214,6 +263,15 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
                 for (const auto& o : c.drives)
                     if (o.drive_id == dc.drive_id) throw ConfigError("drives: drive id \"" + dc.drive_id + "\" is used twice");
                 add_drive(c.drives, std::move(dc));
+            }
+        } else if (k == "network-interfaces") {
+            if (!it->is_array()) throw ConfigError("network-interfaces must be a JSON array, not " + type_name(*it));
+            for (const auto& n : *it) {
+                NetConfig nc = parse_net(n);
+                for (const auto& o : c.net)
+                    if (o.iface_id == nc.iface_id)
+                        throw ConfigError("network-interfaces: iface_id \"" + nc.iface_id + "\" is used twice");
+                add_net(c.net, std::move(nc));
             }
         } else if (k == "logger") {
             if (!it->is_null()) doc.logger = parse_logger(*it);
@@ -256,12 +314,23 @@ json to_json(const DriveConfig& d) {
             {"socket", nullptr}};
 }
 
+json to_json(const NetConfig& n) {
+    return {{"iface_id", n.iface_id},
+            {"host_dev_name", n.host_dev_name},
+            {"guest_mac", n.guest_mac ? json(*n.guest_mac) : json(nullptr)},
+            {"mtu", n.mtu ? json(*n.mtu) : json(nullptr)},
+            {"rx_rate_limiter", nullptr},
+            {"tx_rate_limiter", nullptr}};
+}
+
 json to_json(const VmConfig& c) {
     json j = json::object();
     if (c.boot_source) j["boot-source"] = to_json(*c.boot_source);
     j["machine-config"] = to_json(c.machine);
     j["drives"] = json::array();
     for (const auto& d : c.drives) j["drives"].push_back(to_json(d));
+    j["network-interfaces"] = json::array();
+    for (const auto& n : c.net) j["network-interfaces"].push_back(to_json(n));
     return j;
 }
 

@@ -40,12 +40,17 @@ DriveConfig parse_drive(const nlohmann::json& j);
 // Adds a drive to the list, or replaces the one with the same id (PUT /drives/{id} semantics).
 // Throws ConfigError if another drive is already the root device.
 void add_drive(std::vector<DriveConfig>& drives, DriveConfig d);
+// Firecracker's NetworkInterface (rate limiters are refused for now).
+NetConfig parse_net(const nlohmann::json& j);
+// Adds an interface or replaces the one with the same id (PUT /network-interfaces/{id}).
+void add_net(std::vector<NetConfig>& nets, NetConfig n);
 // Firecracker's resource ids: 1-64 characters from [a-zA-Z0-9_].
 bool valid_resource_id(const std::string& id);
 
 nlohmann::json to_json(const BootSourceConfig& b);
 nlohmann::json to_json(const MachineConfig& m);
 nlohmann::json to_json(const DriveConfig& d);
+nlohmann::json to_json(const NetConfig& n);
 // The --config-file shape (what GET /vm/config returns).
 nlohmann::json to_json(const VmConfig& c);
 

@@ -3,6 +3,7 @@
 #include "api/config.hpp"
 #include "devices/legacy/serial.hpp"
 #include "devices/virtio/block/device.hpp"
+#include "devices/virtio/net/device.hpp"
 #include "vmm/error.hpp"
 #include "vmm/logger.hpp"
 
@@ -99,6 +100,20 @@ Response Controller::handle(const Action& a) {
             // Firecracker opens the image at PUT time, so a wrong path fails here, not at start.
             (void)open_drive(p->config);
             add_drive(cfg_.drives, p->config);
+            return Response::no_content();
+        }
+        if (auto* p = std::get_if<PutNet>(&a)) {
+            count("put_api_requests", "network_count");
+            if (vm_) return bad("put_api_requests", kNotAfterBoot);
+            std::vector<NetConfig> updated = cfg_.net;
+            add_net(updated, p->config);
+            // As Firecracker, the TAP is checked now: a missing or busy one fails this call.
+            try {
+                (void)virtio::net::Tap(p->config.host_dev_name, static_cast<int>(virtio::net::VNET_HDR_LEN));
+            } catch (const ConfigError& e) {
+                throw ConfigError("network interface " + p->config.iface_id + ": " + e.what());
+            }
+            cfg_.net = std::move(updated);
             return Response::no_content();
         }
         if (auto* p = std::get_if<PatchDrive>(&a)) {
@@ -291,6 +306,28 @@ std::string Controller::metrics_line() {
             device_events += one["queue_event_count"];
         }
         if (vm_->block_devices().empty()) snapshot.erase("block");
+        // Firecracker's net metrics: "net" sums every interface, "net_<iface_id>" is one.
+        auto& net_all = snapshot["net"];
+        for (const auto& nd : vm_->net_devices()) {
+            const auto& m = nd->metrics();
+            auto& one = snapshot["net_" + nd->config().iface_id];
+            const std::pair<const char*, const std::atomic<std::uint64_t>*> fields[] = {
+                {"activate_fails", &m.activate_fails},   {"event_fails", &m.event_fails},
+                {"no_rx_avail_buffer", &m.no_rx_avail_buffer}, {"rx_queue_event_count", &m.rx_queue_event_count},
+                {"rx_tap_event_count", &m.rx_tap_event_count}, {"rx_bytes_count", &m.rx_bytes_count},
+                {"rx_packets_count", &m.rx_packets_count}, {"rx_fails", &m.rx_fails},
+                {"rx_count", &m.rx_count},               {"tap_read_fails", &m.tap_read_fails},
+                {"tap_write_fails", &m.tap_write_fails}, {"tx_bytes_count", &m.tx_bytes_count},
+                {"tx_malformed_frames", &m.tx_malformed_frames}, {"tx_fails", &m.tx_fails},
+                {"tx_count", &m.tx_count},               {"tx_packets_count", &m.tx_packets_count},
+                {"tx_queue_event_count", &m.tx_queue_event_count}};
+            for (const auto& [name, c] : fields) {
+                one[name] = c->load(std::memory_order_relaxed);
+                net_all[name] += one[name];
+            }
+            device_events += one["rx_queue_event_count"] + one["tx_queue_event_count"] + one["rx_tap_event_count"];
+        }
+        if (vm_->net_devices().empty()) snapshot.erase("net");
         snapshot["vmm"]["device_events"] = device_events;
         const auto& u = vm_->serial().counters();
         snapshot["uart"] = {{"read_count", u.read_count.load()},           {"write_count", u.write_count.load()},

@@ -125,7 +125,19 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
             throw ConfigError("drive " + id + ".rate_limiter is not supported by this Ember version yet");
         return p;
     }
-    static const char* later[] = {"/network-interfaces/", "/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/",
+    if (path.rfind("/network-interfaces/", 0) == 0) {
+        if (m != Method::Put && m != Method::Patch) throw invalid();
+        const std::string id = path.substr(20);
+        if (!valid_resource_id(id)) throw ConfigError("invalid network interface id \"" + id + "\"");
+        json j = parse_body(body);
+        require_object(j);
+        if (m == Method::Patch) // PartialNetworkInterface only carries rate limiters
+            throw ConfigError("network interface rate limiters (PATCH /network-interfaces)" + std::string(kNotSupported));
+        NetConfig n = parse_net(j);
+        if (n.iface_id != id) throw ConfigError("The id from the path does not match the id from the body!");
+        return PutNet{std::move(n)};
+    }
+    static const char* later[] = {"/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/",
                                   "/cpu-config", "/serial", "/hotplug/", "/pmem/"};
     for (const char* p : later)
         if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
@@ -172,6 +184,7 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutMetrics&) const { return "metrics"; }
         const char* operator()(const PutDrive&) const { return "drive"; }
         const char* operator()(const PatchDrive&) const { return "drive"; }
+        const char* operator()(const PutNet&) const { return "network"; }
     };
     return std::visit(V{}, a);
 }

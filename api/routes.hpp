@@ -33,9 +33,11 @@ struct PatchDrive {
     std::optional<std::string> path_on_host;
 };
 
+struct PutNet { NetConfig config; };
+
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
-                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive>;
+                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

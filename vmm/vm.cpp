@@ -6,6 +6,7 @@
 #include "devices/legacy/serial.hpp"
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/mmio.hpp"
+#include "devices/virtio/net/device.hpp"
 #include "devices/virtio/spec.hpp"
 #include "vmm/error.hpp"
 #include "vmm/layout.hpp"
@@ -79,6 +80,28 @@ private:
 
 } // namespace
 
+namespace {
+// Attaches to every TAP now, so a missing or busy one is a configuration error before KVM.
+std::vector<std::pair<NetConfig, std::unique_ptr<virtio::net::Tap>>> open_taps(const std::vector<NetConfig>& nets) {
+    std::vector<std::pair<NetConfig, std::unique_ptr<virtio::net::Tap>>> out;
+    for (std::size_t i = 0; i < nets.size(); ++i) {
+        for (std::size_t j = 0; j < i; ++j) {
+            if (nets[i].iface_id == nets[j].iface_id) throw ConfigError("network interface id \"" + nets[i].iface_id + "\" is used twice");
+            if (nets[i].host_dev_name == nets[j].host_dev_name)
+                throw ConfigError("network interfaces " + nets[j].iface_id + " and " + nets[i].iface_id + " use the same TAP " + nets[i].host_dev_name);
+            if (nets[i].guest_mac && nets[i].guest_mac == nets[j].guest_mac)
+                throw ConfigError("network interfaces " + nets[j].iface_id + " and " + nets[i].iface_id + " have the same guest_mac");
+        }
+        try {
+            out.emplace_back(nets[i], std::make_unique<virtio::net::Tap>(nets[i].host_dev_name, static_cast<int>(virtio::net::VNET_HDR_LEN)));
+        } catch (const ConfigError& e) {
+            throw ConfigError("network interface " + nets[i].iface_id + ": " + e.what());
+        }
+    }
+    return out;
+}
+} // namespace
+
 PreparedGuest prepare_guest(const VmConfig& cfg) {
     if (!cfg.boot_source) throw ConfigError("no boot source: boot-source.kernel_image_path is required");
     const auto& m = cfg.machine;
@@ -87,6 +110,9 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
     if (m.mem_size_mib == 0) throw ConfigError("mem_size_mib must be at least 1");
     const auto& bs = *cfg.boot_source;
     std::vector<OpenedDrive> drives = open_drives(cfg.drives);
+    auto nets = open_taps(cfg.net);
+    if (drives.size() + nets.size() > max_virtio_devices())
+        throw ConfigError("at most " + std::to_string(max_virtio_devices()) + " virtio devices fit the IRQ range");
     GuestMemory mem = GuestMemory::anonymous(m.mem_size_mib * layout::MiB);
 
     auto kernel_file = open_regular(bs.kernel_image_path, "kernel image");
@@ -98,11 +124,11 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
     }
     // Devices are attached in this order by Vm::attach_virtio_devices(): drives first.
     std::string device_args = root_args(drives);
-    for (std::size_t i = 0; i < drives.size(); ++i) device_args += (device_args.empty() ? "" : " ") + virtio_mmio_arg(i);
+    for (std::size_t i = 0; i < drives.size() + nets.size(); ++i) device_args += (device_args.empty() ? "" : " ") + virtio_mmio_arg(i);
     std::string cmdline = add_kernel_args(bs.boot_args.value_or(DEFAULT_BOOT_ARGS), device_args);
     write_boot_info(mem, kernel, cmdline, initrd);
     write_mptable(mem, m.vcpu_count);
-    return PreparedGuest{std::move(mem), kernel, std::move(cmdline), m.vcpu_count, m.smt, std::move(drives)};
+    return PreparedGuest{std::move(mem), kernel, std::move(cmdline), m.vcpu_count, m.smt, std::move(drives), std::move(nets)};
 }
 
 struct Vm::StdinReader {
@@ -166,11 +192,17 @@ void Vm::attach_legacy_devices(const RunOptions& opts) {
 }
 
 void Vm::attach_virtio_devices() {
-    // Fixed order, matching the virtio_mmio.device= arguments prepare_guest() wrote: drives.
+    // Fixed order, matching the virtio_mmio.device= arguments prepare_guest() wrote: drives,
+    // then network interfaces.
     for (auto& d : guest_.drives) {
         auto blk = std::make_shared<virtio::block::BlockDevice>(guest_.mem, io_, d.cfg, std::move(d.fd), d.size);
         blocks_.push_back(blk);
         attach_virtio(blk);
+    }
+    for (auto& [cfg, tap] : guest_.nets) {
+        auto net = std::make_shared<virtio::net::NetDevice>(guest_.mem, io_, cfg, std::move(tap));
+        nets_.push_back(net);
+        attach_virtio(net);
     }
 }
 

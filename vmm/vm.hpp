@@ -2,6 +2,7 @@
 // A microVM: KVM VM, guest memory, buses, devices and vCPUs, built in a fixed order from a
 // VmConfig, and the VMM thread's event loop (Asio) that owns host I/O for the devices.
 
+#include "devices/virtio/net/backend.hpp"
 #include "vmm/bus.hpp"
 #include "vmm/drives.hpp"
 #include "vmm/guest_memory.hpp"
@@ -27,6 +28,9 @@ class VirtioDevice;
 namespace block {
 class BlockDevice;
 }
+namespace net {
+class NetDevice;
+}
 } // namespace virtio
 
 // Resources that exist before KVM is touched: guest memory with the kernel, initrd and boot
@@ -39,6 +43,7 @@ struct PreparedGuest {
     unsigned vcpus;
     bool smt;
     std::vector<OpenedDrive> drives; // in attach order: root drive first
+    std::vector<std::pair<NetConfig, std::unique_ptr<virtio::net::Tap>>> nets; // attached after drives
 };
 
 // Throws ConfigError with one line on any invalid input.
@@ -76,6 +81,7 @@ public:
     const GuestMemory& memory() const noexcept { return guest_.mem; }
     // Block devices in attach order (root drive first).
     const std::vector<std::shared_ptr<virtio::block::BlockDevice>>& block_devices() const noexcept { return blocks_; }
+    const std::vector<std::shared_ptr<virtio::net::NetDevice>>& net_devices() const noexcept { return nets_; }
 
 private:
     Vm(boost::asio::io_context& io, Kvm kvm, PreparedGuest guest, ExitHandler on_exit);
@@ -100,6 +106,7 @@ private:
     std::shared_ptr<BootTimer> boot_timer_;
     // Declared after guest_ so they are destroyed first: their in-flight I/O targets guest RAM.
     std::vector<std::shared_ptr<virtio::block::BlockDevice>> blocks_;
+    std::vector<std::shared_ptr<virtio::net::NetDevice>> nets_;
     std::size_t virtio_count_ = 0;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
 

@@ -45,10 +45,19 @@ struct DriveConfig {
     DriveIoEngine io_engine = DriveIoEngine::Async;
 };
 
+// Firecracker's NetworkInterface (rate limiters come later).
+struct NetConfig {
+    std::string iface_id;
+    std::string host_dev_name;
+    std::optional<std::string> guest_mac; // "aa:bb:cc:dd:ee:ff", validated by the parser
+    std::optional<std::uint16_t> mtu;     // 68..65535
+};
+
 struct VmConfig {
     std::optional<BootSourceConfig> boot_source;
     MachineConfig machine;
     std::vector<DriveConfig> drives; // in the order they were configured
+    std::vector<NetConfig> net;      // likewise
 };
 
 struct RunOptions {

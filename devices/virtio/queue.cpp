@@ -157,7 +157,11 @@ Queue::PopResult Queue::pop() noexcept {
     return r;
 }
 
-void Queue::add_used(std::uint16_t head, std::uint32_t len) noexcept {
+void Queue::undo_pop(std::uint16_t n) noexcept {
+    if (n <= pending()) s_.next_avail = static_cast<std::uint16_t>(s_.next_avail - n);
+}
+
+void Queue::add_used(std::uint16_t head, std::uint32_t len, bool publish) noexcept {
     if (!mem_) return;
     std::byte* elem = used_ + 4 + 8 * static_cast<std::size_t>(s_.next_used % s_.size);
     const std::uint32_t id = head;
@@ -165,7 +169,7 @@ void Queue::add_used(std::uint16_t head, std::uint32_t len) noexcept {
     std::memcpy(elem + 4, &len, 4);
     ++s_.next_used;
     // Release: the element is visible before the index that exposes it (§2.7.8.2).
-    store16(used_ + 2, s_.next_used, std::memory_order_release);
+    if (publish) store16(used_ + 2, s_.next_used, std::memory_order_release);
 }
 
 bool Queue::needs_interrupt() noexcept {

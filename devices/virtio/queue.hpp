@@ -95,8 +95,13 @@ public:
     PopResult pop() noexcept;
     // Chains taken but not yet returned.
     std::uint16_t pending() const noexcept;
-    // Puts (head, len) into the used ring and publishes used.idx (release ordering).
-    void add_used(std::uint16_t head, std::uint32_t len) noexcept;
+    // Gives back the last `n` chains taken by pop() (a device that could not use them yet, e.g.
+    // virtio-net with too few receive buffers for a frame); they are popped again later.
+    void undo_pop(std::uint16_t n) noexcept;
+    // Puts (head, len) into the used ring and, with `publish`, publishes used.idx (release
+    // ordering). Several elements that the driver must see together (a mergeable receive
+    // buffer, §5.1.6.4) are added with publish = false and then published by the last one.
+    void add_used(std::uint16_t head, std::uint32_t len, bool publish = true) noexcept;
     // Whether the driver wants an interrupt for what was added since the last call (event-idx
     // window or VIRTQ_AVAIL_F_NO_INTERRUPT). Call after a batch of add_used().
     bool needs_interrupt() noexcept;

@@ -102,6 +102,11 @@ expect_error drive_engine 'io_engine "Uring" is not Sync or Async' --no-api --co
 expect_error drive_socket 'vhost-user' --no-api --config-file "$(dcfg dsock "$(drv a "$T/disk.img" false false '"socket": "/tmp/x"')")"
 expect_error drive_rate_limiter 'rate_limiter is not supported' --no-api --config-file "$(dcfg drl "$(drv a "$T/disk.img" false false '"rate_limiter": {}')")"
 expect_error drive_unknown_field 'unknown field "readonly"' --no-api --config-file "$(dcfg dunk "$(drv a "$T/disk.img" false false '"readonly": true')")"
+net() { cfg "$1" "{$(bs "$KERNEL"), $(mc 1 64), \"network-interfaces\": [$2]}"; }
+expect_error net_no_tap 'network interface eth0: TAP embernotap0: (no such TAP device|cannot open /dev/net/tun)' --no-api --config-file "$(net nonet '{"iface_id": "eth0", "host_dev_name": "embernotap0"}')"
+expect_error net_bad_mac 'guest_mac "06:00:ac:10:00" is not a unicast MAC' --no-api --config-file "$(net nmac '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00"}')"
+expect_error net_same_tap 'host device name tap0 is already in use' --no-api --config-file "$(net ntap '{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "b", "host_dev_name": "tap0"}')"
+expect_error net_mtu 'mtu must be from 68 to 65535' --no-api --config-file "$(net nmtu '{"iface_id": "a", "host_dev_name": "tap0", "mtu": 65536}')"
 chmod 444 "$T/disk.img"
 if [[ $(id -u) -ne 0 ]]; then
   expect_error drive_no_write_permission 'drive a: .*disk.img: Permission denied' --no-api --config-file "$(dcfg dperm "$(drv a "$T/disk.img" false false)")"

@@ -222,6 +222,28 @@ TEST_CASE("config: bad drives are refused with the field named") {
                                              {"drive_id": "a", "path_on_host": "y", "is_root_device": false}])")), "used twice");
 }
 
+TEST_CASE("config: network interfaces") {
+    json j = json::parse(VALID);
+    j["network-interfaces"] = json::parse(R"([{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"},
+                                              {"iface_id": "eth1", "host_dev_name": "tap1", "mtu": 9000}])");
+    const VmConfig c = parse(j.dump());
+    REQUIRE(c.net.size() == 2);
+    CHECK(c.net[0].guest_mac == "06:00:ac:10:00:02");
+    CHECK_FALSE(c.net[0].mtu);
+    CHECK(c.net[1].mtu == 9000);
+    const json out = to_json(c);
+    CHECK(out["network-interfaces"][1]["host_dev_name"] == "tap1");
+    CHECK(out["network-interfaces"][0]["mtu"].is_null());
+    CHECK(parse(out.dump()).net.size() == 2);
+    j["network-interfaces"][1]["host_dev_name"] = "tap0";
+    CHECK_CONFIG_ERROR(parse(j.dump()), "already in use");
+    j["network-interfaces"][1]["host_dev_name"] = "tap1";
+    j["network-interfaces"][1]["guest_mac"] = "06:00:ac:10:00:02";
+    CHECK_CONFIG_ERROR(parse(j.dump()), "guest MAC address 06:00:ac:10:00:02 is already in use");
+    j["network-interfaces"][1]["iface_id"] = "eth0";
+    CHECK_CONFIG_ERROR(parse(j.dump()), "used twice");
+}
+
 TEST_CASE("config: add_drive replaces a drive with the same id, as PUT /drives does") {
     std::vector<DriveConfig> drives;
     DriveConfig a{"a", "a.img", true, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async};
@@ -253,7 +275,7 @@ TEST_CASE("config: logger and metrics sections; sections not supported yet") {
     j["logger"] = json::parse(R"({"show_level": 1})");
     CHECK_CONFIG_ERROR(parse(j.dump()), "logger.show_level");
 
-    for (const char* section : {"network-interfaces", "vsock", "balloon", "entropy", "mmds-config"}) {
+    for (const char* section : {"vsock", "balloon", "entropy", "mmds-config"}) {
         CAPTURE(section);
         json k = json::parse(VALID);
         k[section] = json::array();

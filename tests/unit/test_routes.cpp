@@ -83,7 +83,7 @@ TEST_CASE("routes: logger and metrics") {
 TEST_CASE("routes: devices that do not exist yet are refused by name, never with 204") {
     CHECK_THAT(fault(route("PUT", "/drives/bad id", R"({})")), Catch::Contains("invalid drive id"));
     CHECK_THAT(fault(route("PUT", "/drives/", R"({})")), Catch::Contains("invalid drive id"));
-    for (const char* p : {"/network-interfaces/eth0", "/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/create"})
+    for (const char* p : {"/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/create"})
         CHECK_THAT(fault(route("PUT", p, "{}")), Catch::Contains("not supported"));
 }
 
@@ -110,6 +110,30 @@ TEST_CASE("routes: drives") {
     CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "rate_limiter": {"bandwidth": {}}})")),
                Catch::Contains("not supported"));
     CHECK_THAT(fault(route("GET", "/drives/scratch", "")), Catch::Contains("Invalid request method"));
+}
+
+TEST_CASE("routes: network interfaces") {
+    const auto put = route("PUT", "/network-interfaces/eth0",
+                           R"({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02", "mtu": 9000})");
+    const auto& n = as<PutNet>(put);
+    CHECK(n.config.host_dev_name == "tap0");
+    CHECK(n.config.guest_mac == "06:00:AC:10:00:02");
+    CHECK(n.config.mtu == 9000);
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth1", R"({"iface_id": "eth0", "host_dev_name": "tap0"})")),
+               Catch::Contains("does not match"));
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0"})")), Catch::Contains("host_dev_name"));
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "01:00:00:00:00:01"})")),
+               Catch::Contains("unicast MAC"));
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00"})")),
+               Catch::Contains("guest_mac"));
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 67})")),
+               Catch::Contains("mtu must be from 68 to 65535"));
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "a_name_too_long_for_linux"})")),
+               Catch::Contains("1-15 characters"));
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {}})")),
+               Catch::Contains("not supported"));
+    CHECK_THAT(fault(route("PATCH", "/network-interfaces/eth0", R"({"iface_id": "eth0"})")), Catch::Contains("not supported"));
+    CHECK_THAT(fault(route("GET", "/network-interfaces/eth0", "")), Catch::Contains("Invalid request method"));
 }
 
 TEST_CASE("routes: unknown paths and methods") {

@@ -1,0 +1,33 @@
+#pragma once
+// The host side of virtio-net: an existing TAP interface, opened as Firecracker does
+// (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, non-blocking). Ember never creates or configures host
+// interfaces; the TAP must exist and be free.
+
+#include "vmm/unique_fd.hpp"
+
+#include <cstdint>
+#include <string>
+
+namespace ember::virtio::net {
+
+// TUNSETOFFLOAD bits (linux/if_tun.h): what the TAP may hand us (guest receive offloads).
+inline constexpr unsigned TAP_F_CSUM = 0x01;
+inline constexpr unsigned TAP_F_TSO4 = 0x02;
+inline constexpr unsigned TAP_F_TSO6 = 0x04;
+
+class Tap {
+public:
+    // Attaches to the TAP `name` with a `vnet_hdr_len`-byte virtio-net header on every frame.
+    // Throws ConfigError naming the interface when it does not exist, is busy or is not a TAP.
+    Tap(const std::string& name, int vnet_hdr_len);
+    int fd() const noexcept { return fd_.get(); }
+    const std::string& name() const noexcept { return name_; }
+    // TUNSETOFFLOAD; false on failure (the caller then offers fewer features).
+    bool set_offload(unsigned flags) noexcept;
+
+private:
+    UniqueFd fd_;
+    std::string name_;
+};
+
+} // namespace ember::virtio::net

@@ -1,0 +1,82 @@
+#pragma once
+// virtio-net (virtio 1.2 §5.1) on a TAP: one receive and one transmit queue, served on the event
+// loop. A frame that finds no receive buffers waits (the TAP is not read meanwhile) until the
+// driver posts some; frames are dropped only when they can never fit, and then counted.
+
+#include "devices/virtio/device.hpp"
+#include "devices/virtio/net/backend.hpp"
+#include "devices/virtio/net/request.hpp"
+#include "vmm/vm_config.hpp"
+
+#include <array>
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <memory>
+#include <optional>
+
+namespace ember::virtio::net {
+
+// §5.1.3 feature bits.
+inline constexpr unsigned F_CSUM = 0;
+inline constexpr unsigned F_GUEST_CSUM = 1;
+inline constexpr unsigned F_MTU = 3;
+inline constexpr unsigned F_MAC = 5;
+inline constexpr unsigned F_GUEST_TSO4 = 7;
+inline constexpr unsigned F_GUEST_TSO6 = 8;
+inline constexpr unsigned F_HOST_TSO4 = 11;
+inline constexpr unsigned F_HOST_TSO6 = 12;
+inline constexpr unsigned F_MRG_RXBUF = 15;
+
+// Firecracker's net metric names (NetDeviceMetrics), the ones that apply.
+struct NetMetrics {
+    std::atomic<std::uint64_t> activate_fails{0}, event_fails{0}, no_rx_avail_buffer{0}, rx_queue_event_count{0},
+        rx_tap_event_count{0}, rx_bytes_count{0}, rx_packets_count{0}, rx_fails{0}, rx_count{0}, tap_read_fails{0},
+        tap_write_fails{0}, tx_bytes_count{0}, tx_malformed_frames{0}, tx_fails{0}, tx_count{0}, tx_packets_count{0},
+        tx_queue_event_count{0};
+};
+
+class NetDevice final : public VirtioDevice {
+public:
+    static constexpr std::uint16_t QUEUE_SIZE = 256;
+    static constexpr std::size_t RX = 0, TX = 1;
+
+    NetDevice(const GuestMemory& mem, boost::asio::io_context& io, NetConfig cfg, std::unique_ptr<Tap> tap);
+    ~NetDevice() override;
+
+    std::uint32_t device_type() const noexcept override;
+    std::uint64_t device_features() const noexcept override;
+    void read_config(std::uint64_t offset, std::span<std::uint8_t> data) const noexcept override;
+    bool activate() noexcept override;
+    void reset_device() noexcept override;
+    void process_queue(std::size_t index) noexcept override;
+    std::string name() const override { return "net " + cfg_.iface_id; }
+
+    const NetConfig& config() const noexcept { return cfg_; }
+    const NetMetrics& metrics() const noexcept { return metrics_; }
+
+private:
+    void rx_loop() noexcept;
+    // Puts the staged frame into receive buffers; false when there are not enough of them yet.
+    bool deliver() noexcept;
+    void tx_loop() noexcept;
+    void arm_rx() noexcept;
+    void arm_tx() noexcept;
+
+    NetConfig cfg_;
+    std::optional<std::array<std::uint8_t, 6>> mac_;
+    std::unique_ptr<Tap> tap_;
+    std::unique_ptr<boost::asio::posix::stream_descriptor> tap_sd_;
+    bool rx_armed_ = false, tx_armed_ = false;
+    std::vector<std::byte> frame_;
+    std::size_t frame_len_ = 0; // bytes staged from the TAP, 0 when none
+    std::vector<iovec> iov_;
+    struct Used {
+        std::uint16_t head;
+        std::uint32_t len;
+    };
+    std::vector<Used> used_;
+    NetMetrics metrics_;
+};
+
+} // namespace ember::virtio::net

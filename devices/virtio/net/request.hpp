@@ -1,0 +1,48 @@
+#pragma once
+// virtio-net frame handling as pure functions over resolved descriptor chains (virtio 1.2
+// §5.1.6): what a transmit chain may look like and how a received frame is spread over receive
+// chains. Unit-tested and fuzzed without a TAP.
+
+#include "devices/virtio/queue.hpp"
+
+#include <array>
+#include <cstddef>
+#include <string>
+#include <cstdint>
+#include <span>
+#include <sys/uio.h>
+#include <vector>
+
+namespace ember::virtio::net {
+
+// struct virtio_net_hdr_v1 (§5.1.6): flags, gso_type, hdr_len, gso_size, csum_start,
+// csum_offset, num_buffers. VERSION_1 devices always use the 12-byte form.
+inline constexpr std::size_t VNET_HDR_LEN = 12;
+inline constexpr std::size_t NUM_BUFFERS_OFFSET = 10;
+// Largest frame with its header: a 64 KiB TSO frame, Ethernet header and vnet header
+// (Firecracker's MAX_BUFFER_SIZE).
+inline constexpr std::size_t MAX_FRAME_WITH_HDR = 65562;
+
+enum class TxError {
+    None,
+    DeviceWritable, // a transmit buffer the device would write to
+    TooShort,       // not even a vnet header and an Ethernet header
+    TooLong,        // more than MAX_FRAME_WITH_HDR bytes
+};
+const char* to_string(TxError e) noexcept;
+
+// "aa:bb:cc:dd:ee:ff" (hex, either case) into six bytes; false for anything else, and for a
+// multicast address (bit 0 of the first byte), which no NIC may own.
+bool parse_mac(const std::string& text, std::array<std::uint8_t, 6>& out) noexcept;
+
+// Checks a transmit chain and gathers it into `iov` (header included: the TAP takes it as is).
+TxError gather_tx(std::span<const Descriptor> chain, std::vector<iovec>& iov, std::size_t& total) noexcept;
+
+// Bytes a receive chain can take; 0 if any of its buffers is device-readable (a broken chain).
+std::size_t rx_capacity(std::span<const Descriptor> chain) noexcept;
+
+// Copies `data` into the writable buffers of `chain` from its start; returns bytes copied
+// (at most rx_capacity(chain)).
+std::size_t copy_to_chain(std::span<const Descriptor> chain, std::span<const std::byte> data) noexcept;
+
+} // namespace ember::virtio::net
