@@ -108,11 +108,7 @@ Response Controller::handle(const Action& a) {
             std::vector<NetConfig> updated = cfg_.net;
             add_net(updated, p->config);
             // As Firecracker, the TAP is checked now: a missing or busy one fails this call.
-            try {
-                (void)virtio::net::Tap(p->config.host_dev_name, static_cast<int>(virtio::net::VNET_HDR_LEN));
-            } catch (const ConfigError& e) {
-                throw ConfigError("network interface " + p->config.iface_id + ": " + e.what());
-            }
+            (void)virtio::net::open_tap(p->config);
             cfg_.net = std::move(updated);
             return Response::no_content();
         }
@@ -286,48 +282,43 @@ std::string Controller::metrics_line() {
             fails += c.failures;
         }
         snapshot["vcpu"] = {{"exit_io_in", in}, {"exit_io_out", out}, {"exit_mmio_read", rd}, {"exit_mmio_write", wr}, {"failures", fails}};
-        // Firecracker's block metrics: "block" sums every drive, "block_<id>" is one drive.
-        auto& all = snapshot["block"];
-        for (const auto& blk : vm_->block_devices()) {
-            const auto& m = blk->metrics();
-            auto& one = snapshot["block_" + blk->config().drive_id];
-            const std::pair<const char*, const std::atomic<std::uint64_t>*> fields[] = {
-                {"activate_fails", &m.activate_fails}, {"cfg_fails", &m.cfg_fails},
-                {"event_fails", &m.event_fails},       {"execute_fails", &m.execute_fails},
-                {"invalid_reqs_count", &m.invalid_reqs_count}, {"flush_count", &m.flush_count},
-                {"queue_event_count", &m.queue_event_count},   {"read_bytes", &m.read_bytes},
-                {"write_bytes", &m.write_bytes},       {"read_count", &m.read_count},
-                {"write_count", &m.write_count},       {"update_count", &m.update_count},
-                {"update_fails", &m.update_fails},     {"no_avail_buffer", &m.no_avail_buffer}};
+        // Firecracker's device metrics: "<kind>" sums every device, "<kind>_<id>" is one device.
+        using Fields = std::initializer_list<std::pair<const char*, const std::atomic<std::uint64_t>*>>;
+        auto device_group = [&](const std::string& kind, const std::string& id, Fields fields) -> std::map<std::string, std::uint64_t>& {
+            auto& one = snapshot[kind + "_" + id];
+            auto& all = snapshot[kind];
             for (const auto& [name, c] : fields) {
                 one[name] = c->load(std::memory_order_relaxed);
                 all[name] += one[name];
             }
+            return one;
+        };
+        for (const auto& blk : vm_->block_devices()) {
+            const auto& m = blk->metrics();
+            auto& one = device_group("block", blk->config().drive_id,
+                {{"activate_fails", &m.activate_fails}, {"cfg_fails", &m.cfg_fails},
+                 {"event_fails", &m.event_fails},       {"execute_fails", &m.execute_fails},
+                 {"invalid_reqs_count", &m.invalid_reqs_count}, {"flush_count", &m.flush_count},
+                 {"queue_event_count", &m.queue_event_count},   {"read_bytes", &m.read_bytes},
+                 {"write_bytes", &m.write_bytes},       {"read_count", &m.read_count},
+                 {"write_count", &m.write_count},       {"update_count", &m.update_count},
+                 {"update_fails", &m.update_fails},     {"no_avail_buffer", &m.no_avail_buffer}});
             device_events += one["queue_event_count"];
         }
-        if (vm_->block_devices().empty()) snapshot.erase("block");
-        // Firecracker's net metrics: "net" sums every interface, "net_<iface_id>" is one.
-        auto& net_all = snapshot["net"];
         for (const auto& nd : vm_->net_devices()) {
             const auto& m = nd->metrics();
-            auto& one = snapshot["net_" + nd->config().iface_id];
-            const std::pair<const char*, const std::atomic<std::uint64_t>*> fields[] = {
-                {"activate_fails", &m.activate_fails},   {"event_fails", &m.event_fails},
-                {"no_rx_avail_buffer", &m.no_rx_avail_buffer}, {"rx_queue_event_count", &m.rx_queue_event_count},
-                {"rx_tap_event_count", &m.rx_tap_event_count}, {"rx_bytes_count", &m.rx_bytes_count},
-                {"rx_packets_count", &m.rx_packets_count}, {"rx_fails", &m.rx_fails},
-                {"rx_count", &m.rx_count},               {"tap_read_fails", &m.tap_read_fails},
-                {"tap_write_fails", &m.tap_write_fails}, {"tx_bytes_count", &m.tx_bytes_count},
-                {"tx_malformed_frames", &m.tx_malformed_frames}, {"tx_fails", &m.tx_fails},
-                {"tx_count", &m.tx_count},               {"tx_packets_count", &m.tx_packets_count},
-                {"tx_queue_event_count", &m.tx_queue_event_count}};
-            for (const auto& [name, c] : fields) {
-                one[name] = c->load(std::memory_order_relaxed);
-                net_all[name] += one[name];
-            }
+            auto& one = device_group("net", nd->config().iface_id,
+                {{"activate_fails", &m.activate_fails},   {"event_fails", &m.event_fails},
+                 {"no_rx_avail_buffer", &m.no_rx_avail_buffer}, {"rx_queue_event_count", &m.rx_queue_event_count},
+                 {"rx_tap_event_count", &m.rx_tap_event_count}, {"rx_bytes_count", &m.rx_bytes_count},
+                 {"rx_packets_count", &m.rx_packets_count}, {"rx_fails", &m.rx_fails},
+                 {"rx_count", &m.rx_count},               {"tap_read_fails", &m.tap_read_fails},
+                 {"tap_write_fails", &m.tap_write_fails}, {"tx_bytes_count", &m.tx_bytes_count},
+                 {"tx_malformed_frames", &m.tx_malformed_frames}, {"tx_fails", &m.tx_fails},
+                 {"tx_count", &m.tx_count},               {"tx_packets_count", &m.tx_packets_count},
+                 {"tx_queue_event_count", &m.tx_queue_event_count}});
             device_events += one["rx_queue_event_count"] + one["tx_queue_event_count"] + one["rx_tap_event_count"];
         }
-        if (vm_->net_devices().empty()) snapshot.erase("net");
         snapshot["vmm"]["device_events"] = device_events;
         const auto& u = vm_->serial().counters();
         snapshot["uart"] = {{"read_count", u.read_count.load()},           {"write_count", u.write_count.load()},

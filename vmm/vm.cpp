@@ -92,11 +92,7 @@ std::vector<std::pair<NetConfig, std::unique_ptr<virtio::net::Tap>>> open_taps(c
             if (nets[i].guest_mac && nets[i].guest_mac == nets[j].guest_mac)
                 throw ConfigError("network interfaces " + nets[j].iface_id + " and " + nets[i].iface_id + " have the same guest_mac");
         }
-        try {
-            out.emplace_back(nets[i], std::make_unique<virtio::net::Tap>(nets[i].host_dev_name, static_cast<int>(virtio::net::VNET_HDR_LEN)));
-        } catch (const ConfigError& e) {
-            throw ConfigError("network interface " + nets[i].iface_id + ": " + e.what());
-        }
+        out.emplace_back(nets[i], virtio::net::open_tap(nets[i]));
     }
     return out;
 }

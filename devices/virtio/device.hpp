@@ -23,6 +23,9 @@ class GuestMemory;
 
 namespace ember::virtio {
 
+// Adds to a device metric (relaxed: metrics are read by the VMM thread, never synchronised on).
+inline void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
+
 // The generic part of a device's state, as plain values (snapshots save and load it).
 struct VirtioState {
     std::uint32_t status = 0;

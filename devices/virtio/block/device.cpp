@@ -10,10 +10,6 @@
 #include <unistd.h>
 
 namespace ember::virtio::block {
-namespace {
-void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
-} // namespace
-
 BlockDevice::BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size)
     : VirtioDevice(mem, {QUEUE_SIZE}), cfg_(std::move(cfg)), file_(std::move(file)), size_(size),
       backend_(make_backend(cfg_.io_engine, file_.get(), QUEUE_SIZE, SEG_MAX)), slots_(QUEUE_SIZE) {

@@ -1,5 +1,7 @@
 #include "devices/virtio/net/backend.hpp"
 
+#include "devices/virtio/net/request.hpp"
+
 #include "vmm/error.hpp"
 
 #include <cerrno>
@@ -31,6 +33,14 @@ Tap::Tap(const std::string& name, int vnet_hdr_len) : name_(name) {
     }
     if (::ioctl(fd, TUNSETVNETHDRSZ, &vnet_hdr_len) != 0) throw ConfigError(what + ": TUNSETVNETHDRSZ: " + std::strerror(errno));
     if (!set_offload(0)) throw ConfigError(what + ": TUNSETOFFLOAD: " + std::strerror(errno));
+}
+
+std::unique_ptr<Tap> open_tap(const NetConfig& cfg) {
+    try {
+        return std::make_unique<Tap>(cfg.host_dev_name, static_cast<int>(VNET_HDR_LEN));
+    } catch (const ConfigError& e) {
+        throw ConfigError("network interface " + cfg.iface_id + ": " + e.what());
+    }
 }
 
 bool Tap::set_offload(unsigned flags) noexcept { return ::ioctl(fd_.get(), TUNSETOFFLOAD, flags) == 0; }

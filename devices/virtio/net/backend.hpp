@@ -4,8 +4,10 @@
 // interfaces; the TAP must exist and be free.
 
 #include "vmm/unique_fd.hpp"
+#include "vmm/vm_config.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace ember::virtio::net {
@@ -29,5 +31,9 @@ private:
     UniqueFd fd_;
     std::string name_;
 };
+
+// A Tap for `cfg.host_dev_name`, with errors naming the interface ("network interface eth0: TAP
+// tap0: ..."); used both when the VM is prepared and by PUT /network-interfaces.
+std::unique_ptr<Tap> open_tap(const NetConfig& cfg);
 
 } // namespace ember::virtio::net

@@ -9,10 +9,6 @@
 #include <unistd.h>
 
 namespace ember::virtio::net {
-namespace {
-void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
-} // namespace
-
 NetDevice::NetDevice(const GuestMemory& mem, boost::asio::io_context& io, NetConfig cfg, std::unique_ptr<Tap> tap)
     : VirtioDevice(mem, {QUEUE_SIZE, QUEUE_SIZE}), cfg_(std::move(cfg)), tap_(std::move(tap)), frame_(MAX_FRAME_WITH_HDR) {
     if (cfg_.guest_mac) {
