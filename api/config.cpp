@@ -234,6 +234,31 @@ std::string parse_metrics(const json& j) {
     return path;
 }
 
+std::optional<std::string> parse_serial(const json& j) {
+    require_object(j, "serial");
+    reject_unknown(j, "serial", {"serial_out_path", "rate_limiter"});
+    if (const json* r = field(j, "rate_limiter"); r && !r->is_null())
+        throw ConfigError("serial.rate_limiter is not supported by this Ember version yet");
+    const json* p = field(j, "serial_out_path");
+    if (!p || p->is_null()) return std::nullopt;
+    std::string path = get_string(*p, "serial.serial_out_path");
+    if (path.empty()) throw ConfigError("serial.serial_out_path must not be empty");
+    return path;
+}
+
+ConsoleDevice parse_console(const json& j) {
+    require_object(j, "console");
+    reject_unknown(j, "console", {"device"});
+    const json* d = field(j, "device");
+    if (!d) throw ConfigError("console: missing required field \"device\"");
+    const std::string v = get_string(*d, "console.device");
+    if (v == "serial") return ConsoleDevice::Serial;
+    if (v == "virtio") return ConsoleDevice::Virtio;
+    throw ConfigError("console.device must be \"serial\" or \"virtio\", not \"" + v + "\"");
+}
+
+const char* to_string(ConsoleDevice d) noexcept { return d == ConsoleDevice::Virtio ? "virtio" : "serial"; }
+
 VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) {
     return parse_config_document(text, host_mem_mib).vm;
 }
@@ -247,7 +272,7 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
         throw ConfigError(std::string("config file is not valid JSON: ") + e.what());
     }
     require_object(j, "config file");
-    static const std::set<std::string> later = {"cpu-config", "balloon", "vsock", "mmds-config", "entropy", "serial"};
+    static const std::set<std::string> later = {"cpu-config", "balloon", "vsock", "mmds-config", "entropy"};
     ConfigFile doc;
     VmConfig& c = doc.vm;
     for (auto it = j.begin(); it != j.end(); ++it) {
@@ -273,6 +298,10 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
                         throw ConfigError("network-interfaces: iface_id \"" + nc.iface_id + "\" is used twice");
                 add_net(c.net, std::move(nc));
             }
+        } else if (k == "serial") {
+            if (!it->is_null()) c.console.serial_out_path = parse_serial(*it);
+        } else if (k == "console") {
+            if (!it->is_null()) c.console.device = parse_console(*it);
         } else if (k == "logger") {
             if (!it->is_null()) doc.logger = parse_logger(*it);
         } else if (k == "metrics") {
@@ -331,6 +360,9 @@ json to_json(const VmConfig& c) {
     for (const auto& d : c.drives) j["drives"].push_back(to_json(d));
     j["network-interfaces"] = json::array();
     for (const auto& n : c.net) j["network-interfaces"].push_back(to_json(n));
+    if (c.console.serial_out_path) j["serial"] = {{"serial_out_path", *c.console.serial_out_path}, {"rate_limiter", nullptr}};
+    // Ember's own section, shown only when it differs from Firecracker's behaviour.
+    if (c.console.device != ConsoleDevice::Serial) j["console"] = {{"device", to_string(c.console.device)}};
     return j;
 }
 

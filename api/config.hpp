@@ -44,6 +44,10 @@ void add_drive(std::vector<DriveConfig>& drives, DriveConfig d);
 NetConfig parse_net(const nlohmann::json& j);
 // Adds an interface or replaces the one with the same id (PUT /network-interfaces/{id}).
 void add_net(std::vector<NetConfig>& nets, NetConfig n);
+// Firecracker's SerialDevice ({"serial_out_path": ...}); a rate limiter is refused for now.
+std::optional<std::string> parse_serial(const nlohmann::json& j);
+// Ember's console switch ({"device": "serial" | "virtio"}), in the config file and PUT /console.
+ConsoleDevice parse_console(const nlohmann::json& j);
 // Firecracker's resource ids: 1-64 characters from [a-zA-Z0-9_].
 bool valid_resource_id(const std::string& id);
 
@@ -51,6 +55,7 @@ nlohmann::json to_json(const BootSourceConfig& b);
 nlohmann::json to_json(const MachineConfig& m);
 nlohmann::json to_json(const DriveConfig& d);
 nlohmann::json to_json(const NetConfig& n);
+const char* to_string(ConsoleDevice d) noexcept;
 // The --config-file shape (what GET /vm/config returns).
 nlohmann::json to_json(const VmConfig& c);
 

@@ -3,6 +3,7 @@
 #include "api/config.hpp"
 #include "devices/legacy/serial.hpp"
 #include "devices/virtio/block/device.hpp"
+#include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
 #include "vmm/error.hpp"
 #include "vmm/logger.hpp"
@@ -43,6 +44,8 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
     else if (path.rfind("/drives/", 0) == 0) what = "drive";
     else if (path.rfind("/network-interfaces/", 0) == 0) what = "network";
     else if (path == "/vm") what = "vm";
+    else if (path == "/serial") what = "serial";
+    else if (path == "/console") what = "console";
     if (what.empty()) return;
     if (m == Method::Put) count("put_api_requests", what + "_fails");
     if (m == Method::Patch) count("patch_api_requests", what + "_fails");
@@ -110,6 +113,19 @@ Response Controller::handle(const Action& a) {
             // As Firecracker, the TAP is checked now: a missing or busy one fails this call.
             (void)virtio::net::open_tap(p->config);
             cfg_.net = std::move(updated);
+            return Response::no_content();
+        }
+        if (auto* p = std::get_if<PutSerial>(&a)) {
+            count("put_api_requests", "serial_count");
+            if (vm_) return bad("put_api_requests", kNotAfterBoot);
+            // The file is opened (a FIFO must have a reader) when the VM is prepared.
+            cfg_.console.serial_out_path = p->serial_out_path;
+            return Response::no_content();
+        }
+        if (auto* p = std::get_if<PutConsole>(&a)) {
+            count("put_api_requests", "console_count");
+            if (vm_) return bad("put_api_requests", kNotAfterBoot);
+            cfg_.console.device = p->device;
             return Response::no_content();
         }
         if (auto* p = std::get_if<PatchDrive>(&a)) {
@@ -319,6 +335,21 @@ std::string Controller::metrics_line() {
                  {"tx_queue_event_count", &m.tx_queue_event_count}});
             device_events += one["rx_queue_event_count"] + one["tx_queue_event_count"] + one["rx_tap_event_count"];
         }
+        if (const auto* cd = vm_->console_device()) {
+            const auto& m = cd->metrics();
+            for (const auto& [name, c] : std::initializer_list<std::pair<const char*, const std::atomic<std::uint64_t>*>>{
+                     {"activate_fails", &m.activate_fails}, {"event_fails", &m.event_fails},
+                     {"rx_queue_event_count", &m.rx_queue_event_count}, {"tx_queue_event_count", &m.tx_queue_event_count},
+                     {"rx_bytes_count", &m.rx_bytes_count}, {"rx_count", &m.rx_count}, {"rx_fails", &m.rx_fails},
+                     {"tx_bytes_count", &m.tx_bytes_count}, {"tx_count", &m.tx_count},
+                     {"tx_malformed_chains", &m.tx_malformed_chains}})
+                snapshot["virtio_console"][name] = c->load(std::memory_order_relaxed);
+            device_events += snapshot["virtio_console"]["rx_queue_event_count"] + snapshot["virtio_console"]["tx_queue_event_count"];
+        }
+        // Ember's: the host end of the console (stdout or serial_out_path), shared by both devices.
+        const auto& o = vm_->console_output().metrics();
+        snapshot["console_output"] = {{"bytes_written", o.bytes_written.load()}, {"bytes_dropped", o.bytes_dropped.load()},
+                                      {"write_fails", o.write_fails.load()}};
         snapshot["vmm"]["device_events"] = device_events;
         const auto& u = vm_->serial().counters();
         snapshot["uart"] = {{"read_count", u.read_count.load()},           {"write_count", u.write_count.load()},

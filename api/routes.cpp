@@ -137,8 +137,16 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (n.iface_id != id) throw ConfigError("The id from the path does not match the id from the body!");
         return PutNet{std::move(n)};
     }
+    if (path == "/serial") {
+        if (m != Method::Put) throw invalid();
+        return PutSerial{parse_serial(parse_body(body))};
+    }
+    if (path == "/console") { // Ember's own: which device carries the interactive console
+        if (m != Method::Put) throw invalid();
+        return PutConsole{parse_console(parse_body(body))};
+    }
     static const char* later[] = {"/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/",
-                                  "/cpu-config", "/serial", "/hotplug/", "/pmem/"};
+                                  "/cpu-config", "/hotplug/", "/pmem/"};
     for (const char* p : later)
         if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
     throw invalid();
@@ -185,6 +193,8 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutDrive&) const { return "drive"; }
         const char* operator()(const PatchDrive&) const { return "drive"; }
         const char* operator()(const PutNet&) const { return "network"; }
+        const char* operator()(const PutSerial&) const { return "serial"; }
+        const char* operator()(const PutConsole&) const { return "console"; }
     };
     return std::visit(V{}, a);
 }

@@ -34,10 +34,12 @@ struct PatchDrive {
 };
 
 struct PutNet { NetConfig config; };
+struct PutSerial { std::optional<std::string> serial_out_path; };
+struct PutConsole { ConsoleDevice device; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
-                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet>;
+                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PutSerial, PutConsole>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

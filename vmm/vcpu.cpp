@@ -105,6 +105,11 @@ void Vcpu::park_while_paused() noexcept {
     __atomic_store_n(&fd_.run()->immediate_exit, 0, __ATOMIC_SEQ_CST);
 }
 
+bool Vcpu::wait_ended(std::chrono::milliseconds timeout) noexcept {
+    std::unique_lock lk(park_mu_);
+    return park_cv_.wait_for(lk, timeout, [&] { return ended_ || !started_.load(); });
+}
+
 void Vcpu::join() noexcept {
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }

@@ -51,6 +51,8 @@ public:
     // Makes KVM_RUN return (immediate_exit + a signal) and the loop end; safe from any thread.
     void request_stop() noexcept;
     void join() noexcept;
+    // True once the thread has left its loop (or never started); false after `timeout`.
+    bool wait_ended(std::chrono::milliseconds timeout) noexcept;
 
     // Pause: the thread leaves KVM_RUN and parks until resume(). wait_paused() returns true once
     // the thread is parked (or has ended), false if it did not park within `timeout`.

@@ -5,6 +5,7 @@
 #include "devices/legacy/i8042.hpp"
 #include "devices/legacy/serial.hpp"
 #include "devices/virtio/block/device.hpp"
+#include "devices/virtio/console/device.hpp"
 #include "devices/virtio/mmio.hpp"
 #include "devices/virtio/net/device.hpp"
 #include "devices/virtio/spec.hpp"
@@ -14,7 +15,11 @@
 #include "vmm/mptable.hpp"
 #include "vmm/x86_boot.hpp"
 
+#include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <cerrno>
@@ -22,6 +27,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -41,17 +47,6 @@ OpenedFile open_regular(const std::string& path, const char* what) {
     if (::fstat(fd, &st) != 0) throw ConfigError(std::string(what) + " " + path + ": " + std::strerror(errno));
     if (!S_ISREG(st.st_mode)) throw ConfigError(std::string(what) + " " + path + " is not a regular file");
     return {std::move(owned), static_cast<std::uint64_t>(st.st_size)};
-}
-
-bool write_all(int fd, std::span<const std::uint8_t> b) noexcept {
-    std::size_t done = 0;
-    while (done < b.size()) {
-        ssize_t n = ::write(fd, b.data() + done, b.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
-        done += static_cast<std::size_t>(n);
-    }
-    return true;
 }
 
 // Puts a terminal on stdin into raw-ish mode (no echo, no line editing, no signals: Ctrl-C
@@ -77,6 +72,13 @@ private:
     termios saved_{};
     bool active_ = false;
 };
+
+// The size of the terminal on stdout, for virtio-console's F_SIZE; none when stdout is not one.
+std::optional<virtio::console::ConsoleSize> terminal_size() noexcept {
+    winsize ws{};
+    if (!::isatty(STDOUT_FILENO) || ::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) != 0) return std::nullopt;
+    return virtio::console::ConsoleSize{ws.ws_col, ws.ws_row};
+}
 
 } // namespace
 
@@ -107,7 +109,8 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
     const auto& bs = *cfg.boot_source;
     std::vector<OpenedDrive> drives = open_drives(cfg.drives);
     auto nets = open_taps(cfg.net);
-    if (drives.size() + nets.size() > max_virtio_devices())
+    const std::size_t consoles = cfg.console.device == ConsoleDevice::Virtio ? 1 : 0;
+    if (drives.size() + nets.size() + consoles > max_virtio_devices())
         throw ConfigError("at most " + std::to_string(max_virtio_devices()) + " virtio devices fit the IRQ range");
     GuestMemory mem = GuestMemory::anonymous(m.mem_size_mib * layout::MiB);
 
@@ -118,13 +121,17 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
         auto f = open_regular(*bs.initrd_path, "initrd");
         initrd = load_initrd(f.fd.get(), f.size, *bs.initrd_path, kernel, mem);
     }
-    // Devices are attached in this order by Vm::attach_virtio_devices(): drives first.
+    UniqueFd console_out = cfg.console.serial_out_path ? virtio::console::ConsoleOutput::open_path(*cfg.console.serial_out_path)
+                                                       : virtio::console::ConsoleOutput::dup_stdout();
+    // Devices are attached in this order by Vm::attach_virtio_devices(): drives, network
+    // interfaces, the console.
     std::string device_args = root_args(drives);
-    for (std::size_t i = 0; i < drives.size() + nets.size(); ++i) device_args += (device_args.empty() ? "" : " ") + virtio_mmio_arg(i);
+    for (std::size_t i = 0; i < drives.size() + nets.size() + consoles; ++i) device_args += (device_args.empty() ? "" : " ") + virtio_mmio_arg(i);
     std::string cmdline = add_kernel_args(bs.boot_args.value_or(DEFAULT_BOOT_ARGS), device_args);
     write_boot_info(mem, kernel, cmdline, initrd);
     write_mptable(mem, m.vcpu_count);
-    return PreparedGuest{std::move(mem), kernel, std::move(cmdline), m.vcpu_count, m.smt, std::move(drives), std::move(nets)};
+    return PreparedGuest{std::move(mem), kernel, std::move(cmdline), m.vcpu_count, m.smt, std::move(drives), std::move(nets),
+                         cfg.console.device, std::move(console_out), !cfg.console.serial_out_path};
 }
 
 struct Vm::StdinReader {
@@ -173,7 +180,8 @@ void Vm::attach_legacy_devices(const RunOptions& opts) {
     // Fixed order: COM1, i8042, boot timer. Their IRQs are edge-triggered ISA pins fed by irqfds.
     serial_irq_ = std::make_unique<EventFdIrq>();
     vm_.register_irqfd(serial_irq_->fd(), layout::IRQ_SERIAL);
-    serial_ = std::make_shared<Serial>(*serial_irq_, [](std::span<const std::uint8_t> b) { return write_all(STDOUT_FILENO, b); });
+    console_out_ = std::make_shared<virtio::console::ConsoleOutput>(io_, std::move(guest_.console_out));
+    serial_ = std::make_shared<Serial>(*serial_irq_, [out = console_out_](std::span<const std::uint8_t> b) { return out->write(b) == b.size(); });
     pio_.insert(layout::PORT_COM1, 8, serial_, "serial");
 
     kbd_irq_ = std::make_unique<EventFdIrq>();
@@ -200,6 +208,11 @@ void Vm::attach_virtio_devices() {
         nets_.push_back(net);
         attach_virtio(net);
     }
+    if (guest_.console == ConsoleDevice::Virtio) {
+        console_dev_ = std::make_shared<virtio::console::ConsoleDevice>(
+            guest_.mem, console_out_, guest_.console_on_stdout ? terminal_size() : std::nullopt);
+        attach_virtio(console_dev_);
+    }
 }
 
 void Vm::attach_virtio(std::shared_ptr<virtio::VirtioDevice> dev) {
@@ -207,7 +220,7 @@ void Vm::attach_virtio(std::shared_ptr<virtio::VirtioDevice> dev) {
     const std::uint64_t base = virtio_mmio_addr(n);
     vm_.register_irqfd(dev->irq_fd(), virtio_irq(n));
     for (std::size_t q = 0; q < dev->queues().size(); ++q)
-        vm_.register_ioeventfd(dev->notify_fd(q), base + virtio::mmio::QUEUE_NOTIFY, 4, false, q);
+        if (!dev->serve_on_vcpu(q)) vm_.register_ioeventfd(dev->notify_fd(q), base + virtio::mmio::QUEUE_NOTIFY, 4, false, q);
     auto transport = std::make_shared<virtio::MmioTransport>(dev, io_);
     mmio_.insert(base, layout::VIRTIO_MMIO_SLOT, std::move(transport), dev->name());
 }
@@ -222,7 +235,9 @@ void Vm::start_stdin_reader() {
         LOG_DEBUG("console input disabled: %s", e.what());
         return;
     }
-    serial_->set_rx_drained_callback([this] { boost::asio::post(io_, [this] { feed_serial(); }); });
+    auto resume = [this] { boost::asio::post(io_, [this] { feed_console(); }); };
+    if (console_dev_) console_dev_->set_rx_space_callback(resume);
+    else serial_->set_rx_drained_callback(resume);
     read_stdin();
 }
 
@@ -234,20 +249,40 @@ void Vm::read_stdin() {
             return;
         }
         stdin_->pending.assign(stdin_->buf.begin(), stdin_->buf.begin() + static_cast<std::ptrdiff_t>(n));
-        feed_serial();
+        feed_console();
     });
 }
 
-void Vm::feed_serial() {
+void Vm::feed_console() {
     if (!stdin_ || stdin_->pending.empty()) return;
-    const std::size_t taken = serial_->enqueue_input(stdin_->pending);
+    std::size_t taken = 0;
+    if (console_dev_) {
+        std::lock_guard lk(console_dev_->mutex());
+        taken = console_dev_->enqueue_input(stdin_->pending);
+    } else {
+        taken = serial_->enqueue_input(stdin_->pending);
+    }
     stdin_->pending.erase(stdin_->pending.begin(), stdin_->pending.begin() + static_cast<std::ptrdiff_t>(taken));
-    // Back-pressure: with bytes left over, wait for the guest to drain the FIFO before reading more.
+    // Back-pressure: with bytes left over, wait for the guest to take them before reading more.
     if (stdin_->pending.empty()) read_stdin();
+}
+
+void Vm::watch_terminal_size() {
+    if (!console_dev_ || !guest_.console_on_stdout || !terminal_size()) return;
+    winch_ = std::make_unique<boost::asio::signal_set>(io_, SIGWINCH);
+    winch_->async_wait([this](const boost::system::error_code& ec, int) {
+        if (ec) return;
+        if (auto sz = terminal_size()) {
+            std::lock_guard lk(console_dev_->mutex());
+            console_dev_->resize(*sz);
+        }
+        watch_terminal_size();
+    });
 }
 
 void Vm::start() {
     start_stdin_reader();
+    watch_terminal_size();
     for (auto& v : vcpus_) v->start();
 }
 
@@ -282,8 +317,11 @@ void Vm::request_exit(VmExitKind kind, const std::string& detail) noexcept {
     const int status = kind == VmExitKind::Fatal ? 1 : 0;
     try {
         boost::asio::post(io_, [this, status, why] {
-            for (auto& v : vcpus_) v->join();
+            join_vcpus_or_die();
             stdin_.reset();
+            winch_.reset();
+            // The guest's last lines (its exit status, for one) must reach the host.
+            console_out_->drain(std::chrono::seconds(2));
             LOG_INFO("unclaimed accesses: PIO %llu reads %llu writes, MMIO %llu reads %llu writes",
                      static_cast<unsigned long long>(pio_.unclaimed_reads()),
                      static_cast<unsigned long long>(pio_.unclaimed_writes()),
@@ -296,6 +334,26 @@ void Vm::request_exit(VmExitKind kind, const std::string& detail) noexcept {
     } catch (...) {
         io_.stop(); // cannot allocate the notification: stop the loop, the owner tears down
     }
+}
+
+void Vm::join_vcpus_or_die() noexcept {
+    // A kicked vCPU leaves KVM_RUN within microseconds. One that has not after the deadline is
+    // wedged inside the kernel (seen only under nested SVM): joining it would block this thread,
+    // and with it the API and signal handling, forever. Its thread still uses the VM's fds and
+    // guest memory, so nothing can be torn down safely either: report it and end the process.
+    const auto deadline = std::chrono::steady_clock::now() + VCPU_STOP_DEADLINE;
+    std::string stuck;
+    for (auto& v : vcpus_) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (!v->wait_ended(std::max(left, std::chrono::milliseconds(0)))) stuck += " " + std::to_string(v->index());
+    }
+    if (!stuck.empty()) {
+        LOG_ERROR("vCPU(s)%s did not leave KVM_RUN within %lld s of the stop request; exiting without tearing down the VM",
+                  stuck.c_str(), static_cast<long long>(VCPU_STOP_DEADLINE.count()));
+        std::fflush(stdout);
+        std::_Exit(1);
+    }
+    for (auto& v : vcpus_) v->join();
 }
 
 void Vm::vcpu_exited(unsigned, VmExitKind kind, const std::string& detail) noexcept { request_exit(kind, detail); }

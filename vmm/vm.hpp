@@ -11,6 +11,8 @@
 #include "vmm/vm_config.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -31,6 +33,10 @@ class BlockDevice;
 namespace net {
 class NetDevice;
 }
+namespace console {
+class ConsoleDevice;
+class ConsoleOutput;
+} // namespace console
 } // namespace virtio
 
 // Resources that exist before KVM is touched: guest memory with the kernel, initrd and boot
@@ -44,6 +50,9 @@ struct PreparedGuest {
     bool smt;
     std::vector<OpenedDrive> drives; // in attach order: root drive first
     std::vector<std::pair<NetConfig, std::unique_ptr<virtio::net::Tap>>> nets; // attached after drives
+    ConsoleDevice console = ConsoleDevice::Serial; // Virtio: virtio-console attached after the nets
+    UniqueFd console_out;                          // stdout (a duplicate) or serial_out_path
+    bool console_on_stdout = true;
 };
 
 // Throws ConfigError with one line on any invalid input.
@@ -82,6 +91,9 @@ public:
     // Block devices in attach order (root drive first).
     const std::vector<std::shared_ptr<virtio::block::BlockDevice>>& block_devices() const noexcept { return blocks_; }
     const std::vector<std::shared_ptr<virtio::net::NetDevice>>& net_devices() const noexcept { return nets_; }
+    // The virtio-console, if the guest console is virtio; null otherwise.
+    const virtio::console::ConsoleDevice* console_device() const noexcept { return console_dev_.get(); }
+    const virtio::console::ConsoleOutput& console_output() const noexcept { return *console_out_; }
 
 private:
     Vm(boost::asio::io_context& io, Kvm kvm, PreparedGuest guest, ExitHandler on_exit);
@@ -90,7 +102,10 @@ private:
     void attach_virtio(std::shared_ptr<virtio::VirtioDevice> dev);
     void start_stdin_reader();
     void read_stdin();
-    void feed_serial();
+    void feed_console();
+    void watch_terminal_size();
+    void join_vcpus_or_die() noexcept;
+    static constexpr std::chrono::seconds VCPU_STOP_DEADLINE{10};
 
     Kvm kvm_;
     VmFd vm_;
@@ -104,14 +119,17 @@ private:
     std::shared_ptr<Serial> serial_;
     std::shared_ptr<I8042> i8042_;
     std::shared_ptr<BootTimer> boot_timer_;
+    std::shared_ptr<virtio::console::ConsoleOutput> console_out_;
     // Declared after guest_ so they are destroyed first: their in-flight I/O targets guest RAM.
     std::vector<std::shared_ptr<virtio::block::BlockDevice>> blocks_;
     std::vector<std::shared_ptr<virtio::net::NetDevice>> nets_;
+    std::shared_ptr<virtio::console::ConsoleDevice> console_dev_;
     std::size_t virtio_count_ = 0;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
 
     struct StdinReader;
     std::unique_ptr<StdinReader> stdin_;
+    std::unique_ptr<boost::asio::signal_set> winch_;
 
     std::mutex exit_mu_;
     std::optional<std::pair<VmExitKind, std::string>> exit_;

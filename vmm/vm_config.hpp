@@ -53,11 +53,23 @@ struct NetConfig {
     std::optional<std::uint16_t> mtu;     // 68..65535
 };
 
+// Which device carries the guest's interactive console (host stdin goes there). The 16550 UART
+// (ttyS0) exists either way; Ember's "console" section adds virtio-console (hvc0) with `Virtio`.
+enum class ConsoleDevice { Serial, Virtio };
+
+// Where guest console output goes: stdout, or Firecracker's serial_out_path. Both the UART and
+// virtio-console write there.
+struct ConsoleConfig {
+    ConsoleDevice device = ConsoleDevice::Serial;
+    std::optional<std::string> serial_out_path;
+};
+
 struct VmConfig {
     std::optional<BootSourceConfig> boot_source;
     MachineConfig machine;
     std::vector<DriveConfig> drives; // in the order they were configured
     std::vector<NetConfig> net;      // likewise
+    ConsoleConfig console;
 };
 
 struct RunOptions {

@@ -122,9 +122,14 @@ void MmioTransport::write_register(std::uint64_t offset, std::uint32_t v) noexce
         if (ok && !(d.state().status & status::DRIVER_OK)) q->set_ready(v == 1);
         break;
     case mmio::QUEUE_NOTIFY:
-        // Normally caught by the ioeventfd; an access KVM did not match lands here.
+        // Normally caught by the ioeventfd; an access KVM did not match lands here, and so do
+        // notifications of queues the device serves on the vCPU (no ioeventfd is registered).
         ok = v < d.queues().size();
-        if (ok) d.notify(v);
+        if (ok && d.serve_on_vcpu(v)) {
+            if (d.running() && d.queues()[v].active()) d.process_queue(v);
+        } else if (ok) {
+            d.notify(v);
+        }
         break;
     case mmio::INTERRUPT_ACK: d.ack_interrupt(v); break;
     case mmio::STATUS: ok = d.write_status(v); break;

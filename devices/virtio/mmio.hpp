@@ -2,7 +2,9 @@
 // The virtio-mmio transport, modern interface only (virtio 1.2 §4.2.2, Version 2). One 4 KiB
 // slot per device. Register accesses arrive on vCPU threads; queue notifications arrive on the
 // device's per-queue eventfds (KVM ioeventfd on QueueNotify, datamatch = queue index) and are
-// served on the event loop, so a vCPU never runs device work.
+// served on the event loop, so a vCPU never runs device work. The one exception is a queue the
+// device marks serve_on_vcpu() (bounded, non-blocking work the driver spins on): it has no
+// ioeventfd, and its notification is served from the MMIO exit.
 
 #include "devices/virtio/device.hpp"
 #include "vmm/bus.hpp"

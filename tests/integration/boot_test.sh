@@ -90,7 +90,7 @@ interactive_console)
   write_config "$T/ia.json" "$K/vmlinux" 1 128 ''
   sed -i 's/ -- "/"/' "$T/ia.json"
   mkfifo "$T/ia.in"
-  timeout "$VM_TIMEOUT" "$EMBER_BIN" --no-api --config-file "$T/ia.json" < "$T/ia.in" > "$T/ia.out" 2> "$T/ia.err" &
+  timeout -k "$KILL_AFTER" "$VM_TIMEOUT" "$EMBER_BIN" --no-api --config-file "$T/ia.json" < "$T/ia.in" > "$T/ia.out" 2> "$T/ia.err" &
   pid=$!
   exec 3> "$T/ia.in"
   for _ in $(seq 1 120); do

@@ -6,9 +6,25 @@ set -uo pipefail
 
 : "${EMBER_BIN:?EMBER_BIN is not set (run through ctest or scripts/test)}"
 T=$(mktemp -d "${TMPDIR:-/tmp}/ember-it.XXXXXX")
-trap 'rm -rf "$T"' EXIT
 FAILS=0
+# A failed test keeps its files (console, Ember's log, configs) next to the ember binary, i.e. in
+# the build tree: inside the nested L1 that is on the host's share, while $T is on L1's tmpfs.
+# Special files (FIFOs, sockets) are left out; 9p cannot hold them.
+keep_on_failure() {
+  local rc=$?
+  if [[ $rc -ne 0 || $FAILS -ne 0 ]]; then
+    local keep
+    keep="$(dirname "$EMBER_BIN")/failed-tests/$(basename "$0" .sh)-${case_name:-x}-$(date +%H%M%S)"
+    mkdir -p "$keep" && find "$T" -maxdepth 2 -type f -size -64M -exec cp -t "$keep" {} + 2>/dev/null
+    echo "test files kept in $keep" >&2
+  fi
+  rm -rf "$T"
+}
+trap keep_on_failure EXIT
 VM_TIMEOUT=${EMBER_VM_TIMEOUT:-240}
+# `timeout` sends SIGTERM first; an Ember that does not end on it is killed 15 s later, so a
+# wedged VMM fails its test instead of hanging the run.
+KILL_AFTER=15
 BASE_ARGS="console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 
 fail() { echo "FAIL: $*" >&2; FAILS=$((FAILS + 1)); }
@@ -37,7 +53,7 @@ JSON
 # run_ember NAME ARGS...: runs ember with a timeout; sets RC and leaves $T/NAME.out, $T/NAME.err.
 run_ember() {
   local name=$1; shift
-  timeout "$VM_TIMEOUT" "$EMBER_BIN" "$@" < /dev/null > "$T/$name.out" 2> "$T/$name.err"
+  timeout -k "$KILL_AFTER" "$VM_TIMEOUT" "$EMBER_BIN" "$@" < /dev/null > "$T/$name.out" 2> "$T/$name.err"
   RC=$?
   OUT=$T/$name.out ERR=$T/$name.err
 }

@@ -25,9 +25,9 @@ make_tap() { # NAME ADDR/PREFIX [MTU]
 }
 # One vCPU: the open secondary-vCPU triple fault under nested TCG (see the issue notes) shows up
 # most under heavy interrupt load on an AP, which these transfers are.
-start_vm() { # NETS_JSON
+start_vm() { # NETS_JSON [EXTRA SECTIONS, e.g. '"metrics": {...},']
   cat > "$T/vm.json" <<JSON
-{
+{${2:-}
   "boot-source": {"kernel_image_path": "$K/vmlinux", "boot_args": "$BASE_ARGS -- sh /t.sh"},
   "machine-config": {"vcpu_count": 1, "mem_size_mib": 512},
   "drives": [{"drive_id": "rootfs", "path_on_host": "$T/root.ext4", "is_root_device": true, "is_read_only": false}],
@@ -143,6 +143,64 @@ ping -c 2 -W 5 -s 8972 172.16.1.1 >/dev/null && echo PING1_JUMBO=ok || echo PING
   expect_eq "eth1 MAC" "$(guest_value MAC1)" 06:00:ac:10:01:02
   expect_eq "ping over eth0" "$(guest_value PING0)" ok
   expect_eq "jumbo ping over eth1" "$(guest_value PING1_JUMBO)" ok
+  ;;
+hostile)
+  # A hostile driver: the guest unbinds virtio_net from eth0's device and drives it itself with
+  # tests/integration/guest/virtio_hostile.c (static, stored in the image as /hostile): six
+  # malformed transmit chains and one good frame, zero-length, read-only and too-small receive
+  # buffers (the host sends frames meanwhile), then an avail index that runs ahead of the ring.
+  # The device counts each, fails only itself (DEVICE_NEEDS_RESET), and after a reset the Linux
+  # driver binds again and works; eth1 and the root disk work throughout.
+  make_tap tap0 172.16.0.1/24
+  make_tap tap1 172.16.1.1/24
+  gcc -static -O2 -Wall -Wextra -Werror -o "$T/hostile" "$(dirname "$0")/guest/virtio_hostile.c" || { fail "cannot build virtio_hostile.c"; finish; }
+  debugfs -w -R "write $T/hostile /hostile" "$T/root.ext4" >/dev/null 2>&1 && debugfs -w -R "sif /hostile mode 0100755" "$T/root.ext4" >/dev/null 2>&1 \
+    || { fail "debugfs write /hostile"; finish; }
+  put_script "ip addr add 172.16.1.2/24 dev eth1
+ip link set eth1 up
+dev=\$(basename \$(readlink /sys/class/net/eth0/device))
+pdev=\$(basename \$(readlink -f /sys/class/net/eth0/device/..))
+mmio=\$(grep \" : \$pdev\\\$\" /proc/iomem | head -n 1 | cut -d- -f1 | tr -d ' ')
+echo MMIO=\$pdev@\$mmio
+echo \$dev > /sys/bus/virtio/drivers/virtio_net/unbind
+echo HOSTILE_START=1
+/hostile 0x\$mmio all
+echo HOSTILE_RC=\$?
+echo \$dev > /sys/bus/virtio/drivers/virtio_net/bind
+sleep 1
+ip addr add 172.16.0.2/24 dev eth0
+ip link set eth0 up
+ping -c 3 -W 5 172.16.0.1 >/dev/null && echo PING0=ok || echo PING0=fail
+ping -c 3 -W 5 172.16.1.1 >/dev/null && echo PING1=ok || echo PING1=fail
+echo DISK=\$(dd if=/dev/vda bs=4096 count=256 2>/dev/null | wc -c)"
+  start_vm '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}, {"iface_id": "eth1", "host_dev_name": "tap1"}' \
+    "\"metrics\": {\"metrics_path\": \"$T/metrics.json\"},"
+  wait_line HOSTILE_START 120 || { fail "guest never unbound eth0"; tail -n 30 "$T/console.out" "$T/ember.err" >&2; finish; }
+  # Frames for the receive phase: ARP requests from the host side of tap0, until the VM ends.
+  ( while kill -0 "$EMBER_PID" 2>/dev/null; do busybox ping -c 1 -W 1 172.16.0.2 >/dev/null 2>&1; sleep 0.1; done ) &
+  pinger=$!
+  wait_exit 240
+  kill "$pinger" 2>/dev/null; wait "$pinger" 2>/dev/null
+  expect_eq "Ember status" "$RC" 0
+  expect_eq "hostile driver ran" "$(guest_value HOSTILE_RC)" 0
+  expect_eq "transmit chains all returned" "$(guest_value TX_USED)" 7
+  expect_eq "receive buffers returned (3 unusable + 2 filled)" "$(guest_value RX_USED)" 5
+  expect_eq "nothing written outside the small receive buffers" "$(guest_value RX_BOUNDS_OK)" 1
+  expect_eq "read-only receive buffer untouched" "$(guest_value RX_READONLY_INTACT)" 1
+  expect_eq "avail index running ahead fails the device" "$(guest_value NEEDS_RESET)" 1
+  expect_eq "device reset afterwards" "$(guest_value RESET_OK)" 1
+  expect_eq "eth0 works again with the Linux driver" "$(guest_value PING0)" ok
+  expect_eq "eth1 unaffected" "$(guest_value PING1)" ok
+  expect_eq "root disk unaffected" "$(guest_value DISK)" 1048576
+  python3 - "$T/metrics.json" <<'PY' && pass "net_eth0 counted the malformed chains, bad buffers and the broken ring" || fail "metrics: $(tail -c 1500 "$T/metrics.json")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+tot = lambda g, k: sum(l.get(g, {}).get(k, 0) for l in lines)
+assert tot("net_eth0", "tx_malformed_frames") == 6, tot("net_eth0", "tx_malformed_frames")
+assert tot("net_eth0", "rx_fails") >= 3, tot("net_eth0", "rx_fails")
+assert tot("net_eth0", "event_fails") >= 1, tot("net_eth0", "event_fails")
+assert tot("net_eth1", "tx_malformed_frames") == 0 and tot("net_eth1", "rx_fails") == 0
+PY
   ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac

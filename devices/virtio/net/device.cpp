@@ -45,7 +45,7 @@ void NetDevice::read_config(std::uint64_t offset, std::span<std::uint8_t> data) 
     const std::uint16_t pairs = 1, mtu = cfg_.mtu.value_or(0);
     std::memcpy(c + 8, &pairs, 2);
     std::memcpy(c + 10, &mtu, 2);
-    for (std::size_t i = 0; i < data.size(); ++i) data[i] = offset + i < sizeof c ? c[offset + i] : 0;
+    for (std::size_t i = 0; i < data.size(); ++i) data[i] = offset < sizeof c && i < sizeof c - offset ? c[offset + i] : 0;
 }
 
 bool NetDevice::activate() noexcept {
@@ -153,7 +153,7 @@ bool NetDevice::deliver() noexcept {
             frame_len_ = 0;
             return true;
         }
-        const std::size_t cap = r.status == Queue::PopStatus::Chain ? rx_capacity(r.descs) : 0;
+        const std::size_t cap = r.status == Queue::PopStatus::Chain ? writable_capacity(r.descs) : 0;
         const bool first = used_.empty();
         if (cap == 0 || (first && cap < VNET_HDR_LEN) || (!mergeable && cap < frame_len_)) {
             // A broken chain, or (without MRG_RXBUF) one too small for this frame: the frame

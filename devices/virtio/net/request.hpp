@@ -3,6 +3,7 @@
 // §5.1.6): what a transmit chain may look like and how a received frame is spread over receive
 // chains. Unit-tested and fuzzed without a TAP.
 
+#include "devices/virtio/chain.hpp"
 #include "devices/virtio/queue.hpp"
 
 #include <array>
@@ -37,12 +38,5 @@ bool parse_mac(const std::string& text, std::array<std::uint8_t, 6>& out) noexce
 
 // Checks a transmit chain and gathers it into `iov` (header included: the TAP takes it as is).
 TxError gather_tx(std::span<const Descriptor> chain, std::vector<iovec>& iov, std::size_t& total) noexcept;
-
-// Bytes a receive chain can take; 0 if any of its buffers is device-readable (a broken chain).
-std::size_t rx_capacity(std::span<const Descriptor> chain) noexcept;
-
-// Copies `data` into the writable buffers of `chain` from its start; returns bytes copied
-// (at most rx_capacity(chain)).
-std::size_t copy_to_chain(std::span<const Descriptor> chain, std::span<const std::byte> data) noexcept;
 
 } // namespace ember::virtio::net

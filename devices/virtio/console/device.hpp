@@ -1,0 +1,71 @@
+#pragma once
+// virtio-console (virtio 1.2 §5.3) with one port, no MULTIPORT: receiveq0 (host input) and
+// transmitq0 (guest output), which Linux exposes as hvc0.
+//
+// Output: every transmit chain is consumed at once, on the vCPU that notified, and its bytes
+// handed to a ConsoleOutput, which never blocks (see backend.hpp for why this is required). Input: the VMM's console
+// reader offers bytes with enqueue_input(); what finds no receive buffer stays with the reader,
+// which stops reading the host until on_rx_space tells it the driver posted buffers.
+
+#include "devices/virtio/console/backend.hpp"
+#include "devices/virtio/console/request.hpp"
+#include "devices/virtio/device.hpp"
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+
+namespace ember::virtio::console {
+
+struct ConsoleMetrics {
+    std::atomic<std::uint64_t> activate_fails{0}, event_fails{0}, rx_queue_event_count{0}, tx_queue_event_count{0},
+        rx_bytes_count{0}, rx_count{0}, rx_fails{0}, tx_bytes_count{0}, tx_count{0}, tx_malformed_chains{0};
+};
+
+class ConsoleDevice final : public VirtioDevice {
+public:
+    static constexpr std::uint16_t QUEUE_SIZE = 64;
+    static constexpr std::size_t RX = 0, TX = 1;
+
+    // `size`: the host terminal's size, offered with F_SIZE; none when output is not a terminal.
+    ConsoleDevice(const GuestMemory& mem, std::shared_ptr<ConsoleOutput> out, std::optional<ConsoleSize> size);
+
+    std::uint32_t device_type() const noexcept override;
+    std::uint64_t device_features() const noexcept override;
+    void read_config(std::uint64_t offset, std::span<std::uint8_t> data) const noexcept override;
+    bool activate() noexcept override;
+    void reset_device() noexcept override;
+    void process_queue(std::size_t index) noexcept override;
+    std::string name() const override { return "console hvc0"; }
+    // Output is served on the vCPU: Linux's hvc spins until each transmit buffer is used, and
+    // serving it costs one bounded, non-blocking copy into the ConsoleOutput.
+    bool serve_on_vcpu(std::size_t q) const noexcept override { return q == TX; }
+
+    // Host input for the guest (event loop). Returns how many bytes went into receive buffers;
+    // the caller keeps the rest until on_rx_space runs.
+    std::size_t enqueue_input(std::span<const std::uint8_t> bytes) noexcept;
+    // Called (on the event loop, under the device lock) when the driver posts receive buffers
+    // after enqueue_input() found none. It must not call back into the device synchronously.
+    void set_rx_space_callback(std::function<void()> cb) { on_rx_space_ = std::move(cb); }
+    // A new terminal size (SIGWINCH): updates the configuration space and raises a
+    // configuration-change interrupt, which is how Linux learns it without MULTIPORT
+    // (virtio_console.c config_work_handler).
+    void resize(ConsoleSize size) noexcept;
+
+    const ConsoleMetrics& metrics() const noexcept { return metrics_; }
+
+private:
+    void tx_loop() noexcept;
+    void announce_size() noexcept;
+
+    std::shared_ptr<ConsoleOutput> out_;
+    std::optional<ConsoleSize> size_;
+    bool size_announced_ = false;
+    bool input_waiting_ = false; // enqueue_input() ran out of receive buffers
+    std::function<void()> on_rx_space_;
+    std::vector<iovec> iov_;
+    ConsoleMetrics metrics_;
+};
+
+} // namespace ember::virtio::console
