@@ -112,6 +112,8 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
     const std::size_t consoles = cfg.console.device == ConsoleDevice::Virtio ? 1 : 0;
     if (drives.size() + nets.size() + consoles > max_virtio_devices())
         throw ConfigError("at most " + std::to_string(max_virtio_devices()) + " virtio devices fit the IRQ range");
+    UniqueFd console_out = cfg.console.serial_out_path ? virtio::console::ConsoleOutput::open_path(*cfg.console.serial_out_path)
+                                                       : virtio::console::ConsoleOutput::dup_stdout();
     GuestMemory mem = GuestMemory::anonymous(m.mem_size_mib * layout::MiB);
 
     auto kernel_file = open_regular(bs.kernel_image_path, "kernel image");
@@ -121,8 +123,6 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
         auto f = open_regular(*bs.initrd_path, "initrd");
         initrd = load_initrd(f.fd.get(), f.size, *bs.initrd_path, kernel, mem);
     }
-    UniqueFd console_out = cfg.console.serial_out_path ? virtio::console::ConsoleOutput::open_path(*cfg.console.serial_out_path)
-                                                       : virtio::console::ConsoleOutput::dup_stdout();
     // Devices are attached in this order by Vm::attach_virtio_devices(): drives, network
     // interfaces, the console.
     std::string device_args = root_args(drives);

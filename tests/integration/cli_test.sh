@@ -107,6 +107,13 @@ expect_error net_no_tap 'network interface eth0: TAP embernotap0: (no such TAP d
 expect_error net_bad_mac 'guest_mac "06:00:ac:10:00" is not a unicast MAC' --no-api --config-file "$(net nmac '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00"}')"
 expect_error net_same_tap 'host device name tap0 is already in use' --no-api --config-file "$(net ntap '{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "b", "host_dev_name": "tap0"}')"
 expect_error net_mtu 'mtu must be from 68 to 65535' --no-api --config-file "$(net nmtu '{"iface_id": "a", "host_dev_name": "tap0", "mtu": 65536}')"
+con() { cfg "$1" "{$(bs "$KERNEL"), $(mc 1 64), $2}"; }
+expect_error console_bad_device 'console.device must be "serial" or "virtio", not "pci"' --no-api --config-file "$(con cdev '"console": {"device": "pci"}')"
+expect_error console_unknown_field 'console: unknown field "speed"' --no-api --config-file "$(con cunk '"console": {"device": "virtio", "speed": 9600}')"
+expect_error serial_rate_limiter 'serial.rate_limiter is not supported' --no-api --config-file "$(con srl "\"serial\": {\"serial_out_path\": \"$T/s.out\", \"rate_limiter\": {}}")"
+mkfifo "$T/noreader.fifo"
+expect_error serial_fifo_no_reader "serial_out_path $T/noreader.fifo: a named pipe needs a reader" --no-api --config-file "$(con sfifo "\"serial\": {\"serial_out_path\": \"$T/noreader.fifo\"}")"
+expect_error serial_out_dir "serial_out_path $T: Is a directory" --no-api --config-file "$(con sdir "\"serial\": {\"serial_out_path\": \"$T\"}")"
 chmod 444 "$T/disk.img"
 if [[ $(id -u) -ne 0 ]]; then
   expect_error drive_no_write_permission 'drive a: .*disk.img: Permission denied' --no-api --config-file "$(dcfg dperm "$(drv a "$T/disk.img" false false)")"

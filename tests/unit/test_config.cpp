@@ -289,6 +289,39 @@ TEST_CASE("config: logger and metrics sections; sections not supported yet") {
     CHECK_NOTHROW(parse(k.dump()));
 }
 
+TEST_CASE("config: serial and console sections") {
+    CHECK(parse(VALID).console.device == ConsoleDevice::Serial);
+    CHECK_FALSE(parse(VALID).console.serial_out_path);
+    json j = json::parse(VALID);
+    j["serial"] = json::parse(R"({"serial_out_path": "/tmp/s.out"})");
+    j["console"] = json::parse(R"({"device": "virtio"})");
+    const VmConfig c = parse(j.dump());
+    CHECK(c.console.serial_out_path == "/tmp/s.out");
+    CHECK(c.console.device == ConsoleDevice::Virtio);
+    // Rendered back: Firecracker's serial section, and Ember's console section only when it
+    // differs from Firecracker's behaviour.
+    const json r = to_json(c);
+    CHECK(r.at("serial").at("serial_out_path") == "/tmp/s.out");
+    CHECK(r.at("console").at("device") == "virtio");
+    CHECK(parse(r.dump()).console.device == ConsoleDevice::Virtio);
+    CHECK_FALSE(to_json(parse(VALID)).contains("console"));
+    CHECK_FALSE(to_json(parse(VALID)).contains("serial"));
+    j["serial"] = nullptr;
+    j["console"] = nullptr;
+    CHECK_FALSE(parse(j.dump()).console.serial_out_path);
+    j["console"] = json::parse(R"({"device": "hvc"})");
+    CHECK_CONFIG_ERROR(parse(j.dump()), "console.device must be");
+    j["console"] = json::parse(R"({"device": "virtio", "ports": 2})");
+    CHECK_CONFIG_ERROR(parse(j.dump()), "console: unknown field \"ports\"");
+    j["console"] = json::parse(R"({"device": 1})");
+    CHECK_CONFIG_ERROR(parse(j.dump()), "console.device");
+    j.erase("console");
+    j["serial"] = json::parse(R"({"serial_out_path": "/x", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}})");
+    CHECK_CONFIG_ERROR(parse(j.dump()), "serial.rate_limiter is not supported");
+    j["serial"] = json::parse(R"({"serial_out_path": ""})");
+    CHECK_CONFIG_ERROR(parse(j.dump()), "must not be empty");
+}
+
 TEST_CASE("config: to_json round-trips through text") {
     const std::string doc = GENERATE(std::string(VALID), std::string(R"({"boot-source": {"kernel_image_path": "vmlinux"}})"),
                                      std::string(R"({"boot-source": {"kernel_image_path": "k", "boot_args": "a \"quoted\" arg"},

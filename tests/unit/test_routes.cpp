@@ -136,6 +136,23 @@ TEST_CASE("routes: network interfaces") {
     CHECK_THAT(fault(route("GET", "/network-interfaces/eth0", "")), Catch::Contains("Invalid request method"));
 }
 
+TEST_CASE("routes: serial and console") {
+    CHECK(as<PutSerial>(route("PUT", "/serial", R"({"serial_out_path": "/tmp/s.out"})")).serial_out_path == "/tmp/s.out");
+    CHECK_FALSE(as<PutSerial>(route("PUT", "/serial", R"({})")).serial_out_path.has_value());
+    CHECK_FALSE(as<PutSerial>(route("PUT", "/serial", R"({"serial_out_path": null})")).serial_out_path.has_value());
+    CHECK_THAT(fault(route("PUT", "/serial", R"({"serial_out_path": ""})")), Catch::Contains("must not be empty"));
+    CHECK_THAT(fault(route("PUT", "/serial", R"({"serial_out_path": 3})")), Catch::Contains("serial.serial_out_path"));
+    CHECK_THAT(fault(route("PUT", "/serial", R"({"serial_out_path": "/x", "rate_limiter": {}})")), Catch::Contains("not supported"));
+    CHECK_THAT(fault(route("PUT", "/serial", R"({"path": "/x"})")), Catch::Contains("unknown field \"path\""));
+    CHECK_THAT(fault(route("PUT", "/serial", "[]")), Catch::Contains("object"));
+    CHECK_THAT(fault(route("PATCH", "/serial", R"({})")), Catch::Contains("Invalid request method"));
+    CHECK(as<PutConsole>(route("PUT", "/console", R"({"device": "virtio"})")).device == ember::ConsoleDevice::Virtio);
+    CHECK(as<PutConsole>(route("PUT", "/console", R"({"device": "serial"})")).device == ember::ConsoleDevice::Serial);
+    CHECK_THAT(fault(route("PUT", "/console", R"({"device": "Virtio"})")), Catch::Contains("must be \"serial\" or \"virtio\""));
+    CHECK_THAT(fault(route("PUT", "/console", R"({})")), Catch::Contains("missing required field \"device\""));
+    CHECK_THAT(fault(route("GET", "/console", "")), Catch::Contains("Invalid request method"));
+}
+
 TEST_CASE("routes: unknown paths and methods") {
     CHECK_THAT(fault(route("GET", "/nope", "")), Catch::Contains("GET /nope"));
     CHECK_THAT(fault(route("DELETE", "/", "")), Catch::Contains("Invalid request method"));
