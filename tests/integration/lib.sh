@@ -72,3 +72,28 @@ boot() {
 guest_value() { tr -d '\r' < "$OUT" | sed -n "s/^$1=//p" | tail -n 1; }
 
 expect_eq() { if [[ "$2" == "$3" ]]; then pass "$1 ($2)"; else fail "$1: expected '$3', got '$2'"; fi; }
+
+# interactive_start NAME CONFIG: Ember on CONFIG (a guest with no command: a shell on its
+# console) with a FIFO as stdin, written through fd 3 of this shell. Input sent before the shell
+# opened the console may be flushed or lost, so a probe line is repeated until the guest answers
+# MARK=42. The caller then writes more lines to fd 3 and calls interactive_end.
+interactive_start() {
+  local name=$1 config=$2
+  mkfifo "$T/$name.in"
+  timeout -k "$KILL_AFTER" "$VM_TIMEOUT" "$EMBER_BIN" --no-api --config-file "$config" < "$T/$name.in" > "$T/$name.out" 2> "$T/$name.err" &
+  IA_PID=$!
+  exec 3> "$T/$name.in"
+  OUT=$T/$name.out
+  for _ in $(seq 1 120); do
+    grep -q 'MARK=42' "$OUT" 2>/dev/null && break
+    kill -0 "$IA_PID" 2>/dev/null || break
+    if grep -q EMBER_GUEST_INIT "$OUT" 2>/dev/null; then printf 'echo MARK=$((6*7))\n' >&3; fi
+    sleep 1
+  done
+  grep -q 'MARK=42' "$OUT" && pass "guest shell evaluated host input" || { fail "no answer from the guest shell"; tail -n 20 "$OUT" >&2; }
+}
+# interactive_end: waits for Ember (the caller's last line ends the shell); sets RC.
+interactive_end() {
+  wait "$IA_PID"; RC=$?
+  exec 3>&-
+}
