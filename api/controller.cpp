@@ -299,8 +299,14 @@ std::string Controller::metrics_line() {
         }
         snapshot["vcpu"] = {{"exit_io_in", in}, {"exit_io_out", out}, {"exit_mmio_read", rd}, {"exit_mmio_write", wr}, {"failures", fails}};
         // Firecracker's device metrics: "<kind>" sums every device, "<kind>_<id>" is one device.
+        // A device that can exist only once (empty id) has the "<kind>" group alone.
         using Fields = std::initializer_list<std::pair<const char*, const std::atomic<std::uint64_t>*>>;
         auto device_group = [&](const std::string& kind, const std::string& id, Fields fields) -> std::map<std::string, std::uint64_t>& {
+            if (id.empty()) {
+                auto& only = snapshot[kind];
+                for (const auto& [name, c] : fields) only[name] = c->load(std::memory_order_relaxed);
+                return only;
+            }
             auto& one = snapshot[kind + "_" + id];
             auto& all = snapshot[kind];
             for (const auto& [name, c] : fields) {
@@ -337,14 +343,13 @@ std::string Controller::metrics_line() {
         }
         if (const auto* cd = vm_->console_device()) {
             const auto& m = cd->metrics();
-            for (const auto& [name, c] : std::initializer_list<std::pair<const char*, const std::atomic<std::uint64_t>*>>{
-                     {"activate_fails", &m.activate_fails}, {"event_fails", &m.event_fails},
-                     {"rx_queue_event_count", &m.rx_queue_event_count}, {"tx_queue_event_count", &m.tx_queue_event_count},
-                     {"rx_bytes_count", &m.rx_bytes_count}, {"rx_count", &m.rx_count}, {"rx_fails", &m.rx_fails},
-                     {"tx_bytes_count", &m.tx_bytes_count}, {"tx_count", &m.tx_count},
-                     {"tx_malformed_chains", &m.tx_malformed_chains}})
-                snapshot["virtio_console"][name] = c->load(std::memory_order_relaxed);
-            device_events += snapshot["virtio_console"]["rx_queue_event_count"] + snapshot["virtio_console"]["tx_queue_event_count"];
+            auto& g = device_group("virtio_console", "",
+                {{"activate_fails", &m.activate_fails}, {"event_fails", &m.event_fails},
+                 {"rx_queue_event_count", &m.rx_queue_event_count}, {"tx_queue_event_count", &m.tx_queue_event_count},
+                 {"rx_bytes_count", &m.rx_bytes_count}, {"rx_count", &m.rx_count}, {"rx_fails", &m.rx_fails},
+                 {"tx_bytes_count", &m.tx_bytes_count}, {"tx_count", &m.tx_count},
+                 {"tx_malformed_chains", &m.tx_malformed_chains}});
+            device_events += g["rx_queue_event_count"] + g["tx_queue_event_count"];
         }
         // Ember's: the host end of the console (stdout or serial_out_path), shared by both devices.
         const auto& o = vm_->console_output().metrics();

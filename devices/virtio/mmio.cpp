@@ -32,10 +32,15 @@ void MmioTransport::watch(std::size_t q) {
         (void)!::read(watchers_[q]->native_handle(), &count, sizeof count);
         {
             std::lock_guard lk(dev_->mutex());
-            if (dev_->running() && dev_->queues()[q].active()) dev_->process_queue(q);
+            serve_queue(q);
         }
         watch(q);
     });
+}
+
+// Needs the device lock. A queue is served only while the device runs and the queue is live.
+void MmioTransport::serve_queue(std::size_t q) noexcept {
+    if (dev_->running() && dev_->queues()[q].active()) dev_->process_queue(q);
 }
 
 void MmioTransport::read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept {
@@ -126,7 +131,7 @@ void MmioTransport::write_register(std::uint64_t offset, std::uint32_t v) noexce
         // notifications of queues the device serves on the vCPU (no ioeventfd is registered).
         ok = v < d.queues().size();
         if (ok && d.serve_on_vcpu(v)) {
-            if (d.running() && d.queues()[v].active()) d.process_queue(v);
+            serve_queue(v);
         } else if (ok) {
             d.notify(v);
         }

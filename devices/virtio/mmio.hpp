@@ -33,6 +33,7 @@ private:
     std::uint32_t read_register(std::uint64_t offset) noexcept;
     void write_register(std::uint64_t offset, std::uint32_t value) noexcept;
     void watch(std::size_t q);
+    void serve_queue(std::size_t q) noexcept;
 
     std::shared_ptr<VirtioDevice> dev_;
     std::vector<std::unique_ptr<boost::asio::posix::stream_descriptor>> watchers_;
