@@ -3,7 +3,10 @@
 
   measure.py kvm     --out FILE --runs N --mem-runs M --kernel VMLINUX --initrd INITRD --ember EMBER
                      [--blkbench BLKBENCH --blk-runs B --blk-seq-mib S --blk-rand-secs R]
+                     [--net-runs T --net-mib NM] [--only GROUP,...]
   measure.py startup --out FILE --runs N --ember EMBER
+  measure.py net     --stage STAGE.json --out FILE --net-runs T --net-mib NM --ember EMBER
+                     (run by `kvm`: STAGE.json describes what it staged)
 
 `kvm` needs a usable /dev/kvm (scripts/bench runs it inside scripts/nested-kvm). It stages Ember,
 QEMU (each with the libraries `ldd` lists, QEMU also with the firmware it opens), the kernel and
@@ -11,6 +14,11 @@ the initrd on a tmpfs, then measures boot-to-init and VMM memory overhead, inter
 With --blkbench (a static build of blkbench.c) it also stages a second initrd (the first plus
 /bin/blkbench) and a BLK_DISK_MIB MiB data disk made by `blkbench fill`, and measures block I/O:
 Ember with io_engine Async and Sync, and QEMU with aio=io_uring, on that same disk.
+With --net-runs > 0 it stages a third initrd (the first plus /bin/netbench, netbench.sh) and runs
+`measure.py net` in a child under `unshare --net`: a network namespace of its own, where every VMM
+run gets a freshly made TAP (tap0, 172.16.0.1/24) and the guest 172.16.0.2. It measures TCP
+throughput both ways and ping RTT from the namespace's side, Ember and QEMU (vhost=off) in turn.
+--only limits `kvm` to some of the figure groups boot, mem, blk, net, api (default: all).
 `startup` measures Ember's process start to API socket accepting; it needs no KVM.
 Each writes raw samples as JSON to FILE; report.py turns them into statistics.
 """
@@ -49,6 +57,15 @@ BLK_VARIANTS = ["ember_async", "ember_sync", "qemu"]
 # before "--" themselves: microvm's transports are 512 bytes apart from 0xfeb00000 and, without
 # ACPI (no second IOAPIC), use GSIs from 5.
 QEMU_BLK_MMIO_ARG = "virtio_mmio.device=512@0xfeb00000:5"
+# Net figures: the guest (netbench.sh) and the host end of the TAP, in a namespace of their own.
+NET_RUN_TIMEOUT_S = 90
+NET_TAP = "tap0"
+NET_HOST_IP, NET_GUEST_IP, NET_PREFIX = "172.16.0.1", "172.16.0.2", 24
+NET_GUEST_MAC = "06:00:ac:10:00:02"
+NET_RX_PORT, NET_TX_PORT = 5001, 5002   # the guest listens on RX_PORT, the host on TX_PORT
+NET_PINGS, NET_PING_INTERVAL_S = 20, 0.2
+NET_VARIANTS = ["ember", "qemu"]
+GROUPS = ("boot", "mem", "blk", "net", "api")
 
 
 def log(msg):
@@ -100,8 +117,10 @@ def stage(args, base):
     initrd = shutil.copy(args.initrd, f"{base}/guest/initrd.cpio.gz")
     st = {"ember": (ember, ember_env), "qemu": (qemu, qemu_env), "qemu_share": share,
           "kernel": kernel, "initrd": initrd, "base": base}
-    if args.blkbench:
+    if args.blkbench and "blk" in args.only:
         st.update(stage_block(args.blkbench, initrd, f"{base}/guest"))
+    if args.net_runs > 0 and "net" in args.only:
+        st.update(stage_net(initrd, f"{base}/guest"))
     log(f"staged in {time.monotonic() - t:.1f} s")
     return st
 
@@ -115,25 +134,39 @@ def newc(name, mode, data, ino):
     return hdr + data + b"\0" * (-len(data) % 4)
 
 
-def stage_block(blkbench, initrd, guest):
-    """initrd-blk.cpio.gz: the initrd plus a second gzip'ed cpio holding /bin/blkbench (Linux
-    unpacks concatenated archives in turn); disk.img: the data disk, made by `blkbench fill`."""
-    with open(blkbench, "rb") as f:
+def append_program(initrd, out, name, path):
+    """out: initrd plus a second gzip'ed cpio holding path as /bin/name (Linux unpacks
+    concatenated archives in turn)."""
+    with open(path, "rb") as f:
         prog = f.read()
-    extra = newc("bin/blkbench", 0o100755, prog, 1) + newc("TRAILER!!!", 0, b"", 0)
-    blk_initrd = f"{guest}/initrd-blk.cpio.gz"
-    with open(initrd, "rb") as src, open(blk_initrd, "wb") as dst:
+    extra = newc(f"bin/{name}", 0o100755, prog, 1) + newc("TRAILER!!!", 0, b"", 0)
+    with open(initrd, "rb") as src, open(out, "wb") as dst:
         dst.write(src.read())
         dst.write(gzip.compress(extra, compresslevel=1, mtime=0))
+    return out
+
+
+def stage_block(blkbench, initrd, guest):
+    """initrd-blk.cpio.gz: the initrd plus /bin/blkbench; disk.img: the data disk, made by
+    `blkbench fill`."""
+    blk_initrd = append_program(initrd, f"{guest}/initrd-blk.cpio.gz", "blkbench", blkbench)
     disk = f"{guest}/disk.img"
     subprocess.run([blkbench, "fill", disk, str(BLK_DISK_MIB)], check=True)
     return {"blk_initrd": blk_initrd, "blk_disk": disk}
 
 
-def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None):
+def stage_net(initrd, guest):
+    """initrd-net.cpio.gz: the initrd plus netbench.sh as /bin/netbench."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netbench.sh")
+    return {"net_initrd": append_program(initrd, f"{guest}/initrd-net.cpio.gz", "netbench",
+                                         script)}
+
+
+def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None, tap=None):
     """Command line for one run. With io_engine (Ember: "Async" or "Sync"; QEMU: "io_uring") the
-    guest boots the block initrd and gets the data disk as /dev/vda."""
-    initrd = st["blk_initrd"] if io_engine else st["initrd"]
+    guest boots the block initrd and gets the data disk as /dev/vda. With tap (a TAP device's
+    name) it boots the net initrd and gets one virtio-net device on that TAP as eth0."""
+    initrd = st["blk_initrd"] if io_engine else st["net_initrd"] if tap else st["initrd"]
     boot_args = BOOT_ARGS + cmd
     if vmm == "ember":
         cfg = f"{st['base']}/ember-{tag}.json"
@@ -144,21 +177,31 @@ def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None):
             conf["drives"] = [{"drive_id": "data", "path_on_host": st["blk_disk"],
                                "is_root_device": False, "is_read_only": False,
                                "cache_type": "Writeback", "io_engine": io_engine}]
+        if tap:
+            conf["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": tap,
+                                           "guest_mac": NET_GUEST_MAC}]
         with open(cfg, "w") as f:
             json.dump(conf, f)
         exe, env = st["ember"]
         return [exe, "--no-api", "--boot-timer", "--level", "Info", "--config-file", cfg], env
     exe, env = st["qemu"]
-    machine, blk = "microvm,acpi=off", []
-    if io_engine:
+    machine, dev = "microvm,acpi=off", []
+    if io_engine or tap:
+        # One device, on transport 0, described before "--" (see QEMU_BLK_MMIO_ARG).
         machine += ",auto-kernel-cmdline=off"
         boot_args = BOOT_ARGS.replace(" -- ", f" {QEMU_BLK_MMIO_ARG} -- ") + cmd
-        blk = ["-drive", f"id=d0,file={st['blk_disk']},format=raw,if=none,aio={io_engine},"
+    if io_engine:
+        dev = ["-drive", f"id=d0,file={st['blk_disk']},format=raw,if=none,aio={io_engine},"
                          "cache=writeback",
                "-device", "virtio-blk-device,drive=d0,bus=virtio-mmio-bus.0"]
+    elif tap:
+        # vhost=off: QEMU's virtio-net datapath stays in its own user-space process, like Ember's.
+        dev = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
+               "-device", f"virtio-net-device,netdev=n0,mac={NET_GUEST_MAC},"
+                          "bus=virtio-mmio-bus.0"]
     return [exe, "-L", st["qemu_share"], "-M", machine, "-accel", "kvm", "-cpu", "host",
             "-m", str(mem_mib), "-smp", str(vcpus), "-nographic", "-no-reboot", "-nic", "none",
-            "-kernel", st["kernel"], "-initrd", initrd, "-append", boot_args] + blk, env
+            "-kernel", st["kernel"], "-initrd", initrd, "-append", boot_args] + dev, env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +212,8 @@ class VmmRun:
 
     def __init__(self, argv, env):
         self.events = {}
-        self.values = {}      # BLK_*=VALUE lines on the console
+        self.values = {}      # BLK_*=VALUE and NET_*=VALUE lines on the console
+        self.value_t = {}     # when each of those first appeared (s since exec)
         self.log_notes = []   # the VMM's stderr lines that mention errors or warnings
         self.boot_timer_us = None
         self.exit_status = None
@@ -193,9 +237,10 @@ class VmmRun:
                 tail.append(line)
                 del tail[:-20]
                 if name == "stdout":
-                    kv = re.search(r"\b(BLK_[A-Z0-9_]+)=(\S+)", line)
-                    if kv:
-                        self.values.setdefault(kv.group(1), kv.group(2))
+                    kv = re.search(r"\b((?:BLK|NET)_[A-Z0-9_]+)=(\S+)", line)
+                    if kv and kv.group(1) not in self.values:
+                        self.values[kv.group(1)] = kv.group(2)
+                        self.value_t[kv.group(1)] = now - self.t0
                     for m in self.MARKERS:
                         if m in line and m not in self.events:
                             self.events[m] = now - self.t0
@@ -222,6 +267,17 @@ class VmmRun:
                     break
                 self.cond.wait(left)
             return self.events.get(marker)
+
+    def wait_value(self, key, deadline):
+        """Waits until a KEY=VALUE line is on the console (or the VMM's output ends, or the
+        monotonic deadline passes); returns the value or None."""
+        with self.cond:
+            while key not in self.values and self.eof < 2:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return self.values.get(key)
 
     def wait_exit(self, timeout):
         try:
@@ -424,6 +480,275 @@ def blk_measure(vmm, r):
     return dict(sample, ok=True, values=values, stderr_tail=tail)
 
 
+def ip_cmd(*argv):
+    """Runs `ip ARGV...`; raises RuntimeError with ip's own message if it fails."""
+    p = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=20)
+    if p.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(argv)}: {p.stderr.strip() or p.returncode}")
+
+
+def tap_remove():
+    subprocess.run(["ip", "link", "del", NET_TAP], capture_output=True, timeout=20)
+
+
+def tap_fresh():
+    """A fresh TAP for one VMM run (a VMM refuses a TAP another process still holds): deletes
+    the previous run's, if any, and makes tap0 anew with the host's address, up."""
+    tap_remove()
+    ip_cmd("tuntap", "add", "dev", NET_TAP, "mode", "tap")
+    ip_cmd("addr", "add", f"{NET_HOST_IP}/{NET_PREFIX}", "dev", NET_TAP)
+    ip_cmd("link", "set", NET_TAP, "up")
+
+
+CURRENT_RUN = []  # the net child's running VmmRun, for its SIGTERM handler
+
+
+def net_once(vmm, st, mib):
+    """One boot of the net initrd running `netbench MIB` with eth0 on a fresh TAP; 1 vCPU,
+    256 MiB. The host end: ping, then MIB MiB host -> guest, then MIB MiB guest -> host."""
+    listener = None
+    try:
+        tap_fresh()
+        # The guest connects to this as soon as it has received the host's data: listen first.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((NET_HOST_IP, NET_TX_PORT))
+        listener.listen(1)
+        argv, env = vmm_argv(vmm, st, 1, 256, f"netbench {mib}", f"net-{vmm}", tap=NET_TAP)
+        r = VmmRun(argv, env)
+    except Exception as e:  # noqa: BLE001 - reported as a failed sample
+        if listener:
+            listener.close()
+        tap_remove()
+        return {"ok": False, "error": f"set-up: {e!r}"}
+    CURRENT_RUN[:] = [r]
+    try:
+        sample = finish(r, guarded(r, lambda: net_measure(vmm, r, listener, mib)))
+    finally:
+        CURRENT_RUN[:] = []
+        listener.close()
+        tap_remove()
+    if r.log_notes:
+        sample["vmm_log_notes"] = r.log_notes
+    return sample
+
+
+def ping_rtt(deadline):
+    """RTT host -> guest over the TAP with the host's busybox ping: one untimed ping (ARP), then
+    NET_PINGS at NET_PING_INTERVAL_S. Returns (stats dict, None) or (partial stats, error)."""
+    left = deadline - time.monotonic()
+    subprocess.run(["busybox", "ping", "-c", "1", "-W", "5", NET_GUEST_IP],
+                   capture_output=True, timeout=max(1.0, min(10.0, left)))
+    left = deadline - time.monotonic()
+    budget = NET_PINGS * NET_PING_INTERVAL_S + 10
+    p = subprocess.run(["busybox", "ping", "-c", str(NET_PINGS), "-i", str(NET_PING_INTERVAL_S),
+                        "-W", "5", NET_GUEST_IP],
+                       capture_output=True, text=True, timeout=max(1.0, min(budget, left)))
+    rtts = [float(m) for m in re.findall(r"time=([0-9.]+) ms", p.stdout)]
+    info = {"sent": NET_PINGS, "replies": len(rtts), "rtts_ms": rtts}
+    if not rtts:
+        return info, f"ping: no reply (rc {p.returncode}: {p.stdout.strip()[-200:]} " \
+                     f"{p.stderr.strip()[-200:]})"
+    info.update(median_ms=percentile(rtts, 50), min_ms=min(rtts), max_ms=max(rtts),
+                avg_ms=sum(rtts) / len(rtts))
+    return info, None
+
+
+def bounded(op, deadline, alive):
+    """Retries a socket operation (on a socket with a short timeout) until it completes; raises
+    TimeoutError past the deadline, or RuntimeError as soon as the VMM is gone, so a guest that
+    died does not hold the run until its deadline."""
+    while True:
+        try:
+            return op()
+        except socket.timeout:
+            if time.monotonic() > deadline:
+                raise TimeoutError("timed out") from None
+            if not alive():
+                raise RuntimeError("the VMM exited") from None
+
+
+def host_to_guest(mib, deadline, alive):
+    """Connects to the guest's nc (retrying until it listens), sends MIB MiB, half-closes and
+    waits for the guest's FIN, which its nc sends on exit once it has read everything. MiB/s
+    from the established connection to that FIN."""
+    while True:
+        try:
+            s = socket.create_connection((NET_GUEST_IP, NET_RX_PORT), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline or not alive():
+                raise
+            time.sleep(0.2)
+    with s:
+        s.settimeout(1.0)
+        t = time.monotonic()
+        chunk = memoryview(bytes(1 << 20))
+        for _ in range(mib):
+            off = 0
+            while off < len(chunk):
+                off += bounded(lambda: s.send(chunk[off:]), deadline, alive)
+        s.shutdown(socket.SHUT_WR)
+        while bounded(lambda: s.recv(65536), deadline, alive):
+            pass
+        return mib / (time.monotonic() - t)
+
+
+def guest_to_host(listener, mib, deadline, alive):
+    """Accepts the guest's connection and reads until its FIN; MiB/s from accept() to the FIN."""
+    listener.settimeout(1.0)
+    c, _ = bounded(listener.accept, deadline, alive)
+    with c:
+        c.settimeout(1.0)
+        t = time.monotonic()
+        n = 0
+        while True:
+            b = bounded(lambda: c.recv(1 << 20), deadline, alive)
+            if not b:
+                break
+            n += len(b)
+        dt = time.monotonic() - t
+    if n != mib << 20:
+        raise RuntimeError(f"received {n} bytes, expected {mib << 20}")
+    return mib / dt
+
+
+def net_measure(vmm, r, listener, mib):
+    deadline = r.t0 + NET_RUN_TIMEOUT_S
+    if r.wait_value("NET_READY", deadline) is None:
+        return r.failure("no NET_READY from the guest within timeout or VMM exited")
+    sample = {"ready_ms": r.value_t["NET_READY"] * 1000.0}
+    values, problems = {}, []
+    try:
+        info, err = ping_rtt(deadline)
+        sample["ping"] = info
+        if err:
+            problems.append(err)
+        else:
+            values["rtt_ms"] = info["median_ms"]
+    except Exception as e:  # noqa: BLE001 - reported in the failed sample
+        problems.append(f"ping: {e!r}")
+
+    def alive():
+        return r.proc.poll() is None
+    # The guest's program goes on in order, so a failed transfer ends the measurements.
+    for name, fn in (("host_to_guest_mibps", lambda: host_to_guest(mib, deadline, alive)),
+                     ("guest_to_host_mibps",
+                      lambda: guest_to_host(listener, mib, deadline, alive))):
+        try:
+            values[name] = fn()
+        except Exception as e:  # noqa: BLE001 - reported in the failed sample
+            problems.append(f"{name.rsplit('_', 1)[0]}: {e!r}")
+            break
+    # After a failed transfer the guest is stuck in nc: do not wait out the deadline for it.
+    stuck = len(values) < 2 + ("rtt_ms" in values)
+    if r.wait_marker("EMBER_EXIT_STATUS=", 1 if stuck else NET_RUN_TIMEOUT_S) is None:
+        problems.append("no EMBER_EXIT_STATUS within timeout or VMM exited")
+    elif r.exit_status != 0:
+        problems.append(f"guest exit status {r.exit_status}")
+    sample["guest_exit_status"] = r.exit_status
+    with r.cond:
+        sample["guest"] = dict(r.values)
+    if vmm == "ember":
+        sample["vmm_rc"] = r.wait_exit(1 if stuck else 10)
+    # Figures measured before a failure still count: report.py takes each value it finds.
+    if problems:
+        return dict(r.failure("; ".join(problems)), values=values, **sample)
+    with r.cond:
+        tail = r.tail["stderr"][-5:]
+    return dict(sample, ok=True, values=values, stderr_tail=tail)
+
+
+def net_interleaved(args, st, save_fn):
+    """Net runs: each round runs Ember and QEMU once, alternating which one goes first."""
+    samples = {v: [] for v in NET_VARIANTS}
+    for i in range(args.net_runs):
+        for vmm in NET_VARIANTS if i % 2 == 0 else list(reversed(NET_VARIANTS)):
+            t = time.monotonic()
+            s = net_once(vmm, st, args.net_mib)
+            s["run"], s["wall_s"] = i, round(time.monotonic() - t, 1)
+            samples[vmm].append(s)
+            shown = ", ".join(f"{n} {v:.2f}" for n, v in s.get("values", {}).items())
+            if not s["ok"]:
+                shown += f" FAILED ({s['error']})"
+            log(f"net run {i + 1}/{args.net_runs} {vmm} ({s['wall_s']} s): {shown}")
+            for note in s.get("vmm_log_notes", []):
+                log(f"  {vmm} log: {note}")
+            save_fn(samples)
+    return samples
+
+
+def net_params(args):
+    return {"mib": args.net_mib, "pings": NET_PINGS, "ping_interval_s": NET_PING_INTERVAL_S,
+            "vcpus": 1, "mem_mib": 256, "tap": NET_TAP, "host_ip": NET_HOST_IP,
+            "guest_ip": NET_GUEST_IP}
+
+
+def cmd_net(args):
+    """The net runs, in a network namespace of their own (re-exec'ed under `unshare --net`
+    unless the caller did that already)."""
+    if os.environ.get("EMBER_BENCH_NETNS") != "1":
+        os.execvpe("unshare", ["unshare", "--net", sys.executable, os.path.abspath(__file__)]
+                   + sys.argv[1:], dict(os.environ, EMBER_BENCH_NETNS="1"))
+
+    def on_term(signum, frame):
+        for r in CURRENT_RUN:
+            try:
+                os.killpg(r.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        tap_remove()
+        os._exit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+    with open(args.stage) as f:
+        st = json.load(f)
+    ip_cmd("link", "set", "lo", "up")
+    params = net_params(args)
+    net_interleaved(args, st, lambda samples: save({"net": samples, "net_params": params},
+                                                   args.out))
+
+
+def run_net_child(args, st, base):
+    """Runs `measure.py net` under `unshare --net`, bounded; returns its samples. Runs it never
+    got to (child killed or crashed) become failed samples."""
+    stage_file, out = f"{base}/stage.json", f"{base}/net.json"
+    with open(stage_file, "w") as f:
+        json.dump(st, f)
+    argv = ["unshare", "--net", sys.executable, os.path.abspath(__file__), "net",
+            "--stage", stage_file, "--out", out, "--net-runs", str(args.net_runs),
+            "--net-mib", str(args.net_mib), "--ember", args.ember]
+    limit = args.net_runs * len(NET_VARIANTS) * (NET_RUN_TIMEOUT_S + KILL_WAIT_S + 15) + 60
+    log(f"net: {args.net_runs} runs per VMM of {args.net_mib} MiB each way, in a network "
+        f"namespace of their own (at most {limit} s)")
+    proc = subprocess.Popen(argv, env=dict(os.environ, EMBER_BENCH_NETNS="1"),
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # its handler kills the running VMM and removes the TAP
+        try:
+            proc.wait(timeout=KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        rc = f"killed after {limit} s"
+    samples = {v: [] for v in NET_VARIANTS}
+    try:
+        with open(out) as f:
+            samples = json.load(f)["net"]
+    except (OSError, ValueError, KeyError):
+        pass
+    for vmm in NET_VARIANTS:
+        done = {s.get("run") for s in samples.setdefault(vmm, [])}
+        for i in range(args.net_runs):
+            if i not in done:
+                samples[vmm].append({"ok": False, "run": i,
+                                     "error": f"net child ended (exit {rc}) before this run"})
+    if rc != 0:
+        log(f"net: the child run failed (exit {rc})")
+    return samples
+
+
 def first_response(s, t0):
     """Sends GET / on the connected socket; ms from t0 to the status line, None if none came."""
     s.settimeout(RUN_TIMEOUT_S)
@@ -507,6 +832,17 @@ def version(argv, env=None):
         return None
 
 
+def percentile(values, p):
+    """Linear interpolation between closest ranks (as report.py)."""
+    v = sorted(values)
+    if not v:
+        return None
+    k = (len(v) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
 def interleaved(runs, order, fn, label):
     samples = {v: [] for v in order}
     for i in range(runs):
@@ -546,28 +882,36 @@ def cmd_kvm(args):
     res = {"environment": environment()}
     res["environment"]["qemu_version"] = version([st["qemu"][0], "--version"], st["qemu"][1])
     res["environment"]["ember_version"] = version([st["ember"][0], "--version"], st["ember"][1])
+    res["only"] = sorted(args.only)
     order = ["ember", "qemu"]
     save(res, args.out)  # after every figure, so a lost L1 still leaves the figures so far
-    res["boot_to_init"] = interleaved(args.runs, order, lambda v: boot_once(v, st), "boot-to-init ms")
-    save(res, args.out)
-    for vcpus, mem in ((1, 256), (2, 1024)):
+    if "boot" in args.only:
+        res["boot_to_init"] = interleaved(args.runs, order, lambda v: boot_once(v, st),
+                                          "boot-to-init ms")
+        save(res, args.out)
+    for vcpus, mem in ((1, 256), (2, 1024)) if "mem" in args.only else ():
         res[f"mem_{vcpus}_{mem}"] = interleaved(
             args.mem_runs, order, lambda v, c=vcpus, m=mem: memory_once(v, st, c, m),
             f"memory overhead MiB ({vcpus} vCPU, {mem} MiB)")
         save(res, args.out)
-    if args.blkbench:
+    if "blk_initrd" in st:
         res["blk"] = blk_interleaved(args, st)
         res["blk_params"] = {"disk_mib": BLK_DISK_MIB, "region_mib": BLK_REGION_MIB,
                              "seq_mib": args.blk_seq_mib, "bs_kib": 1024,
                              "rand_secs": args.blk_rand_secs, "qds": list(BLK_QDS),
                              "vcpus": 1, "mem_mib": 256}
         save(res, args.out)
-    ember, env = st["ember"]
-    res["api_startup"] = {"ember": [dict(startup_once(ember, env, base, i), run=i)
-                                    for i in range(args.runs)]}
-    log("api-startup ms (L1): " + ", ".join(
-        f"{s['value']:.1f}" if s["ok"] else "FAILED" for s in res["api_startup"]["ember"]))
-    save(res, args.out)
+    if "net_initrd" in st:
+        res["net"] = run_net_child(args, st, base)
+        res["net_params"] = net_params(args)
+        save(res, args.out)
+    if "api" in args.only:
+        ember, env = st["ember"]
+        res["api_startup"] = {"ember": [dict(startup_once(ember, env, base, i), run=i)
+                                        for i in range(args.runs)]}
+        log("api-startup ms (L1): " + ", ".join(
+            f"{s['value']:.1f}" if s["ok"] else "FAILED" for s in res["api_startup"]["ember"]))
+        save(res, args.out)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -592,7 +936,7 @@ def cmd_startup(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["kvm", "startup"])
+    ap.add_argument("mode", choices=["kvm", "startup", "net"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--mem-runs", type=int, default=3)
@@ -603,11 +947,23 @@ def main():
     ap.add_argument("--blk-runs", type=int, default=3)
     ap.add_argument("--blk-seq-mib", type=int, default=BLK_REGION_MIB)
     ap.add_argument("--blk-rand-secs", type=int, default=3)
+    ap.add_argument("--net-runs", type=int, default=0)
+    ap.add_argument("--net-mib", type=int, default=64)
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help="comma-separated figure groups for kvm: " + ",".join(GROUPS))
+    ap.add_argument("--stage", help="net: the staging description written by kvm")
     args = ap.parse_args()
+    args.only = set(filter(None, args.only.split(",")))
+    if not args.only or not args.only <= set(GROUPS):
+        ap.error(f"--only takes a comma-separated subset of {','.join(GROUPS)}")
     if args.mode == "kvm":
         if not (args.kernel and args.initrd):
             ap.error("kvm needs --kernel and --initrd")
         cmd_kvm(args)
+    elif args.mode == "net":
+        if not args.stage:
+            ap.error("net needs --stage")
+        cmd_net(args)
     else:
         cmd_startup(args)
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Turns measure.py's raw samples into DIR/results.json, DIR/results.md and DIR/ratios.png.
 
-  report.py --kvm L1.json --host HOST.json --out DIR [--env KEY=VALUE ...]
+  report.py --kvm L1.json [--host HOST.json] --out DIR [--only GROUP,...] [--env KEY=VALUE ...]
 
-Exits 1 if any figure has no successful sample for a VMM it measures.
+--only keeps the figures of some groups (boot, mem, blk, net, api; default all); --host is needed
+when api is one of them. Exits 1 if any figure kept has no successful sample for a VMM it measures.
 """
 import argparse
 import datetime
@@ -14,7 +15,8 @@ import sys
 
 # (key in results.json, source file, key in source, unit, label, which is better).
 # Every ratio is Ember/QEMU of the medians: for "lower" figures (times, memory) a ratio below 1.0
-# means Ember is better, for "higher" figures (block MiB/s and IOPS) a ratio above 1.0 does.
+# means Ember is better, for "higher" figures (block and net MiB/s, IOPS) a ratio above 1.0 does.
+# Each figure belongs to the group its key starts with (boot_timer is in boot), see group().
 FIGURES = [
     ("boot_to_init_1vcpu_256mib", "kvm", "boot_to_init", "ms",
      "Boot to guest init, 1 vCPU / 256 MiB (exec to EMBER_GUEST_INIT)", "lower"),
@@ -49,6 +51,24 @@ for _metric, _stem, _unit, _label in BLK_METRICS:
         FIGURES.append((f"{_stem}_{_engine}", "kvm", f"blk:{_metric}:{_engine}", _unit,
                         f"Block {_label}: Ember io_engine {_engine.capitalize()} vs QEMU "
                         "aio=io_uring", "higher"))
+# Net (measure.py's "net" samples): guest busybox nc / the host end of the TAP, QEMU vhost=off.
+# (metric in the samples, key, unit, label, which is better)
+NET_METRICS = [
+    ("guest_to_host_mibps", "net_tcp_guest_to_host_mibps", "MiB/s",
+     "Net TCP guest -> host, one stream (virtio-net on a TAP; QEMU vhost=off)", "higher"),
+    ("host_to_guest_mibps", "net_tcp_host_to_guest_mibps", "MiB/s",
+     "Net TCP host -> guest, one stream (virtio-net on a TAP; QEMU vhost=off)", "higher"),
+    ("rtt_ms", "net_rtt_ms", "ms",
+     "Net ping RTT host -> guest, median of the run's pings", "lower"),
+]
+for _metric, _key, _unit, _label, _better in NET_METRICS:
+    FIGURES.append((_key, "kvm", f"net:{_metric}", _unit, _label, _better))
+GROUPS = ("boot", "mem", "blk", "net", "api")
+DECIMALS = {"net_rtt_ms": 2}  # in results.md; otherwise by unit (see fmt)
+
+
+def group(key):
+    return key.split("_", 1)[0]
 
 
 def percentile(values, p):
@@ -108,16 +128,35 @@ def blk_samples(blk, metric, engine):
     return out
 
 
+def net_samples(net, metric):
+    """One net metric out of the per-run samples. A run that failed later still counts for the
+    metrics it measured (e.g. the RTT of a run whose transfer broke)."""
+    out = {}
+    for vmm in ("ember", "qemu"):
+        if vmm not in net:
+            continue
+        out[vmm] = []
+        for s in net[vmm]:
+            v = s.get("values", {}).get(metric)
+            if v is not None:
+                out[vmm].append({"ok": True, "value": v, "run": s["run"]})
+            else:
+                out[vmm].append({"ok": False, "run": s.get("run"),
+                                 "error": s.get("error", f"no {metric}")})
+    return out
+
+
 def better_if(fig):
     if fig["ratio"] is None:
         return "n/a"
     return "> 1" if fig["better"] == "higher" else "< 1"
 
 
-def fmt(st, unit):
+def fmt(st, unit, nd=None):
     if st is None or st["median"] is None:
         return "n/a" if st is None else f"no sample ({st['failed']} failed)"
-    nd = {"MiB": 2, "MiB/s": 1}.get(unit, 0)
+    if nd is None:
+        nd = {"MiB": 2, "MiB/s": 1}.get(unit, 0)
     s = f"{st['median']:.{nd}f} ({st['p10']:.{nd}f}–{st['p90']:.{nd}f}) {unit}"
     if st["failed"]:
         s += f", {st['failed']}/{st['n']} failed"
@@ -129,6 +168,9 @@ LOWER_COLOR, HIGHER_COLOR = 0x4477AA, 0x44AA66
 
 def plot(figs, out_dir):
     rows = [(k, f["ratio"], f["better"]) for k, f in figs.items() if f["ratio"] is not None]
+    if not rows:
+        print("bench: no Ember/QEMU ratio to plot; ratios.png not written", file=sys.stderr)
+        return
     dat = os.path.join(out_dir, "ratios.dat")
     with open(dat, "w") as f:
         for i, (k, r, better) in enumerate(rows):
@@ -158,23 +200,43 @@ set arrow from -0.6,1 to {len(rows) - 0.4},1 nohead lw 2 lc rgb 'red' front
 plot '{dat}' using 1:2:4:xtic(3) with boxes lc rgb variable notitle, \\
      '' using 1:2:(sprintf('%.2f', $2)) with labels offset 0,1 notitle, \\
      NaN with boxes lc rgb '#{LOWER_COLOR:06x}' title 'time, memory: below 1.0 = Ember better', \\
-     NaN with boxes lc rgb '#{HIGHER_COLOR:06x}' title 'block MiB/s, IOPS: above 1.0 = Ember better'
+     NaN with boxes lc rgb '#{HIGHER_COLOR:06x}' title 'MiB/s, IOPS: above 1.0 = Ember better'
 """
     subprocess.run(["gnuplot"], input=script, text=True, check=True)
     os.unlink(dat)
 
 
+def local_environment():
+    """The host facts measure.py startup would have recorded, when it did not run (--only)."""
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"kernel": os.uname().release, "cpu_model": cpu, "nproc": os.cpu_count()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kvm", required=True)
-    ap.add_argument("--host", required=True)
+    ap.add_argument("--host")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--only", default=",".join(GROUPS))
     ap.add_argument("--env", action="append", default=[])
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    if not only or not only <= set(GROUPS):
+        ap.error(f"--only takes a comma-separated subset of {','.join(GROUPS)}")
+    if "api" in only and not args.host:
+        ap.error("--host is needed for the api figures")
     src = {}
     for name in ("kvm", "host"):
-        with open(getattr(args, name)) as f:
-            src[name] = json.load(f)
+        if getattr(args, name):
+            with open(getattr(args, name)) as f:
+                src[name] = json.load(f)
+        else:
+            src[name] = {"environment": {}}
     src["kvm"]["boot_timer"] = boot_timer_samples(src["kvm"].get("boot_to_init", {}))
     for name in ("kvm", "host"):
         src[name]["api_first_response"] = first_response_samples(src[name].get("api_startup", {}))
@@ -183,9 +245,15 @@ def main():
         for metric, _, _, _ in BLK_METRICS:
             for engine in ("async", "sync"):
                 src["kvm"][f"blk:{metric}:{engine}"] = blk_samples(blk, metric, engine)
+    net = src["kvm"].get("net")
+    if net:
+        for metric, *_ in NET_METRICS:
+            src["kvm"][f"net:{metric}"] = net_samples(net, metric)
 
     figs, missing = {}, []
     for key, where, skey, unit, label, better in FIGURES:
+        if group(key) not in only:
+            continue
         raw = src[where].get(skey, {})
         fig = {"description": label, "unit": unit, "better": better, "samples": raw, "stats": {}}
         if not raw:
@@ -201,16 +269,18 @@ def main():
                         else None)
         figs[key] = fig
 
-    kenv, henv = src["kvm"]["environment"], src["host"]["environment"]
+    kenv, henv = src["kvm"]["environment"], src["host"]["environment"] or local_environment()
     env = {"nested": kenv.get("in_l1", False),
            "host_kernel": henv["kernel"], "host_cpu_model": henv["cpu_model"],
-           "host_nproc": henv["nproc"],
+           "host_nproc": henv["nproc"], "groups": sorted(only),
            "l1_kernel": kenv["kernel"] if kenv.get("in_l1") else None,
            "l1_cpu_model": kenv["cpu_model"] if kenv.get("in_l1") else None,
            "qemu_version": kenv.get("qemu_version"), "ember_version": kenv.get("ember_version"),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if src["kvm"].get("blk_params"):
+    if src["kvm"].get("blk_params") and "blk" in only:
         env["blk_params"] = src["kvm"]["blk_params"]
+    if src["kvm"].get("net_params") and "net" in only:
+        env["net_params"] = src["kvm"]["net_params"]
     for kv in args.env:
         k, _, v = kv.partition("=")
         env[k] = v
@@ -218,16 +288,20 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         # The block runs as measured too: every guest's BLK_* lines, exit statuses, VMM log notes.
+        # The net runs too: ping details, guest values, VMM log notes.
         json.dump({"environment": env, "figures": figs,
-                   "block_runs": src["kvm"].get("blk")}, f, indent=1)
+                   "block_runs": src["kvm"].get("blk"), "net_runs": src["kvm"].get("net")},
+                  f, indent=1)
 
     lines = ["| figure | Ember median (p10–p90) | QEMU median (p10–p90) | Ember/QEMU "
              "| Ember better if |",
              "|---|---|---|---|---|"]
     for key, fig in figs.items():
         ratio = "n/a" if fig["ratio"] is None else f"{fig['ratio']:.2f}"
-        lines.append(f"| {fig['description']} | {fmt(fig['stats'].get('ember'), fig['unit'])} "
-                     f"| {fmt(fig['stats'].get('qemu'), fig['unit'])} | {ratio} "
+        nd = DECIMALS.get(key)
+        lines.append(f"| {fig['description']} "
+                     f"| {fmt(fig['stats'].get('ember'), fig['unit'], nd)} "
+                     f"| {fmt(fig['stats'].get('qemu'), fig['unit'], nd)} | {ratio} "
                      f"| {better_if(fig)} |")
     where = "nested KVM (L1 under QEMU TCG)" if env["nested"] else "host KVM"
     lines += ["", f"Measured {env['date']} in {where}; host {env['host_cpu_model']}, "
@@ -243,6 +317,17 @@ def main():
                   f"{bp['rand_secs']} s each. Ember: cache_type Writeback; QEMU: "
                   "aio=io_uring,cache=writeback (both buffered on the host, both offer flush). "
                   "Ratios are Ember/QEMU, so above 1.0 means Ember moved more data."]
+    npar = env.get("net_params")
+    if npar:
+        lines += ["", f"Net: {npar['vcpus']} vCPU / {npar['mem_mib']} MiB guest, virtio-net on a "
+                  f"fresh TAP per run ({npar['tap']}, {npar['host_ip']} on the host side, "
+                  f"{npar['guest_ip']} in the guest) in a network namespace of its own. One TCP "
+                  f"stream of {npar['mib']} MiB each way between the guest's busybox nc and a "
+                  "Python socket on the host side, timed there (host -> guest: connect to the "
+                  "guest's FIN after it read everything; guest -> host: accept to FIN). RTT: "
+                  f"median of {npar['pings']} busybox pings from the host side at "
+                  f"{npar['ping_interval_s']} s intervals, after one untimed ping. QEMU: "
+                  "-netdev tap,vhost=off, so both datapaths run in the VMM's user space."]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
