@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -258,26 +259,23 @@ class VmmRun:
             self.eof += 1
             self.cond.notify_all()
 
-    def wait_marker(self, marker, timeout):
-        deadline = self.t0 + timeout
+    def _wait_for(self, table, key, deadline):
+        """Waits until `key` is in `table` (or the VMM's output ends, or the monotonic deadline
+        passes); returns its entry or None."""
         with self.cond:
-            while marker not in self.events and self.eof < 2:
+            while key not in table and self.eof < 2:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self.cond.wait(left)
-            return self.events.get(marker)
+            return table.get(key)
+
+    def wait_marker(self, marker, timeout):
+        return self._wait_for(self.events, marker, self.t0 + timeout)
 
     def wait_value(self, key, deadline):
-        """Waits until a KEY=VALUE line is on the console (or the VMM's output ends, or the
-        monotonic deadline passes); returns the value or None."""
-        with self.cond:
-            while key not in self.values and self.eof < 2:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            return self.values.get(key)
+        """The value of a KEY=VALUE console line, once there (None at EOF or the deadline)."""
+        return self._wait_for(self.values, key, deadline)
 
     def wait_exit(self, timeout):
         try:
@@ -549,7 +547,7 @@ def ping_rtt(deadline):
     if not rtts:
         return info, f"ping: no reply (rc {p.returncode}: {p.stdout.strip()[-200:]} " \
                      f"{p.stderr.strip()[-200:]})"
-    info.update(median_ms=percentile(rtts, 50), min_ms=min(rtts), max_ms=max(rtts),
+    info.update(median_ms=statistics.median(rtts), min_ms=min(rtts), max_ms=max(rtts),
                 avg_ms=sum(rtts) / len(rtts))
     return info, None
 
@@ -830,17 +828,6 @@ def version(argv, env=None):
         return out.splitlines()[0].strip() if out else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def percentile(values, p):
-    """Linear interpolation between closest ranks (as report.py)."""
-    v = sorted(values)
-    if not v:
-        return None
-    k = (len(v) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
 def interleaved(runs, order, fn, label):

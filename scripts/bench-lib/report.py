@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import measure  # environment(): the host facts `measure.py startup` records
+
 # (key in results.json, source file, key in source, unit, label, which is better).
 # Every ratio is Ember/QEMU of the medians: for "lower" figures (times, memory) a ratio below 1.0
 # means Ember is better, for "higher" figures (block and net MiB/s, IOPS) a ratio above 1.0 does.
@@ -206,17 +208,6 @@ plot '{dat}' using 1:2:4:xtic(3) with boxes lc rgb variable notitle, \\
     os.unlink(dat)
 
 
-def local_environment():
-    """The host facts measure.py startup would have recorded, when it did not run (--only)."""
-    cpu = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"kernel": os.uname().release, "cpu_model": cpu, "nproc": os.cpu_count()}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kvm", required=True)
@@ -269,7 +260,7 @@ def main():
                         else None)
         figs[key] = fig
 
-    kenv, henv = src["kvm"]["environment"], src["host"]["environment"] or local_environment()
+    kenv, henv = src["kvm"]["environment"], src["host"]["environment"] or measure.environment()
     env = {"nested": kenv.get("in_l1", False),
            "host_kernel": henv["kernel"], "host_cpu_model": henv["cpu_model"],
            "host_nproc": henv["nproc"], "groups": sorted(only),

@@ -46,8 +46,8 @@ wait_line() { # KEY TIMEOUT_S
   done
   return 1
 }
-give_up() { # after a failed transfer: show where the guest got to, end Ember, end the test
-  tail -n 15 "$T/console.out" "$T/ember.err" >&2
+give_up() { # after a failed step: show where the guest got to, end Ember, end the test
+  tail -n 30 "$T/console.out" "$T/ember.err" >&2
   kill -9 "$EMBER_PID" 2>/dev/null; wait "$EMBER_PID" 2>/dev/null
   pkill -f '^python3 - 5002$' # the host's receiver, still waiting for the guest
   finish
@@ -115,7 +115,7 @@ echo TX_DONE=1"
   # socket buffers. Metrics go to a file that stays with the other files if the test fails.
   VM_MEM_MIB=$((MIB * 3 + 256)) start_vm '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}' \
     "\"metrics\": {\"metrics_path\": \"$T/metrics.json\"},"
-  wait_line READY 120 || { fail "guest never got ready"; tail -n 30 "$T/console.out" "$T/ember.err" >&2; finish; }
+  wait_line READY 120 || { fail "guest never got ready"; give_up; }
   expect_eq "guest MAC is the configured one" "$(guest_value MAC)" 06:00:ac:10:00:02
   expect_eq "guest pings the host" "$(guest_value PING_HOST)" ok
   busybox ping -c 3 -W 5 172.16.0.2 >/dev/null && pass "host pings the guest" || fail "host cannot ping the guest"
@@ -190,7 +190,7 @@ ping -c 3 -W 5 172.16.1.1 >/dev/null && echo PING1=ok || echo PING1=fail
 echo DISK=\$(dd if=/dev/vda bs=4096 count=256 2>/dev/null | wc -c)"
   start_vm '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}, {"iface_id": "eth1", "host_dev_name": "tap1"}' \
     "\"metrics\": {\"metrics_path\": \"$T/metrics.json\"},"
-  wait_line HOSTILE_START 120 || { fail "guest never unbound eth0"; tail -n 30 "$T/console.out" "$T/ember.err" >&2; finish; }
+  wait_line HOSTILE_START 120 || { fail "guest never unbound eth0"; give_up; }
   # Frames for the receive phase: ARP requests from the host side of tap0, until the VM ends.
   ( while kill -0 "$EMBER_PID" 2>/dev/null; do busybox ping -c 1 -W 1 172.16.0.2 >/dev/null 2>&1; sleep 0.1; done ) &
   pinger=$!
