@@ -4,7 +4,9 @@
 // eventfd per queue for notifications (fed by KVM ioeventfds without a VM exit).
 //
 // Threading: the transport (vCPU threads) and the device's event-loop handlers both run under
-// mutex(). Devices implement the virtual hooks; none of them may throw or block on the guest.
+// mutex(), except the interrupt status and its acknowledgement, which are one atomic and taken
+// without it (the driver's interrupt handler must not wait for a queue being served). Devices
+// implement the virtual hooks; none of them may throw or block on the guest.
 
 #include "devices/irq.hpp"
 #include "devices/virtio/queue.hpp"

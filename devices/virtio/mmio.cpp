@@ -44,6 +44,13 @@ void MmioTransport::serve_queue(std::size_t q) noexcept {
 }
 
 void MmioTransport::read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept {
+    if (offset == mmio::INTERRUPT_STATUS && data.size() == 4) {
+        // The driver's interrupt handler reads this on every interrupt. It is an atomic, so it
+        // never waits for the device lock, which the event loop holds while it serves a queue.
+        const std::uint32_t v = dev_->interrupt_status();
+        std::memcpy(data.data(), &v, 4);
+        return;
+    }
     std::lock_guard lk(dev_->mutex());
     if (offset >= mmio::CONFIG) {
         dev_->read_config(offset - mmio::CONFIG, data);
@@ -60,6 +67,12 @@ void MmioTransport::read(std::uint64_t offset, std::span<std::uint8_t> data) noe
 }
 
 void MmioTransport::write(std::uint64_t offset, std::span<const std::uint8_t> data) noexcept {
+    if (offset == mmio::INTERRUPT_ACK && data.size() == 4) {
+        std::uint32_t v;
+        std::memcpy(&v, data.data(), 4);
+        dev_->ack_interrupt(v); // lock-free, as the InterruptStatus read
+        return;
+    }
     std::lock_guard lk(dev_->mutex());
     if (offset >= mmio::CONFIG) {
         dev_->write_config(offset - mmio::CONFIG, data);
@@ -94,7 +107,6 @@ std::uint32_t MmioTransport::read_register(std::uint64_t offset) noexcept {
         Queue* q = selected();
         return q && q->ready() ? 1 : 0;
     }
-    case mmio::INTERRUPT_STATUS: return d.interrupt_status();
     case mmio::STATUS: return s.status;
     case mmio::SHM_LEN_LOW:
     case mmio::SHM_LEN_HIGH: return 0xffffffff; // no shared memory regions (§4.2.2: length -1)
@@ -136,7 +148,6 @@ void MmioTransport::write_register(std::uint64_t offset, std::uint32_t v) noexce
             d.notify(v);
         }
         break;
-    case mmio::INTERRUPT_ACK: d.ack_interrupt(v); break;
     case mmio::STATUS: ok = d.write_status(v); break;
     case mmio::QUEUE_DESC_LOW:
     case mmio::QUEUE_DESC_HIGH:

@@ -188,12 +188,12 @@ bool Queue::needs_interrupt() noexcept {
     return (load16(avail_, std::memory_order_relaxed) & AVAIL_F_NO_INTERRUPT) == 0;
 }
 
-bool Queue::enable_notification() noexcept {
+bool Queue::enable_notification(std::uint16_t seen) noexcept {
     if (!mem_ || !s_.event_idx) return false;
-    store16(used_ + 4 + 8 * static_cast<std::size_t>(s_.size), s_.next_avail, std::memory_order_relaxed);
+    store16(used_ + 4 + 8 * static_cast<std::size_t>(s_.size), seen, std::memory_order_relaxed);
     // The avail_event store must be visible before avail.idx is re-read (§2.7.10).
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    return avail_idx() != s_.next_avail;
+    return avail_idx() != seen;
 }
 
 } // namespace ember::virtio

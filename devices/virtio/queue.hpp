@@ -107,7 +107,11 @@ public:
     bool needs_interrupt() noexcept;
     // With EVENT_IDX, asks for a notification once the driver adds past what was consumed;
     // returns true if chains arrived meanwhile (the caller then pops again).
-    bool enable_notification() noexcept;
+    bool enable_notification() noexcept { return enable_notification(s_.next_avail); }
+    // The same for a device that saw the chains up to available index `seen` and gave them back
+    // because they were too few (undo_pop): asks for a notification once the driver adds past
+    // `seen`, and returns true only if it already has, so a retry always has new chains.
+    bool enable_notification(std::uint16_t seen) noexcept;
 
 private:
     std::uint16_t avail_idx() const noexcept;

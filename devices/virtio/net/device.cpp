@@ -123,10 +123,12 @@ void NetDevice::rx_loop() noexcept {
             frame_len_ = static_cast<std::size_t>(n);
         }
         if (!deliver()) {
-            // No buffers: keep the frame and stop reading the TAP until the driver adds some
-            // (its notification calls rx_loop again).
+            // Too few buffers: keep the frame and stop reading the TAP until the driver adds
+            // more (its notification calls rx_loop again). Retry at once only if it already
+            // has: the buffers deliver() gave back are still available, and retrying on them
+            // alone would spin the event loop for as long as the driver adds nothing.
             bump(metrics_.no_rx_avail_buffer);
-            if (q.enable_notification()) continue;
+            if (q.enable_notification(rx_seen_avail_)) continue;
             break;
         }
         delivered = true;
@@ -144,7 +146,16 @@ bool NetDevice::deliver() noexcept {
     while (done < frame_len_) {
         const Queue::PopResult r = q.pop();
         if (r.status == Queue::PopStatus::Empty) {
-            q.undo_pop(static_cast<std::uint16_t>(used_.size()));
+            const auto taken = static_cast<std::uint16_t>(used_.size());
+            q.undo_pop(taken);
+            if (taken == q.state().size) {
+                // Every buffer the ring can hold is too little for this frame: waiting cannot
+                // help (§5.1.6.3.1 asks drivers for enough room); drop it, keep the buffers.
+                bump(metrics_.rx_fails);
+                frame_len_ = 0;
+                return true;
+            }
+            rx_seen_avail_ = static_cast<std::uint16_t>(q.state().next_avail + taken);
             return false;
         }
         if (r.status == Queue::PopStatus::Broken) {

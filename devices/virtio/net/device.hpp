@@ -57,7 +57,8 @@ public:
 
 private:
     void rx_loop() noexcept;
-    // Puts the staged frame into receive buffers; false when there are not enough of them yet.
+    // Puts the staged frame into receive buffers; false when there are not enough of them yet
+    // (rx_seen_avail_ is then the available index up to which they were all too few).
     bool deliver() noexcept;
     void tx_loop() noexcept;
     void arm_rx() noexcept;
@@ -70,6 +71,7 @@ private:
     bool rx_armed_ = false, tx_armed_ = false;
     std::vector<std::byte> frame_;
     std::size_t frame_len_ = 0; // bytes staged from the TAP, 0 when none
+    std::uint16_t rx_seen_avail_ = 0;
     std::vector<iovec> iov_;
     struct Used {
         std::uint16_t head;

@@ -5,7 +5,10 @@
  * network device (§5.1.6) on purpose; the host side judges the device's error counters, this
  * program only reports what it saw.
  *
- *   virtio_hostile <mmio_base_hex> <tx|rx|break|all>
+ *   virtio_hostile <mmio_base_hex> <tx|rx|break|all|mrg>
+ *
+ * `mrg` runs alone, on an initialisation of its own with VIRTIO_NET_F_MRG_RXBUF and
+ * VIRTIO_F_EVENT_IDX negotiated.
  *
  * stdout: KEY=VALUE lines. stderr: "virtio_hostile: error: ..." and exit 1 on a setup failure.
  * Exit 0 once the phase ran, whatever the device did. The device is always reset (§2.4) before
@@ -25,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,6 +72,9 @@ enum {
 
 /* VIRTIO_F_VERSION_1 is feature bit 32: bit 0 of feature page 1 (§6). */
 #define F_VERSION_1_PAGE1 0x1u
+/* Feature page 0: VIRTIO_NET_F_MRG_RXBUF (§5.1.3) and VIRTIO_F_EVENT_IDX (§6). */
+#define F_MRG_RXBUF (1u << 15)
+#define F_EVENT_IDX (1u << 29)
 
 /* Split virtqueue descriptor flags (§2.7.5). */
 #define DESC_F_NEXT 1u
@@ -97,6 +104,9 @@ enum {
 #define TX_WAIT_MS 5000u
 #define RX_WAIT_MS 10000u
 #define BREAK_WAIT_MS 500u
+#define MRG_WAIT_MS 3000u
+#define DISK_ALARM_S 30u
+#define MRG_SMALL_LEN 32u /* holds the 12-byte header, never a whole frame */
 #define RESET_WAIT_MS 1000u
 
 /* Page roles inside the DMA region; every ring has a page of its own. */
@@ -363,8 +373,8 @@ static void setup_queue(struct vq *q, unsigned index, unsigned size, unsigned pg
     if (rd(REG_QUEUE_READY) != 1) die("queue %u: QueueReady did not stick", index);
 }
 
-/* §4.2.3.1 then §3.1.1 steps 1-8; only VIRTIO_F_VERSION_1 is negotiated. */
-static void init_device(struct vq *rx, struct vq *tx) {
+/* §4.2.3.1 then §3.1.1 steps 1-8; VIRTIO_F_VERSION_1 and `features0` (page 0) are negotiated. */
+static void init_device(struct vq *rx, struct vq *tx, uint32_t features0) {
     const uint32_t magic = rd(REG_MAGIC), version = rd(REG_VERSION), id = rd(REG_DEVICE_ID);
     if (magic != MMIO_MAGIC) die("MagicValue is 0x%08" PRIx32 ", not 0x%08x", magic, MMIO_MAGIC);
     if (version != MMIO_VERSION) die("Version is %" PRIu32 ", not %u", version, MMIO_VERSION);
@@ -385,8 +395,9 @@ static void init_device(struct vq *rx, struct vq *tx) {
     const uint32_t f1 = rd(REG_DEVICE_FEATURES);
     printf("DEVICE_FEATURES=0x%08" PRIx32 "%08" PRIx32 "\n", f1, f0);
     if (!(f1 & F_VERSION_1_PAGE1)) die("device does not offer VIRTIO_F_VERSION_1");
+    if ((f0 & features0) != features0) die("device does not offer features 0x%08" PRIx32, features0 & ~f0);
     wr(REG_DRIVER_FEATURES_SEL, 0);
-    wr(REG_DRIVER_FEATURES, 0);
+    wr(REG_DRIVER_FEATURES, features0);
     wr(REG_DRIVER_FEATURES_SEL, 1);
     wr(REG_DRIVER_FEATURES, F_VERSION_1_PAGE1);
     set_status_bits(S_FEATURES_OK);
@@ -559,9 +570,52 @@ static void phase_break(struct vq *tx) {
     printf("NEEDS_RESET=%d\n", (st & S_NEEDS_RESET) ? 1 : 0);
 }
 
+/* A 4 KiB O_DIRECT read of the root disk, which the same host thread serves as this device:
+ * 1 if it completed. A device that busies that thread forever makes the alarm end us. */
+static int disk_answers(void) {
+    const int fd = open("/dev/vda", O_RDONLY | O_DIRECT);
+    if (fd < 0) die("open /dev/vda: %s", strerror(errno));
+    void *buf = NULL;
+    if (posix_memalign(&buf, PAGE, PAGE) != 0) die("posix_memalign failed");
+    alarm(DISK_ALARM_S);
+    const ssize_t n = pread(fd, buf, PAGE, (off_t)(8u << 20));
+    alarm(0);
+    free(buf);
+    close(fd);
+    return n == (ssize_t)PAGE;
+}
+
+/*
+ * Mergeable receive buffers (§5.1.6.3.2, §5.1.6.4): first one 32-byte buffer, too small for any
+ * frame the host sends (ARP, ICMP), which the device must hold back without busying itself (the
+ * driver adds nothing for MRG_WAIT_MS, and the root disk must answer meanwhile); then two
+ * 2048-byte buffers, and the held frame arrives spread over the small one and the next, with
+ * num_buffers = 2 in its header.
+ */
+static void phase_mrg(struct vq *rx) {
+    uint8_t *small = page_va(PG_RX_GUARD);
+    memset(small, 0, PAGE);
+    memset(page_va(PG_RX_GOOD), 0, PAGE);
+    set_desc(rx, 0, page_pa(PG_RX_GUARD, 0), MRG_SMALL_LEN, DESC_F_WRITE, 0);
+    set_desc(rx, 1, page_pa(PG_RX_GOOD, 0), RX_GOOD_LEN, DESC_F_WRITE, 0);
+    set_desc(rx, 2, page_pa(PG_RX_GOOD, RX_GOOD_LEN), RX_GOOD_LEN, DESC_F_WRITE, 0);
+    static const uint16_t first[1] = {0}, more[2] = {1, 2};
+
+    uint32_t ints = 0;
+    publish(rx, first, 1);
+    uint16_t idx = wait_used(rx, 1, MRG_WAIT_MS, &ints);
+    printf("MRG_EARLY_USED=%u\n", (unsigned)(uint16_t)(idx - rx->used_seen));
+    printf("MRG_DISK_OK=%d\n", disk_answers());
+    publish(rx, more, 2);
+    idx = wait_used(rx, 2, RX_WAIT_MS, &ints);
+    report_used(rx, "MRG", idx);
+    printf("MRG_NUM_BUFFERS=%u\n", (unsigned)(small[10] | (small[11] << 8)));
+    print_status();
+}
+
 static void usage(void) __attribute__((noreturn));
 static void usage(void) {
-    die("usage: virtio_hostile <mmio_base_hex> <tx|rx|break|all>");
+    die("usage: virtio_hostile <mmio_base_hex> <tx|rx|break|all|mrg>");
 }
 
 int main(int argc, char **argv) {
@@ -574,7 +628,8 @@ int main(int argc, char **argv) {
     const int do_tx = !strcmp(phase, "tx") || !strcmp(phase, "all");
     const int do_rx = !strcmp(phase, "rx") || !strcmp(phase, "all");
     const int do_break = !strcmp(phase, "break") || !strcmp(phase, "all");
-    if (!do_tx && !do_rx && !do_break) die("unknown phase '%s' (tx, rx, break or all)", phase);
+    const int do_mrg = !strcmp(phase, "mrg");
+    if (!do_tx && !do_rx && !do_break && !do_mrg) die("unknown phase '%s' (tx, rx, break, all or mrg)", phase);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -583,13 +638,14 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGALRM, &sa, NULL);
 
     alloc_dma();
     map_registers(base);
     struct vq rx, tx;
     memset(&rx, 0, sizeof rx);
     memset(&tx, 0, sizeof tx);
-    init_device(&rx, &tx);
+    init_device(&rx, &tx, do_mrg ? F_MRG_RXBUF | F_EVENT_IDX : 0);
 
     /* `all` runs the phases on one initialisation; the break phase must come last. */
     if (do_tx) {
@@ -603,6 +659,10 @@ int main(int argc, char **argv) {
     if (do_break) {
         printf("PHASE=break\n");
         phase_break(&tx);
+    }
+    if (do_mrg) {
+        printf("PHASE=mrg\n");
+        phase_mrg(&rx);
     }
 
     const int ok = reset_device();
