@@ -25,11 +25,6 @@ Mapping GuestMemory::map_aligned(std::uint64_t bytes) {
     Mapping kept(reinterpret_cast<void*>(aligned), len);
     if (head != 0) ::munmap(p, head);
     if (tail != 0) ::munmap(reinterpret_cast<void*>(aligned + len), tail);
-    // Transparent huge pages for guest RAM, as QEMU and Cloud Hypervisor do: hosts that default
-    // to THP "madvise" (Debian) otherwise back it with 4 KiB pages, and KVM then maps the guest
-    // with 4 KiB nested pages (more TLB misses, each a two-dimensional walk). A kernel without
-    // THP refuses the advice; the memory works the same without it.
-    (void)::madvise(kept.get(), len, MADV_HUGEPAGE);
     return kept;
 }
 

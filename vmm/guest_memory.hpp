@@ -24,9 +24,8 @@ struct MemoryRegion {
 class GuestMemory {
 public:
     // RAM of `bytes` bytes laid out around the MMIO gap: [0, min(bytes, 3 GiB)) and the rest
-    // from 4 GiB. Backed by one anonymous MAP_NORESERVE mapping aligned to 2 MiB and advised
-    // MADV_HUGEPAGE, so the host backs it with transparent huge pages where it can and KVM uses
-    // 2 MiB nested mappings.
+    // from 4 GiB. Backed by one anonymous MAP_NORESERVE mapping aligned to 2 MiB so the host can
+    // back it with huge pages and KVM can use 2 MiB nested mappings.
     static GuestMemory anonymous(std::uint64_t bytes);
     // The same from explicit (start, size) regions, for tests of other layouts. Regions must be
     // non-empty, sorted, page-aligned and non-overlapping.

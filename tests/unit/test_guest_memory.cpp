@@ -4,10 +4,6 @@
 
 #include <catch2/catch.hpp>
 #include <cstdint>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <string>
 
 using namespace ember;
 using ember::layout::GiB;
@@ -21,30 +17,6 @@ TEST_CASE("guest memory below 3 GiB is one region starting at 0") {
     CHECK(m.low_ram_end().raw() == 256 * MiB);
     // The backing mapping is 2 MiB aligned (huge pages / 2 MiB nested mappings).
     CHECK(reinterpret_cast<std::uintptr_t>(m.backing().get()) % (2 * MiB) == 0);
-}
-
-namespace {
-// The VmFlags line of the mapping that starts at `addr` in /proc/self/smaps ("" if none).
-std::string vm_flags_of(const void* addr) {
-    std::ifstream smaps("/proc/self/smaps");
-    char want[32];
-    std::snprintf(want, sizeof want, "%lx-", static_cast<unsigned long>(reinterpret_cast<std::uintptr_t>(addr)));
-    bool in = false;
-    for (std::string line; std::getline(smaps, line);) {
-        if (line.rfind(want, 0) == 0) in = true;
-        else if (in && line.rfind("VmFlags:", 0) == 0) return line;
-    }
-    return "";
-}
-} // namespace
-
-TEST_CASE("guest RAM is advised for transparent huge pages where the kernel has them") {
-    auto m = GuestMemory::anonymous(64 * MiB);
-    const std::string flags = vm_flags_of(m.backing().get());
-    REQUIRE(!flags.empty());
-    // "hg": MADV_HUGEPAGE. A kernel built without THP has no sysfs directory and refuses it.
-    const bool thp = std::filesystem::exists("/sys/kernel/mm/transparent_hugepage");
-    CHECK((flags.find(" hg") != std::string::npos) == thp);
 }
 
 TEST_CASE("guest memory above 3 GiB is split around the MMIO gap") {
