@@ -57,7 +57,11 @@ for _metric, _stem, _unit, _label in BLK_METRICS:
 # (metric in the samples, key, unit, label, which is better)
 NET_METRICS = [
     ("guest_to_host_mibps", "net_tcp_guest_to_host_mibps", "MiB/s",
-     "Net TCP guest -> host, one stream (virtio-net on a TAP; QEMU vhost=off)", "higher"),
+     "Net TCP guest -> host, one stream, bulk (nc from a file; virtio-net on a TAP; QEMU "
+     "vhost=off)", "higher"),
+    ("guest_to_host_pipe_mibps", "net_tcp_guest_to_host_small_writes_mibps", "MiB/s",
+     "Net TCP guest -> host, one stream, small writes (dd piped into nc: a few KiB a write)",
+     "higher"),
     ("host_to_guest_mibps", "net_tcp_host_to_guest_mibps", "MiB/s",
      "Net TCP host -> guest, one stream (virtio-net on a TAP; QEMU vhost=off)", "higher"),
     ("rtt_ms", "net_rtt_ms", "ms",
@@ -315,7 +319,11 @@ def main():
                   f"{npar['guest_ip']} in the guest) in a network namespace of its own. One TCP "
                   f"stream of {npar['mib']} MiB each way between the guest's busybox nc and a "
                   "Python socket on the host side, timed there (host -> guest: connect to the "
-                  "guest's FIN after it read everything; guest -> host: accept to FIN). RTT: "
+                  "guest's FIN after it read everything; guest -> host: accept to FIN), then "
+                  "the same guest -> host again from `dd | nc`, whose few-KiB writes make the "
+                  "guest's TCP send many small segments: it weighs the cost per packet, and "
+                  "depends on how soon the device completes transmitted frames (a segment still "
+                  "held by the device lets TCP merge the next writes into it). RTT: "
                   f"median of {npar['pings']} busybox pings from the host side at "
                   f"{npar['ping_interval_s']} s intervals, after one untimed ping. QEMU: "
                   "-netdev tap,vhost=off, so both datapaths run in the VMM's user space."]
