@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Turns measure.py's raw samples into DIR/results.json, DIR/results.md and DIR/ratios.png.
 
-  report.py --kvm L1.json [--host HOST.json] --out DIR [--only GROUP,...] [--env KEY=VALUE ...]
+  report.py --kvm L1.json [--kvm L1.json ...] [--host HOST.json] --out DIR [--only GROUP,...]
+            [--env KEY=VALUE ...]
+
+Several --kvm files (one per L1 run, each with some of the groups) are merged; the environment
+is the first one's.
 
 --only keeps the figures of some groups (boot, mem, blk, net, api; default all); --host is needed
 when api is one of them. Exits 1 if any figure kept has no successful sample for a VMM it measures.
@@ -183,10 +187,10 @@ def plot(figs, out_dir):
             color = HIGHER_COLOR if better == "higher" else LOWER_COLOR
             f.write(f'{i} {r:.4f} "{k.replace("_", "-")}" {color}\n')
     width = max(900, 70 * len(rows) + 160)
-    term = f"pngcairo size {width},620 font ',10'"
+    term = f"pngcairo size {width},660 font ',10'"
     if subprocess.run(["gnuplot", "-e", "set terminal pngcairo"],
                       capture_output=True).returncode != 0:
-        term = f"png size {width},620"
+        term = f"png size {width},660"
     ymax = max([r for _, r, _ in rows] + [1.0]) * 1.35
     script = f"""
 set terminal {term}
@@ -199,7 +203,7 @@ set xrange [-0.6:{len(rows) - 0.4}]
 set yrange [0:{ymax:.3f}]
 set xtics rotate by 35 right
 set lmargin 18
-set bmargin 9
+set bmargin 11
 set grid ytics
 set key top left opaque box
 set arrow from -0.6,1 to {len(rows) - 0.4},1 nohead lw 2 lc rgb 'red' front
@@ -214,7 +218,7 @@ plot '{dat}' using 1:2:4:xtic(3) with boxes lc rgb variable notitle, \\
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kvm", required=True)
+    ap.add_argument("--kvm", action="append", required=True)
     ap.add_argument("--host")
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default=",".join(GROUPS))
@@ -225,13 +229,17 @@ def main():
         ap.error(f"--only takes a comma-separated subset of {','.join(GROUPS)}")
     if "api" in only and not args.host:
         ap.error("--host is needed for the api figures")
-    src = {}
-    for name in ("kvm", "host"):
-        if getattr(args, name):
-            with open(getattr(args, name)) as f:
-                src[name] = json.load(f)
-        else:
-            src[name] = {"environment": {}}
+    src = {"kvm": {}, "host": {"environment": {}}}
+    for path in args.kvm:
+        with open(path) as f:
+            part = json.load(f)
+        env = src["kvm"].get("environment")
+        src["kvm"].update(part)
+        if env:
+            src["kvm"]["environment"] = env
+    if args.host:
+        with open(args.host) as f:
+            src["host"] = json.load(f)
     src["kvm"]["boot_timer"] = boot_timer_samples(src["kvm"].get("boot_to_init", {}))
     for name in ("kvm", "host"):
         src[name]["api_first_response"] = first_response_samples(src[name].get("api_startup", {}))
@@ -302,6 +310,7 @@ def main():
     lines += ["", f"Measured {env['date']} in {where}; host {env['host_cpu_model']}, "
               f"kernel {env['host_kernel']}" +
               (f"; L1 kernel {env['l1_kernel']}" if env["l1_kernel"] else "") +
+              (f" (its KVM's paging: {env['l1_paging']})" if env.get("l1_paging") else "") +
               f"; {env['ember_version']}; {env['qemu_version']}."]
     bp = env.get("blk_params")
     if bp:
