@@ -4,8 +4,8 @@
   report.py --kvm L1.json [--kvm L1.json ...] [--host HOST.json] --out DIR [--only GROUP,...]
             [--env KEY=VALUE ...]
 
-Several --kvm files (one per L1 run, each with some of the groups) are merged; the environment
-is the first one's.
+Several --kvm files (one per L1 run, each with other groups) are merged; where two hold the same
+key (the environment), the first one's is kept.
 
 --only keeps the figures of some groups (boot, mem, blk, net, api; default all); --host is needed
 when api is one of them. Exits 1 if any figure kept has no successful sample for a VMM it measures.
@@ -232,11 +232,7 @@ def main():
     src = {"kvm": {}, "host": {"environment": {}}}
     for path in args.kvm:
         with open(path) as f:
-            part = json.load(f)
-        env = src["kvm"].get("environment")
-        src["kvm"].update(part)
-        if env:
-            src["kvm"]["environment"] = env
+            src["kvm"] = {**json.load(f), **src["kvm"]}
     if args.host:
         with open(args.host) as f:
             src["host"] = json.load(f)
