@@ -1,7 +1,6 @@
 #include "api/config.hpp"
 
-#include "devices/virtio/net/request.hpp"
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cctype>
 #include <fstream>
@@ -167,10 +166,9 @@ NetConfig parse_net(const json& j) {
     if (n.host_dev_name.empty() || n.host_dev_name.size() > 15)
         throw ConfigError(w + ".host_dev_name must be 1-15 characters (a Linux interface name)");
     if (const json* m = field(j, "guest_mac"); m && !m->is_null()) {
-        n.guest_mac = get_string(*m, w + ".guest_mac");
-        std::array<std::uint8_t, 6> bytes{};
-        if (!virtio::net::parse_mac(*n.guest_mac, bytes))
-            throw ConfigError(w + ".guest_mac \"" + *n.guest_mac + "\" is not a unicast MAC address like 06:00:ac:10:00:02");
+        const std::string text = get_string(*m, w + ".guest_mac");
+        n.guest_mac = MacAddr::parse(text);
+        if (!n.guest_mac) throw ConfigError(w + ".guest_mac \"" + text + "\" is not a unicast MAC address like 06:00:ac:10:00:02");
     }
     if (const json* m = field(j, "mtu"); m && !m->is_null()) {
         const std::uint64_t mtu = get_uint(*m, w + ".mtu");
@@ -189,7 +187,7 @@ void add_net(std::vector<NetConfig>& nets, NetConfig n) {
         if (o.host_dev_name == n.host_dev_name)
             throw ConfigError("The host device name " + n.host_dev_name + " is already in use (interface " + o.iface_id + ")");
         if (n.guest_mac && o.guest_mac == n.guest_mac)
-            throw ConfigError("The guest MAC address " + *n.guest_mac + " is already in use (interface " + o.iface_id + ")");
+            throw ConfigError("The guest MAC address " + n.guest_mac->to_string() + " is already in use (interface " + o.iface_id + ")");
     }
     for (auto& o : nets)
         if (o.iface_id == n.iface_id) {
@@ -346,7 +344,7 @@ json to_json(const DriveConfig& d) {
 json to_json(const NetConfig& n) {
     return {{"iface_id", n.iface_id},
             {"host_dev_name", n.host_dev_name},
-            {"guest_mac", n.guest_mac ? json(*n.guest_mac) : json(nullptr)},
+            {"guest_mac", n.guest_mac ? json(n.guest_mac->to_string()) : json(nullptr)},
             {"mtu", n.mtu ? json(*n.mtu) : json(nullptr)},
             {"rx_rate_limiter", nullptr},
             {"tx_rate_limiter", nullptr}};

@@ -5,8 +5,8 @@
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
-#include "vmm/error.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <cerrno>
 #include <chrono>

@@ -1,7 +1,7 @@
 #include "api/http_server.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <array>
 #include <atomic>

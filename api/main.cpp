@@ -3,8 +3,8 @@
 #include "api/config.hpp"
 #include "api/controller.hpp"
 #include "api/http_server.hpp"
-#include "vmm/error.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 #include "vmm/vm.hpp"
 
 #include <CLI/CLI.hpp>

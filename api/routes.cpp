@@ -1,7 +1,7 @@
 #include "api/routes.hpp"
 
 #include "api/config.hpp"
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cctype>
 

@@ -1,7 +1,7 @@
 #include "vmm/drives.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
 
 #include <cerrno>
 #include <cstdio>

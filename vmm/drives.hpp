@@ -2,7 +2,7 @@
 // Opening the images behind `drives` and what they add to the kernel command line. Runs before
 // KVM is touched, so every bad drive is a one-line ConfigError even on a host without KVM.
 
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/unique_fd.hpp"
 #include "vmm/vm_config.hpp"
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 #include "vmm/vcpu.hpp"
 
-#include "vmm/bus.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/bus.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <cerrno>
 #include <csignal>

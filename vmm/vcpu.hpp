@@ -2,8 +2,8 @@
 // One thread per vCPU (`ember_vcpuN`) running KVM_RUN and dispatching PIO/MMIO exits to the
 // buses. The loop never throws; how a vCPU ends is reported to the VM through ExitSink.
 
-#include "vmm/kvm.hpp"
-#include "vmm/x86_cpu.hpp"
+#include "vmm/kvm/kvm.hpp"
+#include "vmm/arch/x86_64/x86_cpu.hpp"
 
 #include <atomic>
 #include <chrono>

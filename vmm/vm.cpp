@@ -1,6 +1,6 @@
 #include "vmm/vm.hpp"
 
-#include "devices/irq.hpp"
+#include "vmm/base/irq.hpp"
 #include "devices/legacy/boot_timer.hpp"
 #include "devices/legacy/i8042.hpp"
 #include "devices/legacy/serial.hpp"
@@ -9,11 +9,11 @@
 #include "devices/virtio/mmio.hpp"
 #include "devices/virtio/net/device.hpp"
 #include "devices/virtio/spec.hpp"
-#include "vmm/error.hpp"
-#include "vmm/layout.hpp"
-#include "vmm/logger.hpp"
-#include "vmm/mptable.hpp"
-#include "vmm/x86_boot.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
+#include "vmm/base/logger.hpp"
+#include "vmm/arch/x86_64/mptable.hpp"
+#include "vmm/arch/x86_64/x86_boot.hpp"
 
 #include <algorithm>
 #include <array>
@@ -112,9 +112,9 @@ PreparedGuest prepare_guest(const VmConfig& cfg) {
     const std::size_t consoles = cfg.console.device == ConsoleDevice::Virtio ? 1 : 0;
     if (drives.size() + nets.size() + consoles > max_virtio_devices())
         throw ConfigError("at most " + std::to_string(max_virtio_devices()) + " virtio devices fit the IRQ range");
-    UniqueFd console_out = cfg.console.serial_out_path ? virtio::console::ConsoleOutput::open_path(*cfg.console.serial_out_path)
-                                                       : virtio::console::ConsoleOutput::dup_stdout();
-    GuestMemory mem = GuestMemory::anonymous(m.mem_size_mib * layout::MiB);
+    UniqueFd console_out = cfg.console.serial_out_path ? ConsoleOutput::open_path(*cfg.console.serial_out_path)
+                                                       : ConsoleOutput::dup_stdout();
+    GuestMemory mem = layout::guest_memory(m.mem_size_mib * layout::MiB);
 
     auto kernel_file = open_regular(bs.kernel_image_path, "kernel image");
     KernelImage kernel = load_kernel(kernel_file.fd.get(), kernel_file.size, bs.kernel_image_path, mem);
@@ -161,7 +161,7 @@ std::unique_ptr<Vm> Vm::create(boost::asio::io_context& io, PreparedGuest guest,
                                ExitHandler on_exit) {
     Kvm kvm = Kvm::open(opts.kvm_path);
     std::unique_ptr<Vm> vm(new Vm(io, std::move(kvm), std::move(guest), std::move(on_exit)));
-    vm->vm_.setup_x86_platform();
+    vm->vm_.setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
     vm->vm_.register_memory(vm->guest_.mem);
     vm->attach_legacy_devices(opts);
     vm->attach_virtio_devices();
@@ -180,7 +180,7 @@ void Vm::attach_legacy_devices(const RunOptions& opts) {
     // Fixed order: COM1, i8042, boot timer. Their IRQs are edge-triggered ISA pins fed by irqfds.
     serial_irq_ = std::make_unique<EventFdIrq>();
     vm_.register_irqfd(serial_irq_->fd(), layout::IRQ_SERIAL);
-    console_out_ = std::make_shared<virtio::console::ConsoleOutput>(io_, std::move(guest_.console_out));
+    console_out_ = std::make_shared<ConsoleOutput>(io_, std::move(guest_.console_out));
     serial_ = std::make_shared<Serial>(*serial_irq_, [out = console_out_](std::span<const std::uint8_t> b) { return out->write(b) == b.size(); });
     pio_.insert(layout::PORT_COM1, 8, serial_, "serial");
 

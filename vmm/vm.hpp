@@ -3,10 +3,10 @@
 // VmConfig, and the VMM thread's event loop (Asio) that owns host I/O for the devices.
 
 #include "devices/virtio/net/backend.hpp"
-#include "vmm/bus.hpp"
+#include "vmm/base/bus.hpp"
 #include "vmm/drives.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/kvm.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/kvm/kvm.hpp"
 #include "vmm/vcpu.hpp"
 #include "vmm/vm_config.hpp"
 
@@ -25,6 +25,7 @@ class Serial;
 class I8042;
 class BootTimer;
 class EventFdIrq;
+class ConsoleOutput;
 namespace virtio {
 class VirtioDevice;
 namespace block {
@@ -35,7 +36,6 @@ class NetDevice;
 }
 namespace console {
 class ConsoleDevice;
-class ConsoleOutput;
 } // namespace console
 } // namespace virtio
 
@@ -93,7 +93,7 @@ public:
     const std::vector<std::shared_ptr<virtio::net::NetDevice>>& net_devices() const noexcept { return nets_; }
     // The virtio-console, if the guest console is virtio; null otherwise.
     const virtio::console::ConsoleDevice* console_device() const noexcept { return console_dev_.get(); }
-    const virtio::console::ConsoleOutput& console_output() const noexcept { return *console_out_; }
+    const ConsoleOutput& console_output() const noexcept { return *console_out_; }
 
 private:
     Vm(boost::asio::io_context& io, Kvm kvm, PreparedGuest guest, ExitHandler on_exit);
@@ -119,7 +119,7 @@ private:
     std::shared_ptr<Serial> serial_;
     std::shared_ptr<I8042> i8042_;
     std::shared_ptr<BootTimer> boot_timer_;
-    std::shared_ptr<virtio::console::ConsoleOutput> console_out_;
+    std::shared_ptr<ConsoleOutput> console_out_;
     // Declared after guest_ so they are destroyed first: their in-flight I/O targets guest RAM.
     std::vector<std::shared_ptr<virtio::block::BlockDevice>> blocks_;
     std::vector<std::shared_ptr<virtio::net::NetDevice>> nets_;

@@ -2,6 +2,9 @@
 // The VM's configuration as plain values, independent of JSON: api/config parses Firecracker's
 // schema into these and renders them back for GET /vm/config.
 
+#include "devices/virtio/block/config.hpp"
+#include "devices/virtio/net/config.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -27,30 +30,6 @@ struct MachineConfig {
     bool smt = false;
     bool track_dirty_pages = false;
     std::string huge_pages = "None";
-};
-
-// Firecracker's `cache_type`: Unsafe ignores the guest's flushes (no VIRTIO_BLK_F_FLUSH),
-// Writeback offers FLUSH and makes it an fdatasync.
-enum class DriveCacheType { Unsafe, Writeback };
-// Firecracker's `io_engine`. Ember defaults to Async (io_uring); Firecracker defaults to Sync.
-enum class DriveIoEngine { Sync, Async };
-
-struct DriveConfig {
-    std::string drive_id;
-    std::string path_on_host;
-    bool is_root_device = false;
-    bool is_read_only = false;
-    std::optional<std::string> partuuid;
-    DriveCacheType cache_type = DriveCacheType::Unsafe;
-    DriveIoEngine io_engine = DriveIoEngine::Async;
-};
-
-// Firecracker's NetworkInterface (rate limiters come later).
-struct NetConfig {
-    std::string iface_id;
-    std::string host_dev_name;
-    std::optional<std::string> guest_mac; // "aa:bb:cc:dd:ee:ff", validated by the parser
-    std::optional<std::uint16_t> mtu;     // 68..65535
 };
 
 // Which device carries the guest's interactive console (host stdin goes there). The 16550 UART

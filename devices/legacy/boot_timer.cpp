@@ -1,6 +1,6 @@
 #include "devices/legacy/boot_timer.hpp"
 
-#include "vmm/logger.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <algorithm>
 

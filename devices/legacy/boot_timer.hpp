@@ -2,7 +2,7 @@
 // Firecracker's boot timer: the guest writes the byte 123 to offset 0 of this MMIO page when it
 // reaches userspace, and Ember logs the wall and CPU time since the process started.
 
-#include "vmm/bus.hpp"
+#include "vmm/base/bus.hpp"
 
 #include <atomic>
 

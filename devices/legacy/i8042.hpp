@@ -4,8 +4,8 @@
 // booted with reboot=k ends the VM), and a keyboard output buffer that can carry the
 // Ctrl-Alt-Del scan codes to the guest (IRQ 1).
 
-#include "devices/irq.hpp"
-#include "vmm/bus.hpp"
+#include "vmm/base/irq.hpp"
+#include "vmm/base/bus.hpp"
 
 #include <cstdint>
 #include <deque>

@@ -4,8 +4,8 @@
 // LSR, MSR and scratch. Output goes to a sink as the guest writes THR; input is queued by the
 // event loop into a bounded FIFO that the guest drains through RBR.
 
-#include "devices/irq.hpp"
-#include "vmm/bus.hpp"
+#include "vmm/base/irq.hpp"
+#include "vmm/base/bus.hpp"
 
 #include <atomic>
 #include <cstdint>

@@ -1,7 +1,7 @@
 #include "devices/virtio/device.hpp"
 
 #include "devices/virtio/spec.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/logger.hpp"
 
 namespace ember::virtio {
 

@@ -8,9 +8,9 @@
 // without it (the driver's interrupt handler must not wait for a queue being served). Devices
 // implement the virtual hooks; none of them may throw or block on the guest.
 
-#include "devices/irq.hpp"
+#include "vmm/base/irq.hpp"
 #include "devices/virtio/queue.hpp"
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <atomic>
 #include <cstdint>

@@ -1,7 +1,7 @@
 #include "devices/virtio/mmio.hpp"
 
 #include "devices/virtio/spec.hpp"
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cerrno>
 #include <cstring>

@@ -7,7 +7,7 @@
 // ioeventfd, and its notification is served from the MMIO exit.
 
 #include "devices/virtio/device.hpp"
-#include "vmm/bus.hpp"
+#include "vmm/base/bus.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>

@@ -1,7 +1,7 @@
 #include "devices/virtio/queue.hpp"
 
 #include "devices/virtio/spec.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 #include <atomic>
 #include <cstring>

@@ -7,7 +7,7 @@
 // device's event-loop handlers (pop/add_used). Ring memory is shared with the guest's vCPUs, so
 // ring indexes are read and written with the barriers of §2.7.13 / §2.7.7.
 
-#include "vmm/guest_addr.hpp"
+#include "vmm/base/guest_addr.hpp"
 
 #include <cstddef>
 #include <cstdint>

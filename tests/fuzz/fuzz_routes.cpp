@@ -5,7 +5,7 @@
 
 #include "api/config.hpp"
 #include "api/routes.hpp"
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cstdint>
 #include <cstdlib>

@@ -21,7 +21,7 @@
 #include "devices/virtio/block/request.hpp"
 #include "devices/virtio/queue.hpp"
 #include "devices/virtio/spec.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 #include <algorithm>
 #include <cstdint>

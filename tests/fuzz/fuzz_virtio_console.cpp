@@ -28,13 +28,13 @@
 // resize() raises a configuration change exactly when the size changes on a running
 // device that negotiated F_SIZE.
 
-#include "devices/virtio/console/backend.hpp"
+#include "vmm/base/console_output.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/console/request.hpp"
 #include "devices/virtio/spec.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/logger.hpp"
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/base/logger.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>

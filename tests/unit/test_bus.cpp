@@ -1,6 +1,6 @@
 // PIO/MMIO bus dispatch (vmm/bus.hpp).
 
-#include "vmm/bus.hpp"
+#include "vmm/base/bus.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstdint>

@@ -3,8 +3,8 @@
 #include "test_util.hpp"
 
 #include "api/config.hpp"
-#include "vmm/error.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -228,7 +228,8 @@ TEST_CASE("config: network interfaces") {
                                               {"iface_id": "eth1", "host_dev_name": "tap1", "mtu": 9000}])");
     const VmConfig c = parse(j.dump());
     REQUIRE(c.net.size() == 2);
-    CHECK(c.net[0].guest_mac == "06:00:ac:10:00:02");
+    REQUIRE(c.net[0].guest_mac);
+    CHECK(c.net[0].guest_mac->to_string() == "06:00:ac:10:00:02");
     CHECK_FALSE(c.net[0].mtu);
     CHECK(c.net[1].mtu == 9000);
     const json out = to_json(c);

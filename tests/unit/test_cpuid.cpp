@@ -1,9 +1,9 @@
 // Per-vCPU boot state from vmm/x86_cpu.hpp: CPUID topology, MSRs, FPU, LAPIC LINT pins and
 // registers. All pure functions over a synthetic "supported CPUID" table.
 
-#include "vmm/kernel_loader.hpp"
-#include "vmm/layout.hpp"
-#include "vmm/x86_cpu.hpp"
+#include "vmm/arch/x86_64/kernel_loader.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
+#include "vmm/arch/x86_64/x86_cpu.hpp"
 
 #include <algorithm>
 #include <catch2/catch.hpp>

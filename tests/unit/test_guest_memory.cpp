@@ -1,6 +1,6 @@
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstdint>
@@ -10,7 +10,7 @@ using ember::layout::GiB;
 using ember::layout::MiB;
 
 TEST_CASE("guest memory below 3 GiB is one region starting at 0") {
-    auto m = GuestMemory::anonymous(256 * MiB);
+    auto m = layout::guest_memory(256 * MiB);
     REQUIRE(m.regions().size() == 1);
     CHECK(m.regions()[0].range.start().raw() == 0);
     CHECK(m.regions()[0].range.size() == 256 * MiB);
@@ -20,7 +20,7 @@ TEST_CASE("guest memory below 3 GiB is one region starting at 0") {
 }
 
 TEST_CASE("guest memory above 3 GiB is split around the MMIO gap") {
-    auto m = GuestMemory::anonymous(4 * GiB);
+    auto m = layout::guest_memory(4 * GiB);
     REQUIRE(m.regions().size() == 2);
     CHECK(m.regions()[0].range.size() == 3 * GiB);
     CHECK(m.regions()[1].range.start().raw() == 4 * GiB);
@@ -35,7 +35,7 @@ TEST_CASE("guest memory above 3 GiB is split around the MMIO gap") {
 }
 
 TEST_CASE("slice rejects wrap-around and huge lengths") {
-    auto m = GuestMemory::anonymous(16 * MiB);
+    auto m = layout::guest_memory(16 * MiB);
     CHECK_FALSE(m.slice(GuestAddr(UINT64_MAX), 2));
     CHECK_FALSE(m.slice(GuestAddr(4096), UINT64_MAX));
     CHECK_FALSE(m.slice(GuestAddr(16 * MiB), 1));
@@ -51,7 +51,7 @@ TEST_CASE("slices of adjacent regions do not merge") {
 }
 
 TEST_CASE("read and write objects round-trip and fail outside RAM") {
-    auto m = GuestMemory::anonymous(1 * MiB);
+    auto m = layout::guest_memory(1 * MiB);
     std::uint64_t v = 0x1122334455667788ull, out = 0;
     CHECK(m.write_obj(GuestAddr(0x1000), v));
     CHECK(m.read_obj(GuestAddr(0x1000), out));
@@ -61,8 +61,8 @@ TEST_CASE("read and write objects round-trip and fail outside RAM") {
 }
 
 TEST_CASE("invalid region layouts are rejected") {
-    CHECK_THROWS_AS(GuestMemory::anonymous(0), ConfigError);
-    CHECK_THROWS_AS(GuestMemory::anonymous(1000), ConfigError);
+    CHECK_THROWS_AS(layout::guest_memory(0), ConfigError);
+    CHECK_THROWS_AS(layout::guest_memory(1000), ConfigError);
     CHECK_THROWS_AS(GuestMemory::with_regions({{GuestAddr(0), 8192}, {GuestAddr(4096), 8192}}), ConfigError);
     CHECK_THROWS_AS(GuestMemory::with_regions({{GuestAddr(UINT64_MAX - 4095), 8192}}), ConfigError);
 }

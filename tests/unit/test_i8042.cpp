@@ -1,6 +1,6 @@
 // i8042 keyboard controller (devices/legacy/i8042.hpp).
 
-#include "devices/irq.hpp"
+#include "vmm/base/irq.hpp"
 #include "devices/legacy/i8042.hpp"
 
 #include <catch2/catch.hpp>

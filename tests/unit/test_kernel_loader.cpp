@@ -2,10 +2,10 @@
 
 #include "test_util.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/kernel_loader.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/arch/x86_64/kernel_loader.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
 
 #include <catch2/catch.hpp>
 #include <algorithm>
@@ -134,7 +134,7 @@ std::vector<std::uint8_t> guest_bytes(const GuestMemory& mem, std::uint64_t addr
 // ELF vmlinux
 
 TEST_CASE("ELF: a PT_LOAD segment is copied to p_paddr, its bss zeroed, Linux64 entered at e_entry") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     // Dirty the bss area and the bytes around the segment first: the loader must zero the
     // bss itself and must not write past p_memsz.
     std::vector<std::uint8_t> junk(SEG_MEMSZ + 0x100, 0xcc);
@@ -159,7 +159,7 @@ TEST_CASE("ELF: a PT_LOAD segment is copied to p_paddr, its bss zeroed, Linux64 
 }
 
 TEST_CASE("ELF: two PT_LOAD segments load independently and end covers the highest") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     ElfImage elf;
     Elf64_Phdr second = elf.phdrs[0];
     second.p_paddr = 0x400000;
@@ -175,7 +175,7 @@ TEST_CASE("ELF: two PT_LOAD segments load independently and end covers the highe
 }
 
 TEST_CASE("ELF: 64 program headers are accepted (the rest PT_NULL)") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     ElfImage elf;
     elf.eh.e_phnum = 64;
     elf.eh.e_phoff = 0x1000; // clear of the segment bytes; all but the first are zero (PT_NULL)
@@ -186,7 +186,7 @@ TEST_CASE("ELF: 64 program headers are accepted (the rest PT_NULL)") {
 }
 
 TEST_CASE("ELF: the Xen PHYS32_ENTRY note selects PVH and its entry point") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     constexpr std::uint32_t PVH_ENTRY = 0x1000c0;
     ElfImage elf;
     // An unrelated note first: the loader must walk past it.
@@ -210,7 +210,7 @@ TEST_CASE("ELF: the Xen PHYS32_ENTRY note selects PVH and its entry point") {
 }
 
 TEST_CASE("ELF: a PT_NOTE segment without the PVH note keeps the Linux 64-bit protocol") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     ElfImage elf;
     add_note(elf.notes, "GNU", 3, std::vector<std::uint8_t>(20, 0x11));
     // Right type, wrong owner: only "Xen" notes count.
@@ -222,7 +222,7 @@ TEST_CASE("ELF: a PT_NOTE segment without the PVH note keeps the Linux 64-bit pr
 }
 
 TEST_CASE("ELF: PVH note problems are rejected") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     ElfImage elf;
     SECTION("entry point outside guest RAM") {
         add_note(elf.notes, "Xen", XEN_ELFNOTE_PHYS32_ENTRY, le_bytes<std::uint32_t>(0x4000'0000));
@@ -248,7 +248,7 @@ TEST_CASE("ELF: PVH note problems are rejected") {
 }
 
 TEST_CASE("ELF: a truncated note table ends the search without reading past it") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     ElfImage elf;
     // A note header whose name claims more bytes than the segment holds.
     Elf64_Nhdr h{};
@@ -263,7 +263,7 @@ TEST_CASE("ELF: a truncated note table ends the search without reading past it")
 }
 
 TEST_CASE("ELF: malformed images are rejected with ConfigError") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     ElfImage elf;
 
     SECTION("truncated ELF header") {
@@ -406,7 +406,7 @@ struct BzImage {
 } // namespace
 
 TEST_CASE("bzImage: the protected-mode kernel lands at 1 MiB, 64-bit entry at +0x200") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     BzImage bz;
     const auto image = bz.bytes();
     const KernelImage k = load(image, mem);
@@ -429,7 +429,7 @@ TEST_CASE("bzImage: the protected-mode kernel lands at 1 MiB, 64-bit entry at +0
 }
 
 TEST_CASE("bzImage: end covers the payload when it is bigger than init_size") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     BzImage bz;
     bz.init_size = 0x100;
     const KernelImage k = load(bz.bytes(), mem);
@@ -437,7 +437,7 @@ TEST_CASE("bzImage: end covers the payload when it is bigger than init_size") {
 }
 
 TEST_CASE("bzImage: setup_sects == 0 means 4 setup sectors") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     BzImage bz;
     bz.setup_sects = 0;
     const auto image = bz.bytes();
@@ -449,7 +449,7 @@ TEST_CASE("bzImage: setup_sects == 0 means 4 setup sectors") {
 }
 
 TEST_CASE("bzImage: a larger setup area is skipped entirely") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     BzImage bz;
     bz.setup_sects = 7;
     const auto image = bz.bytes();
@@ -459,7 +459,7 @@ TEST_CASE("bzImage: a larger setup area is skipped entirely") {
 }
 
 TEST_CASE("bzImage: invalid images are rejected with ConfigError") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     BzImage bz;
     SECTION("missing HdrS") {
         bz.magic = 0x12345678;
@@ -496,14 +496,14 @@ TEST_CASE("bzImage: invalid images are rejected with ConfigError") {
         CHECK_CONFIG_ERROR(load(bz.bytes(), mem), "more than guest RAM");
     }
     SECTION("payload larger than RAM") {
-        auto small = GuestMemory::anonymous(2 * MiB);
+        auto small = layout::guest_memory(2 * MiB);
         bz.payload = 1 * MiB + 1;
         CHECK_CONFIG_ERROR(load(bz.bytes(), small), "more than guest RAM");
     }
 }
 
 TEST_CASE("files too small to be a kernel are rejected") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     CHECK_CONFIG_ERROR(load({}, mem), "too small");
     CHECK_CONFIG_ERROR(load({0x7f, 'E', 'L'}, mem), "too small");
     // Four bytes of ELF magic and nothing else: a truncated ELF header.
@@ -513,7 +513,7 @@ TEST_CASE("files too small to be a kernel are rejected") {
 }
 
 TEST_CASE("a size larger than the file is reported as truncation, not read past the end") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     BzImage bz;
     const auto image = bz.bytes();
     MemFile f(image);

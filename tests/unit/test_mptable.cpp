@@ -2,10 +2,10 @@
 
 #include "test_util.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/layout.hpp"
-#include "vmm/mptable.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
+#include "vmm/arch/x86_64/mptable.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstdint>
@@ -134,7 +134,7 @@ TEST_CASE("MP table rejects unsupported CPU counts") {
 }
 
 TEST_CASE("write_mptable puts the table in the EBDA, below 0xa0000") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     const unsigned n = GENERATE(1u, 32u);
     write_mptable(mem, n);
     const auto want = build_mptable(n, static_cast<std::uint32_t>(layout::MPTABLE));
@@ -146,6 +146,6 @@ TEST_CASE("write_mptable puts the table in the EBDA, below 0xa0000") {
 }
 
 TEST_CASE("write_mptable refuses a table that overflows the EBDA") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     CHECK_THROWS_AS(write_mptable(mem, 200), ConfigError);
 }

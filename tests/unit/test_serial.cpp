@@ -1,6 +1,6 @@
 // 16550A UART register model (devices/legacy/serial.hpp).
 
-#include "devices/irq.hpp"
+#include "vmm/base/irq.hpp"
 #include "devices/legacy/serial.hpp"
 
 #include <catch2/catch.hpp>

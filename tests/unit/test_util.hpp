@@ -1,7 +1,7 @@
 #pragma once
 // Helpers shared by the unit tests: in-memory files (memfd) and little-endian byte buffers.
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstdint>

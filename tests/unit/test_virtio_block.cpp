@@ -7,8 +7,8 @@
 #include "devices/virtio/mmio.hpp"
 #include "devices/virtio/spec.hpp"
 #include "virtio_rings.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/base/unique_fd.hpp"
 #include "vmm/vm_config.hpp"
 
 #include <algorithm>

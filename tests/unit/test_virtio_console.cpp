@@ -2,15 +2,15 @@
 // (devices/virtio/console/request.hpp), the non-blocking host output (console/backend.hpp) and
 // the device driven end to end through split rings in fake guest RAM (console/device.hpp).
 
-#include "devices/virtio/console/backend.hpp"
+#include "vmm/base/console_output.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/console/request.hpp"
 #include "devices/virtio/spec.hpp"
 #include "test_util.hpp"
 #include "virtio_rings.hpp"
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>

@@ -5,7 +5,7 @@
 #include "devices/virtio/mmio.hpp"
 #include "devices/virtio/spec.hpp"
 #include "virtio_rings.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>

@@ -4,6 +4,7 @@
 
 #include "devices/virtio/chain.hpp"
 #include "devices/virtio/net/request.hpp"
+#include "vmm/base/mac_addr.hpp"
 
 #include <algorithm>
 #include <array>
@@ -76,6 +77,17 @@ std::vector<std::uint8_t> filled(std::size_t n) { return std::vector<std::uint8_
 constexpr std::size_t kMinFrame = VNET_HDR_LEN + 14; // vnet header + Ethernet header
 
 using Mac = std::array<std::uint8_t, 6>;
+// MacAddr::parse with the bool interface these cases were written for (the parser moved from
+// virtio-net's request.cpp to vmm/base); also checks that to_string() renders it back.
+bool parse_mac(const std::string& text, Mac& out) {
+    auto a = MacAddr::parse(text);
+    if (!a) return false;
+    out = a->bytes();
+    auto again = MacAddr::parse(a->to_string());
+    REQUIRE(again);
+    CHECK(*again == *a);
+    return true;
+}
 
 } // namespace
 

@@ -3,12 +3,12 @@
 
 #include "test_util.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/kernel_loader.hpp"
-#include "vmm/layout.hpp"
-#include "vmm/x86_boot.hpp"
-#include "vmm/x86_cpu.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/arch/x86_64/kernel_loader.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
+#include "vmm/arch/x86_64/x86_boot.hpp"
+#include "vmm/arch/x86_64/x86_cpu.hpp"
 
 #include <algorithm>
 #include <array>
@@ -65,7 +65,7 @@ constexpr std::uint64_t ZP = layout::ZERO_PAGE;
 // e820
 
 TEST_CASE("e820 for 128 MiB: low RAM below the EBDA and RAM from 1 MiB") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     const auto e = build_e820(mem);
     REQUIRE(e.size() == 2);
     CHECK(e[0].addr == 0);
@@ -77,7 +77,7 @@ TEST_CASE("e820 for 128 MiB: low RAM below the EBDA and RAM from 1 MiB") {
 }
 
 TEST_CASE("e820 above 4 GiB: RAM up to the MMIO gap, then from 4 GiB") {
-    auto mem = GuestMemory::anonymous(4 * GiB + 512 * MiB);
+    auto mem = layout::guest_memory(4 * GiB + 512 * MiB);
     const auto e = build_e820(mem);
     REQUIRE(e.size() == 3);
     CHECK(e[0].addr == 0);
@@ -98,7 +98,7 @@ TEST_CASE("e820 above 4 GiB: RAM up to the MMIO gap, then from 4 GiB") {
 // initrd
 
 TEST_CASE("initrd goes to the highest page-aligned address below the limit, above the kernel") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     const auto data = pattern_bytes(0x12345);
     MemFile f(data);
     KernelImage k = elf_kernel(BootProtocol::Linux64);
@@ -130,7 +130,7 @@ TEST_CASE("initrd goes to the highest page-aligned address below the limit, abov
 }
 
 TEST_CASE("initrd above 4 GiB of RAM stays below the MMIO gap") {
-    auto mem = GuestMemory::anonymous(4 * GiB + 256 * MiB);
+    auto mem = layout::guest_memory(4 * GiB + 256 * MiB);
     const auto data = pattern_bytes(10000);
     MemFile f(data);
     KernelImage k = elf_kernel(BootProtocol::Linux64); // initrd_addr_max 0xffffffff
@@ -141,7 +141,7 @@ TEST_CASE("initrd above 4 GiB of RAM stays below the MMIO gap") {
 }
 
 TEST_CASE("initrd that exactly fits between the kernel and the limit") {
-    auto mem = GuestMemory::anonymous(16 * MiB);
+    auto mem = layout::guest_memory(16 * MiB);
     KernelImage k = elf_kernel(BootProtocol::Linux64, 15 * MiB - 100); // floor rounds up to 15 MiB
     const auto data = pattern_bytes(1 * MiB);
     MemFile f(data);
@@ -153,7 +153,7 @@ TEST_CASE("initrd that exactly fits between the kernel and the limit") {
 }
 
 TEST_CASE("initrd errors") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     KernelImage k = elf_kernel(BootProtocol::Linux64);
     MemFile f(pattern_bytes(4096));
     SECTION("empty") { CHECK_CONFIG_ERROR(load_initrd(f.fd(), 0, "initrd.img", k, mem), "empty"); }
@@ -174,7 +174,7 @@ TEST_CASE("initrd errors") {
 // write_boot_info: Linux 64-bit boot protocol
 
 TEST_CASE("Linux64 boot info: zero page, e820, page tables, command line") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     fill(mem, layout::CMDLINE, 256, 0xcc); // the NUL must be written, not found
     const KernelImage k = elf_kernel(BootProtocol::Linux64);
     const std::string cmdline = "console=ttyS0 reboot=k panic=1";
@@ -223,7 +223,7 @@ TEST_CASE("Linux64 boot info: zero page, e820, page tables, command line") {
 }
 
 TEST_CASE("Linux64 boot info without an initrd and with RAM above 4 GiB") {
-    auto mem = GuestMemory::anonymous(4 * GiB + 256 * MiB);
+    auto mem = layout::guest_memory(4 * GiB + 256 * MiB);
     fill(mem, ZP + 0x218, 8, 0xee);
     write_boot_info(mem, elf_kernel(BootProtocol::Linux64), "", std::nullopt);
     CHECK(rd<std::uint32_t>(mem, ZP + 0x218) == 0);
@@ -236,7 +236,7 @@ TEST_CASE("Linux64 boot info without an initrd and with RAM above 4 GiB") {
 }
 
 TEST_CASE("Linux64 boot info for a bzImage copies the image's setup header") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     KernelImage k = elf_kernel(BootProtocol::Linux64);
     std::array<std::uint8_t, 1024> s{};
     s[bzhdr::SETUP_SECTS] = 27;
@@ -274,7 +274,7 @@ TEST_CASE("Linux64 boot info for a bzImage copies the image's setup header") {
 // write_boot_info: PVH
 
 TEST_CASE("PVH boot info: hvm_start_info, module list, memory map") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     const KernelImage k = elf_kernel(BootProtocol::Pvh);
     const std::string cmdline = "console=ttyS0";
 
@@ -319,7 +319,7 @@ TEST_CASE("PVH boot info: hvm_start_info, module list, memory map") {
         CHECK(rd<std::uint64_t>(mem, 0x6040) == 0);
     }
     SECTION("three memory map entries above 4 GiB") {
-        auto big = GuestMemory::anonymous(4 * GiB + 256 * MiB);
+        auto big = layout::guest_memory(4 * GiB + 256 * MiB);
         write_boot_info(big, k, cmdline, std::nullopt);
         CHECK(rd<std::uint32_t>(big, layout::PVH_INFO + 48) == 3);
         CHECK(rd<std::uint64_t>(big, 0x7000 + 48) == 4 * GiB);
@@ -332,7 +332,7 @@ TEST_CASE("PVH boot info: hvm_start_info, module list, memory map") {
 // Command line validation
 
 TEST_CASE("command line longer than the kernel accepts is rejected") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     KernelImage k = elf_kernel(BootProtocol::Linux64);
     k.cmdline_max = 16;
     CHECK_NOTHROW(write_boot_info(mem, k, std::string(16, 'a'), std::nullopt));
@@ -349,7 +349,7 @@ TEST_CASE("command line longer than the kernel accepts is rejected") {
 }
 
 TEST_CASE("command line with a NUL byte is rejected") {
-    auto mem = GuestMemory::anonymous(128 * MiB);
+    auto mem = layout::guest_memory(128 * MiB);
     const KernelImage k = elf_kernel(BootProtocol::Linux64);
     CHECK_CONFIG_ERROR(write_boot_info(mem, k, std::string("console=ttyS0\0init=/bin/sh", 26), std::nullopt), "NUL");
 }

@@ -4,7 +4,7 @@
 
 #include "devices/virtio/queue.hpp"
 #include "devices/virtio/spec.hpp"
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstdint>

@@ -1,6 +1,6 @@
 #include "devices/virtio/block/backend.hpp"
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cerrno>
 #include <unistd.h>

@@ -6,9 +6,9 @@
 // Both resubmit short transfers until done, and complete a Flush only after every write
 // submitted before it has completed.
 
-#include "vmm/io_ring.hpp"
-#include "vmm/unique_fd.hpp"
-#include "vmm/vm_config.hpp"
+#include "vmm/base/io_ring.hpp"
+#include "vmm/base/unique_fd.hpp"
+#include "devices/virtio/block/config.hpp"
 
 #include <cstdint>
 #include <memory>

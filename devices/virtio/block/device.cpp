@@ -1,8 +1,8 @@
 #include "devices/virtio/block/device.hpp"
 
 #include "devices/virtio/spec.hpp"
-#include "vmm/error.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <algorithm>
 #include <cerrno>

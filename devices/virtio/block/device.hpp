@@ -5,7 +5,7 @@
 #include "devices/virtio/block/backend.hpp"
 #include "devices/virtio/block/request.hpp"
 #include "devices/virtio/device.hpp"
-#include "vmm/vm_config.hpp"
+#include "devices/virtio/block/config.hpp"
 
 #include <atomic>
 #include <boost/asio/io_context.hpp>

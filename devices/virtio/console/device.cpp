@@ -2,7 +2,7 @@
 
 #include "devices/virtio/chain.hpp"
 #include "devices/virtio/spec.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/logger.hpp"
 
 namespace ember::virtio::console {
 

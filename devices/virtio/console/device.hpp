@@ -7,7 +7,7 @@
 // reader offers bytes with enqueue_input(); what finds no receive buffer stays with the reader,
 // which stops reading the host until on_rx_space tells it the driver posted buffers.
 
-#include "devices/virtio/console/backend.hpp"
+#include "vmm/base/console_output.hpp"
 #include "devices/virtio/console/request.hpp"
 #include "devices/virtio/device.hpp"
 

@@ -2,7 +2,7 @@
 
 #include "devices/virtio/net/request.hpp"
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cerrno>
 #include <cstring>

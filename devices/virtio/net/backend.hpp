@@ -3,8 +3,8 @@
 // (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, non-blocking). Ember never creates or configures host
 // interfaces; the TAP must exist and be free.
 
-#include "vmm/unique_fd.hpp"
-#include "vmm/vm_config.hpp"
+#include "vmm/base/unique_fd.hpp"
+#include "devices/virtio/net/config.hpp"
 
 #include <cstdint>
 #include <memory>

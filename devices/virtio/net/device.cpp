@@ -1,8 +1,8 @@
 #include "devices/virtio/net/device.hpp"
 
 #include "devices/virtio/spec.hpp"
-#include "vmm/error.hpp"
-#include "vmm/logger.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -11,11 +11,6 @@
 namespace ember::virtio::net {
 NetDevice::NetDevice(const GuestMemory& mem, boost::asio::io_context& io, NetConfig cfg, std::unique_ptr<Tap> tap)
     : VirtioDevice(mem, {QUEUE_SIZE, QUEUE_SIZE}), cfg_(std::move(cfg)), tap_(std::move(tap)), frame_(MAX_FRAME_WITH_HDR) {
-    if (cfg_.guest_mac) {
-        std::array<std::uint8_t, 6> m{};
-        if (!parse_mac(*cfg_.guest_mac, m)) throw ConfigError("network interface " + cfg_.iface_id + ": invalid guest_mac");
-        mac_ = m;
-    }
     const int fd = ::dup(tap_->fd());
     if (fd < 0) throw SystemError("virtio-net: dup of the TAP fd", errno);
     tap_sd_ = std::make_unique<boost::asio::posix::stream_descriptor>(io, fd);
@@ -33,7 +28,7 @@ std::uint32_t NetDevice::device_type() const noexcept { return device_id::NET; }
 std::uint64_t NetDevice::device_features() const noexcept {
     std::uint64_t f = bit(F_CSUM) | bit(F_GUEST_CSUM) | bit(F_HOST_TSO4) | bit(F_HOST_TSO6) | bit(F_GUEST_TSO4) |
                       bit(F_GUEST_TSO6) | bit(F_MRG_RXBUF);
-    if (mac_) f |= bit(F_MAC);
+    if (cfg_.guest_mac) f |= bit(F_MAC);
     if (cfg_.mtu) f |= bit(F_MTU);
     return f;
 }
@@ -41,7 +36,7 @@ std::uint64_t NetDevice::device_features() const noexcept {
 void NetDevice::read_config(std::uint64_t offset, std::span<std::uint8_t> data) const noexcept {
     // struct virtio_net_config (§5.1.4): mac, status, max_virtqueue_pairs, mtu.
     std::uint8_t c[12] = {};
-    if (mac_) std::memcpy(c, mac_->data(), 6);
+    if (cfg_.guest_mac) std::memcpy(c, cfg_.guest_mac->bytes().data(), 6);
     const std::uint16_t pairs = 1, mtu = cfg_.mtu.value_or(0);
     std::memcpy(c + 8, &pairs, 2);
     std::memcpy(c + 10, &mtu, 2);

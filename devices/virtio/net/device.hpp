@@ -6,7 +6,7 @@
 #include "devices/virtio/device.hpp"
 #include "devices/virtio/net/backend.hpp"
 #include "devices/virtio/net/request.hpp"
-#include "vmm/vm_config.hpp"
+#include "devices/virtio/net/config.hpp"
 
 #include <array>
 #include <atomic>
@@ -65,7 +65,6 @@ private:
     void arm_tx() noexcept;
 
     NetConfig cfg_;
-    std::optional<std::array<std::uint8_t, 6>> mac_;
     std::unique_ptr<Tap> tap_;
     std::unique_ptr<boost::asio::posix::stream_descriptor> tap_sd_;
     bool rx_armed_ = false, tx_armed_ = false;

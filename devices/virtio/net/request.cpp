@@ -15,22 +15,6 @@ const char* to_string(TxError e) noexcept {
     return "?";
 }
 
-bool parse_mac(const std::string& text, std::array<std::uint8_t, 6>& out) noexcept {
-    if (text.size() != 17) return false;
-    auto hex = [](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-        return -1;
-    };
-    for (std::size_t i = 0; i < 6; ++i) {
-        const int hi = hex(text[3 * i]), lo = hex(text[3 * i + 1]);
-        if (hi < 0 || lo < 0 || (i < 5 && text[3 * i + 2] != ':')) return false;
-        out[i] = static_cast<std::uint8_t>(hi * 16 + lo);
-    }
-    return (out[0] & 1) == 0;
-}
-
 TxError gather_tx(std::span<const Descriptor> chain, std::vector<iovec>& iov, std::size_t& total) noexcept {
     iov.clear();
     std::uint64_t sum = 0;

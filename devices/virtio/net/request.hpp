@@ -32,10 +32,6 @@ enum class TxError {
 };
 const char* to_string(TxError e) noexcept;
 
-// "aa:bb:cc:dd:ee:ff" (hex, either case) into six bytes; false for anything else, and for a
-// multicast address (bit 0 of the first byte), which no NIC may own.
-bool parse_mac(const std::string& text, std::array<std::uint8_t, 6>& out) noexcept;
-
 // Checks a transmit chain and gathers it into `iov` (header included: the TAP takes it as is).
 TxError gather_tx(std::span<const Descriptor> chain, std::vector<iovec>& iov, std::size_t& total) noexcept;
 

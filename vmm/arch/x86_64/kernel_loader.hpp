@@ -4,7 +4,7 @@
 // bzImage (Documentation/x86/boot.rst, 64-bit boot protocol). Every field taken from the image
 // is validated; a malformed image raises ConfigError and leaves no vCPU running.
 
-#include "vmm/guest_addr.hpp"
+#include "vmm/base/guest_addr.hpp"
 
 #include <array>
 #include <cstdint>

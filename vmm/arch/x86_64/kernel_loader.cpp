@@ -1,8 +1,8 @@
-#include "vmm/kernel_loader.hpp"
+#include "vmm/arch/x86_64/kernel_loader.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
 
 #include <cerrno>
 #include <algorithm>

@@ -2,8 +2,8 @@
 // Guest-memory side of booting x86_64 Linux: the e820 map, the zero page (Linux 64-bit boot
 // protocol) or hvm_start_info (PVH), the command line, the initrd, identity page tables and GDT.
 
-#include "vmm/guest_addr.hpp"
-#include "vmm/kernel_loader.hpp"
+#include "vmm/base/guest_addr.hpp"
+#include "vmm/arch/x86_64/kernel_loader.hpp"
 
 #include <cstdint>
 #include <optional>

@@ -1,8 +1,8 @@
-#include "vmm/mptable.hpp"
+#include "vmm/arch/x86_64/mptable.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
 
 #include <cstring>
 

@@ -1,9 +1,8 @@
-#include "vmm/kvm.hpp"
+#include "vmm/kvm/kvm.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/guest_memory.hpp"
-#include "vmm/kvm_abi.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
+#include "vmm/kvm/kvm_abi.hpp"
 
 #include <cerrno>
 #include <cstdio>
@@ -113,11 +112,11 @@ VmFd::VmFd(const Kvm& kvm) {
     fd_.reset(fd);
 }
 
-void VmFd::setup_x86_platform() {
+void VmFd::setup_x86_platform(std::uint64_t identity_map_addr, std::uint64_t tss_addr) {
     // The TSS (3 pages) and identity-map page must be in the MMIO gap, clear of RAM and devices.
-    std::uint64_t ident = layout::KVM_IDENTITY_MAP;
+    std::uint64_t ident = identity_map_addr;
     must_ioctl(fd_.get(), KVM_SET_IDENTITY_MAP_ADDR, &ident, "KVM_SET_IDENTITY_MAP_ADDR");
-    must_ioctl(fd_.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(layout::KVM_TSS), "KVM_SET_TSS_ADDR");
+    must_ioctl(fd_.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(tss_addr), "KVM_SET_TSS_ADDR");
     must_ioctl(fd_.get(), KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP");
     kvm_pit_config pit{};
     pit.flags = KVM_PIT_SPEAKER_DUMMY;

@@ -1,4 +1,4 @@
-#include "vmm/bus.hpp"
+#include "vmm/base/bus.hpp"
 
 #include <algorithm>
 #include <stdexcept>

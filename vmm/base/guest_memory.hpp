@@ -2,8 +2,8 @@
 // Guest RAM. The only way to reach guest bytes is slice(addr, len), which checks that the whole
 // range lies inside one RAM region: wrap-around, region crossings and the MMIO gap are rejected.
 
-#include "vmm/guest_addr.hpp"
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/guest_addr.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <cstddef>
 #include <cstring>
@@ -23,12 +23,10 @@ struct MemoryRegion {
 
 class GuestMemory {
 public:
-    // RAM of `bytes` bytes laid out around the MMIO gap: [0, min(bytes, 3 GiB)) and the rest
-    // from 4 GiB. Backed by one anonymous MAP_NORESERVE mapping aligned to 2 MiB so the host can
-    // back it with huge pages and KVM can use 2 MiB nested mappings.
-    static GuestMemory anonymous(std::uint64_t bytes);
-    // The same from explicit (start, size) regions, for tests of other layouts. Regions must be
-    // non-empty, sorted, page-aligned and non-overlapping.
+    // RAM made of explicit (start, size) regions (the architecture lays them out: see
+    // vmm/arch/x86_64/layout.hpp). Regions must be non-empty, sorted, page-aligned and
+    // non-overlapping. Backed by one anonymous MAP_NORESERVE mapping aligned to 2 MiB so the host
+    // can back it with huge pages and KVM can use 2 MiB nested mappings.
     static GuestMemory with_regions(const std::vector<std::pair<GuestAddr, std::uint64_t>>& regions);
 
     GuestMemory(GuestMemory&&) noexcept = default;

@@ -1,7 +1,7 @@
-#include "vmm/logger.hpp"
+#include "vmm/base/logger.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/error.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <algorithm>
 #include <atomic>

@@ -2,7 +2,7 @@
 // An interrupt line a device raises. Ember's lines are edge-triggered ISA/virtio pins backed by a
 // KVM irqfd (an eventfd write injects the edge without a system call into KVM's VM fd).
 
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 namespace ember {
 

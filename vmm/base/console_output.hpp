@@ -8,7 +8,7 @@
 // with interrupts off until the device has consumed each transmit buffer
 // (drivers/char/virtio_console.c, __send_to_port), so the device must always consume at once.
 
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-namespace ember::virtio::console {
+namespace ember {
 
 struct OutputMetrics {
     std::atomic<std::uint64_t> bytes_written{0}; // reached the host descriptor
@@ -75,4 +75,4 @@ private:
     OutputMetrics metrics_;
 };
 
-} // namespace ember::virtio::console
+} // namespace ember

@@ -2,7 +2,7 @@
 // Per-vCPU architectural state at boot, as pure functions of the configuration so that they can
 // be unit-tested without KVM: CPUID, boot MSRs, FPU, LAPIC LINT pins, registers.
 
-#include "vmm/kernel_loader.hpp"
+#include "vmm/arch/x86_64/kernel_loader.hpp"
 
 #include <cstdint>
 #include <linux/kvm.h>

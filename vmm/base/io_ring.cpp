@@ -1,6 +1,6 @@
-#include "vmm/io_ring.hpp"
+#include "vmm/base/io_ring.hpp"
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <string>
 

@@ -2,6 +2,8 @@
 // Ember's x86_64 guest-physical layout. Where a choice was free, these are Firecracker's
 // addresses (arch/src/x86_64/layout.rs), so guests and tooling see the same machine.
 
+#include "vmm/base/guest_memory.hpp"
+
 #include <cstdint>
 
 namespace ember::layout {
@@ -46,5 +48,9 @@ inline constexpr std::uint32_t IRQ_MAX = 23;           // last IOAPIC pin
 inline constexpr std::uint16_t PORT_COM1 = 0x3f8;
 inline constexpr std::uint16_t PORT_I8042_DATA = 0x60;
 inline constexpr std::uint16_t PORT_I8042_CMD = 0x64;
+
+// Guest RAM of `bytes` bytes (a non-zero multiple of 4 KiB) laid out around the MMIO gap:
+// [0, min(bytes, 3 GiB)) and the rest from 4 GiB. Throws ConfigError.
+GuestMemory guest_memory(std::uint64_t bytes);
 
 } // namespace ember::layout

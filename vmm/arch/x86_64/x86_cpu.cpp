@@ -1,7 +1,7 @@
-#include "vmm/x86_cpu.hpp"
+#include "vmm/arch/x86_64/x86_cpu.hpp"
 
-#include "vmm/layout.hpp"
-#include "vmm/x86_boot.hpp"
+#include "vmm/arch/x86_64/layout.hpp"
+#include "vmm/arch/x86_64/x86_boot.hpp"
 
 #include <algorithm>
 #include <bit>

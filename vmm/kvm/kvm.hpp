@@ -2,7 +2,7 @@
 // RAII wrappers for /dev/kvm, a VM fd and vCPU fds with their mmap'd kvm_run
 // (Documentation/virt/kvm/api.rst). Set-up calls throw SystemError with the ioctl's name.
 
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <cstdint>
 #include <linux/kvm.h>
@@ -41,8 +41,9 @@ public:
     explicit VmFd(const Kvm& kvm);
     int fd() const noexcept { return fd_.get(); }
 
-    // x86 platform: TSS and identity map in the MMIO gap, in-kernel IOAPIC/PIC/LAPIC, PIT.
-    void setup_x86_platform();
+    // x86 platform: the identity-map page and the TSS (three pages) at the given guest addresses,
+    // which must be clear of RAM and devices; in-kernel IOAPIC/PIC/LAPIC and PIT.
+    void setup_x86_platform(std::uint64_t identity_map_addr, std::uint64_t tss_addr);
     void register_memory(const GuestMemory& mem);
     // Edge-triggered interrupt on `gsi` whenever `efd` is signalled (KVM_IRQFD).
     void register_irqfd(int efd, std::uint32_t gsi);

@@ -1,7 +1,6 @@
-#include "vmm/guest_memory.hpp"
+#include "vmm/base/guest_memory.hpp"
 
-#include "vmm/error.hpp"
-#include "vmm/layout.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cstdio>
 #include <sys/mman.h>
@@ -9,7 +8,7 @@
 namespace ember {
 namespace {
 constexpr std::uint64_t kPage = 4096;
-constexpr std::uint64_t kHuge = 2 * layout::MiB;
+constexpr std::uint64_t kHuge = std::uint64_t{2} << 20;
 } // namespace
 
 Mapping GuestMemory::map_aligned(std::uint64_t bytes) {
@@ -26,15 +25,6 @@ Mapping GuestMemory::map_aligned(std::uint64_t bytes) {
     if (head != 0) ::munmap(p, head);
     if (tail != 0) ::munmap(reinterpret_cast<void*>(aligned + len), tail);
     return kept;
-}
-
-GuestMemory GuestMemory::anonymous(std::uint64_t bytes) {
-    if (bytes == 0 || bytes % kPage != 0) throw ConfigError("guest memory size must be a non-zero multiple of 4 KiB");
-    std::vector<std::pair<GuestAddr, std::uint64_t>> layout;
-    const std::uint64_t low = bytes < layout::MMIO_GAP_START ? bytes : layout::MMIO_GAP_START;
-    layout.emplace_back(GuestAddr(0), low);
-    if (bytes > low) layout.emplace_back(GuestAddr(layout::MMIO_GAP_END), bytes - low);
-    return with_regions(layout);
 }
 
 GuestMemory GuestMemory::with_regions(const std::vector<std::pair<GuestAddr, std::uint64_t>>& layout) {

@@ -1,6 +1,6 @@
-#include "devices/virtio/console/backend.hpp"
+#include "vmm/base/console_output.hpp"
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-namespace ember::virtio::console {
+namespace ember {
 namespace {
 
 // Whether epoll can watch `fd`; regular files and some character devices (/dev/null) cannot,
@@ -179,4 +179,4 @@ void ConsoleOutput::drain(std::chrono::milliseconds budget) noexcept {
     }
 }
 
-} // namespace ember::virtio::console
+} // namespace ember

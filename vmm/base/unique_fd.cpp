@@ -1,6 +1,6 @@
-#include "vmm/unique_fd.hpp"
+#include "vmm/base/unique_fd.hpp"
 
-#include "vmm/error.hpp"
+#include "vmm/base/error.hpp"
 
 #include <cstring>
 #include <fcntl.h>

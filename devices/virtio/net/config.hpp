@@ -1,0 +1,21 @@
+#pragma once
+// A network interface as configured (Firecracker's NetworkInterface, PUT
+// /network-interfaces/{id}): plain values, independent of JSON.
+
+#include "vmm/base/mac_addr.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace ember {
+
+// Firecracker's NetworkInterface (rate limiters come later).
+struct NetConfig {
+    std::string iface_id;
+    std::string host_dev_name;
+    std::optional<MacAddr> guest_mac;
+    std::optional<std::uint16_t> mtu; // 68..65535
+};
+
+} // namespace ember
