@@ -79,3 +79,65 @@ TEST_CASE("GuestRange arithmetic") {
     CHECK(a.overlaps(*GuestRange::make(GuestAddr(109), 1)));
     CHECK_FALSE(GuestAddr(UINT64_MAX).checked_add(1));
 }
+
+namespace {
+// Pages set in region `index`'s dirty bitmap (taking it clears it).
+std::vector<std::uint64_t> dirty_pages(GuestMemory& m, std::size_t index) {
+    std::vector<std::uint64_t> pages;
+    const auto words = m.take_dirty_bitmap(index);
+    for (std::size_t w = 0; w < words.size(); ++w)
+        for (unsigned b = 0; b < 64; ++b)
+            if (words[w] & (std::uint64_t{1} << b)) pages.push_back(w * 64 + b);
+    return pages;
+}
+using Pages = std::vector<std::uint64_t>;
+} // namespace
+
+TEST_CASE("dirty tracking is off until enabled, then marks exactly the pages written") {
+    auto m = layout::guest_memory(64 * MiB);
+    const std::byte b[8]{};
+    REQUIRE(m.write(GuestAddr(0x5000), b));
+    m.mark_dirty(GuestAddr(0x9000), 1);
+    CHECK(dirty_pages(m, 0).empty()); // off: nothing recorded
+
+    m.enable_dirty_tracking();
+    CHECK(m.dirty_tracking());
+    REQUIRE(m.write(GuestAddr(0x5000), b));               // page 5
+    REQUIRE(m.write(GuestAddr(0x6ffc), b));               // crosses from page 6 into 7
+    REQUIRE(m.writable(GuestAddr(0x20000), 0x2001));      // pages 0x20, 0x21 and 0x22
+    REQUIRE(m.writable(GuestAddr(0x30000), 0));           // empty: marks nothing
+    std::uint64_t v = 0;
+    REQUIRE(m.read_obj(GuestAddr(0x40000), v));           // reads mark nothing
+    REQUIRE(m.slice(GuestAddr(0x41000), 4096));           // nor does a read slice
+    CHECK_FALSE(m.write(GuestAddr(64 * MiB - 4), b));     // refused: past RAM, marks nothing
+    CHECK(dirty_pages(m, 0) == Pages{5, 6, 7, 0x20, 0x21, 0x22});
+    CHECK(dirty_pages(m, 0).empty()); // taking the bitmap cleared it
+    CHECK(m.take_dirty_bitmap(1).empty()); // no second region
+
+    m.disable_dirty_tracking();
+    REQUIRE(m.write(GuestAddr(0x5000), b));
+    CHECK(dirty_pages(m, 0).empty());
+}
+
+TEST_CASE("mark_dirty marks only the RAM part of a range that crosses the MMIO gap") {
+    auto m = layout::guest_memory(4 * GiB); // [0, 3 GiB) and [4 GiB, 5 GiB)
+    m.enable_dirty_tracking();
+    m.mark_dirty(GuestAddr(3 * GiB - 4096), 4096 + GiB + 4096 + 1); // last low page, the gap, 4097 high bytes
+    const Pages low = dirty_pages(m, 0);
+    CHECK(low == Pages{3 * GiB / 4096 - 1});
+    CHECK(dirty_pages(m, 1) == Pages{0, 1});
+    m.mark_dirty(GuestAddr(UINT64_MAX - 10), 100); // wraps: nothing of it is RAM
+    CHECK(dirty_pages(m, 0).empty());
+    CHECK(dirty_pages(m, 1).empty());
+}
+
+TEST_CASE("dirty bits survive moving the memory") {
+    auto m = layout::guest_memory(16 * MiB);
+    m.enable_dirty_tracking();
+    const std::byte b[1]{};
+    REQUIRE(m.write(GuestAddr(0x3000), b));
+    GuestMemory moved = std::move(m);
+    CHECK(moved.dirty_tracking());
+    REQUIRE(moved.write(GuestAddr(0x4000), b));
+    CHECK(dirty_pages(moved, 0) == Pages{3, 4});
+}

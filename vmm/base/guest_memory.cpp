@@ -2,12 +2,12 @@
 
 #include "vmm/base/error.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <sys/mman.h>
 
 namespace ember {
 namespace {
-constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kHuge = std::uint64_t{2} << 20;
 } // namespace
 
@@ -32,7 +32,7 @@ GuestMemory GuestMemory::with_regions(const std::vector<std::pair<GuestAddr, std
     std::vector<MemoryRegion> regions;
     for (const auto& [start, size] : layout) {
         auto range = GuestRange::make(start, size);
-        if (!range || size == 0 || start.raw() % kPage != 0 || size % kPage != 0)
+        if (!range || size == 0 || start.raw() % PAGE_SIZE != 0 || size % PAGE_SIZE != 0)
             throw ConfigError("invalid guest memory region");
         if (!regions.empty() && regions.back().range.last() >= start.raw())
             throw ConfigError("guest memory regions overlap or are unsorted");
@@ -45,16 +45,81 @@ GuestMemory GuestMemory::with_regions(const std::vector<std::pair<GuestAddr, std
     return GuestMemory(std::move(m), std::move(regions));
 }
 
-std::optional<std::span<std::byte>> GuestMemory::slice(GuestAddr addr, std::uint64_t len) const noexcept {
-    for (const auto& r : regions_) {
+GuestMemory::GuestMemory(Mapping m, std::vector<MemoryRegion> r)
+    : mapping_(std::move(m)), regions_(std::move(r)), tracking_(std::make_unique<Tracking>()) {
+    for (const auto& reg : regions_) {
+        const std::size_t pages = static_cast<std::size_t>(reg.range.size() / PAGE_SIZE);
+        const std::size_t words = (pages + 63) / 64;
+        tracking_->bitmaps.push_back(std::make_unique<std::atomic<std::uint64_t>[]>(words));
+        tracking_->words.push_back(words);
+    }
+}
+
+std::optional<std::pair<std::size_t, std::uint64_t>> GuestMemory::locate(GuestAddr addr, std::uint64_t len) const noexcept {
+    for (std::size_t i = 0; i < regions_.size(); ++i) {
+        const auto& r = regions_[i];
         const std::uint64_t start = r.range.start().raw();
         if (addr.raw() < start || addr.raw() - start > r.range.size()) continue;
         const std::uint64_t off = addr.raw() - start;
         if (off == r.range.size() && len != 0) continue; // starts where this region ends
         if (len > r.range.size() - off) return std::nullopt; // runs past this region's end
-        return std::span<std::byte>(r.host + off, static_cast<std::size_t>(len));
+        return std::pair{i, off};
     }
     return std::nullopt;
+}
+
+std::optional<std::span<std::byte>> GuestMemory::slice(GuestAddr addr, std::uint64_t len) const noexcept {
+    auto at = locate(addr, len);
+    if (!at) return std::nullopt;
+    return std::span<std::byte>(regions_[at->first].host + at->second, static_cast<std::size_t>(len));
+}
+
+std::optional<std::span<std::byte>> GuestMemory::writable(GuestAddr addr, std::uint64_t len) const noexcept {
+    auto at = locate(addr, len);
+    if (!at) return std::nullopt;
+    mark_region(at->first, at->second, len);
+    return std::span<std::byte>(regions_[at->first].host + at->second, static_cast<std::size_t>(len));
+}
+
+void GuestMemory::mark_region(std::size_t index, std::uint64_t off, std::uint64_t len) const noexcept {
+    if (len == 0 || !tracking_->enabled.load(std::memory_order_acquire)) return;
+    auto* words = tracking_->bitmaps[index].get();
+    const std::uint64_t last = (off + len - 1) / PAGE_SIZE;
+    for (std::uint64_t page = off / PAGE_SIZE; page <= last; ++page)
+        words[page / 64].fetch_or(std::uint64_t{1} << (page % 64), std::memory_order_relaxed);
+}
+
+void GuestMemory::mark_dirty(GuestAddr addr, std::uint64_t len) const noexcept {
+    if (len == 0 || !tracking_->enabled.load(std::memory_order_acquire)) return;
+    // A range may span regions or reach into the gap: mark what of it is RAM.
+    const std::uint64_t last = len - 1 > UINT64_MAX - addr.raw() ? UINT64_MAX : addr.raw() + (len - 1);
+    for (std::size_t i = 0; i < regions_.size(); ++i) {
+        const auto& r = regions_[i];
+        const std::uint64_t start = r.range.start().raw();
+        const std::uint64_t lo = std::max(start, addr.raw());
+        const std::uint64_t hi = std::min(r.range.last(), last);
+        if (lo <= hi) mark_region(i, lo - start, hi - lo + 1);
+    }
+}
+
+void GuestMemory::enable_dirty_tracking() noexcept {
+    for (std::size_t i = 0; i < regions_.size(); ++i)
+        for (std::size_t w = 0; w < tracking_->words[i]; ++w) tracking_->bitmaps[i][w].store(0, std::memory_order_relaxed);
+    tracking_->enabled.store(true, std::memory_order_release);
+}
+
+void GuestMemory::disable_dirty_tracking() noexcept { tracking_->enabled.store(false, std::memory_order_release); }
+
+std::vector<std::uint64_t> GuestMemory::take_dirty_bitmap(std::size_t index) noexcept {
+    std::vector<std::uint64_t> out;
+    if (index >= regions_.size()) return out;
+    try {
+        out.resize(tracking_->words[index]);
+    } catch (...) {
+        return {};
+    }
+    for (std::size_t w = 0; w < out.size(); ++w) out[w] = tracking_->bitmaps[index][w].exchange(0, std::memory_order_relaxed);
+    return out;
 }
 
 std::span<std::byte> GuestMemory::slice_or_throw(GuestAddr addr, std::uint64_t len, const std::string& what) const {
@@ -76,7 +141,7 @@ bool GuestMemory::read(GuestAddr addr, std::span<std::byte> out) const noexcept 
 }
 
 bool GuestMemory::write(GuestAddr addr, std::span<const std::byte> in) const noexcept {
-    auto s = slice(addr, in.size());
+    auto s = writable(addr, in.size());
     if (!s) return false;
     if (!in.empty()) std::memcpy(s->data(), in.data(), in.size());
     return true;

@@ -1,11 +1,20 @@
 #pragma once
-// Guest RAM. The only way to reach guest bytes is slice(addr, len), which checks that the whole
-// range lies inside one RAM region: wrap-around, region crossings and the MMIO gap are rejected.
+// Guest RAM. The only way to reach guest bytes is a range-checked slice: slice(addr, len) to read,
+// writable(addr, len) to write. Both check that the whole range lies inside one RAM region:
+// wrap-around, region crossings and the MMIO gap are rejected.
+//
+// Dirty tracking: every region has a bitmap of its 4 KiB pages. Once enable_dirty_tracking() is
+// called, writable(), write() and mark_dirty() set the bits of the pages they touch, so a diff
+// snapshot can join what devices wrote with KVM's dirty log for what vCPUs wrote. Devices write
+// guest memory only through these calls. Bits are atomics: devices mark pages from the event
+// loop and vCPU threads at once.
 
 #include "vmm/base/guest_addr.hpp"
 #include "vmm/base/unique_fd.hpp"
 
+#include <atomic>
 #include <cstddef>
+#include <memory>
 #include <cstring>
 #include <optional>
 #include <span>
@@ -42,6 +51,9 @@ public:
     // As slice(), for set-up paths: throws ConfigError naming `what` when out of RAM.
     std::span<std::byte> slice_or_throw(GuestAddr addr, std::uint64_t len, const std::string& what) const;
 
+    // As slice(), for bytes the caller is about to write: marks their pages dirty while tracking.
+    std::optional<std::span<std::byte>> writable(GuestAddr addr, std::uint64_t len) const noexcept;
+
     bool read(GuestAddr addr, std::span<std::byte> out) const noexcept;
     bool write(GuestAddr addr, std::span<const std::byte> in) const noexcept;
 
@@ -59,11 +71,33 @@ public:
     // End of the RAM region that starts at 0 (below the MMIO gap).
     GuestAddr low_ram_end() const noexcept;
 
+    static constexpr std::uint64_t PAGE_SIZE = 4096;
+    // Starts (with every bit clear) or stops marking written pages.
+    void enable_dirty_tracking() noexcept;
+    void disable_dirty_tracking() noexcept;
+    bool dirty_tracking() const noexcept { return tracking_->enabled.load(std::memory_order_acquire); }
+    // Marks the pages of [addr, addr + len) that lie in RAM (a write that bypassed writable(),
+    // such as I/O the kernel performed into guest buffers). No-op while tracking is off.
+    void mark_dirty(GuestAddr addr, std::uint64_t len) const noexcept;
+    // The dirty bitmap of region `index` (bit i of word i / 64: page i of the region), cleared as
+    // it is taken. Empty for an index past the last region.
+    std::vector<std::uint64_t> take_dirty_bitmap(std::size_t index) noexcept;
+
 private:
-    GuestMemory(Mapping m, std::vector<MemoryRegion> r) : mapping_(std::move(m)), regions_(std::move(r)) {}
+    struct Tracking {
+        std::atomic<bool> enabled{false};
+        // One bitmap per region, words of 64 pages, allocated with the memory (1 bit per page).
+        std::vector<std::unique_ptr<std::atomic<std::uint64_t>[]>> bitmaps;
+        std::vector<std::size_t> words;
+    };
+    GuestMemory(Mapping m, std::vector<MemoryRegion> r);
     static Mapping map_aligned(std::uint64_t bytes);
+    void mark_region(std::size_t index, std::uint64_t off, std::uint64_t len) const noexcept;
+    // The region holding all of [addr, addr + len), and addr's offset in it.
+    std::optional<std::pair<std::size_t, std::uint64_t>> locate(GuestAddr addr, std::uint64_t len) const noexcept;
     Mapping mapping_;
     std::vector<MemoryRegion> regions_;
+    std::unique_ptr<Tracking> tracking_;
 };
 
 } // namespace ember
