@@ -1,16 +1,17 @@
 #include "api/controller.hpp"
 
 #include "api/config.hpp"
-#include "devices/legacy/serial.hpp"
 #include "devices/virtio/block/device.hpp"
-#include "devices/virtio/console/device.hpp"
-#include "devices/virtio/net/device.hpp"
+#include "devices/virtio/net/backend.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
+#include "vmm/builder.hpp"
+#include "vmm/drives.hpp"
 
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <string_view>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -51,164 +52,149 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
     if (m == Method::Patch) count("patch_api_requests", what + "_fails");
 }
 
+namespace {
+const char* request_group(const Action& a) {
+    if (std::holds_alternative<GetInstanceInfo>(a) || std::holds_alternative<GetVersion>(a) ||
+        std::holds_alternative<GetMachineConfig>(a) || std::holds_alternative<GetVmConfig>(a))
+        return "get_api_requests";
+    if (std::holds_alternative<PatchMachineConfig>(a) || std::holds_alternative<PatchVmState>(a) ||
+        std::holds_alternative<PatchDrive>(a))
+        return "patch_api_requests";
+    return "put_api_requests";
+}
+// Firecracker counts every request of a kind as <name>_count, except these two.
+bool has_request_count(const Action& a) {
+    return !std::holds_alternative<GetVmConfig>(a) && !std::holds_alternative<PatchVmState>(a);
+}
+} // namespace
+
 Response Controller::handle(const Action& a) {
-    const char* name = action_name(a);
-    const char* group = std::holds_alternative<PatchMachineConfig>(a) || std::holds_alternative<PatchVmState>(a) ||
-                                std::holds_alternative<PatchDrive>(a)
-                            ? "patch_api_requests"
-                            : "put_api_requests";
-    auto fails = [&](const char* g) { count(g, std::string(name) + "_fails"); };
-    auto bad = [&](const char* g, const std::string& msg) {
-        fails(g);
-        return Response::bad_request(msg);
+    const std::string name = action_name(a);
+    const char* group = request_group(a);
+    if (has_request_count(a)) count(group, name + "_count");
+    auto dispatch = [this](const auto& act) -> Response {
+        if constexpr (requires { this->pre_boot(act); }) {
+            if (vm_) return Response::bad_request(kNotAfterBoot);
+            return pre_boot(act);
+        } else if constexpr (requires { this->runtime(act); }) {
+            if (!vm_) return Response::bad_request(kNotBeforeBoot);
+            return runtime(act);
+        } else {
+            return any_time(act); // an action with no handler at all does not compile
+        }
     };
+    Response r;
     try {
-        if (std::holds_alternative<GetInstanceInfo>(a)) {
-            count("get_api_requests", "instance_info_count");
-            const char* state = !vm_ ? "Not started" : (vm_->paused() ? "Paused" : "Running");
-            return Response::ok_json({{"app_name", "Ember"}, {"id", id_}, {"state", state}, {"vmm_version", EMBER_VERSION}});
-        }
-        if (std::holds_alternative<GetVersion>(a)) {
-            count("get_api_requests", "vmm_version_count");
-            return Response::ok_json({{"firecracker_version", EMBER_VERSION}});
-        }
-        if (std::holds_alternative<GetMachineConfig>(a)) {
-            count("get_api_requests", "machine_cfg_count");
-            return Response::ok_json(to_json(cfg_.machine));
-        }
-        if (std::holds_alternative<GetVmConfig>(a)) return Response::ok_json(to_json(cfg_));
-        if (auto* p = std::get_if<PutMachineConfig>(&a)) {
-            count("put_api_requests", "machine_cfg_count");
-            if (vm_) return bad("put_api_requests", kNotAfterBoot);
-            cfg_.machine = parse_machine_config(p->body, host_mem_mib_);
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PatchMachineConfig>(&a)) {
-            count("patch_api_requests", "machine_cfg_count");
-            if (vm_) return bad("patch_api_requests", kNotAfterBoot);
-            json merged = to_json(cfg_.machine);
-            for (auto it = p->body.begin(); it != p->body.end(); ++it) merged[it.key()] = it.value();
-            cfg_.machine = parse_machine_config(merged, host_mem_mib_);
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PutBootSource>(&a)) {
-            count("put_api_requests", "boot_source_count");
-            if (vm_) return bad("put_api_requests", kNotAfterBoot);
-            cfg_.boot_source = p->config;
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PutDrive>(&a)) {
-            count("put_api_requests", "drive_count");
-            if (vm_) return bad("put_api_requests", kNotAfterBoot);
-            // Firecracker opens the image at PUT time, so a wrong path fails here, not at start.
-            (void)open_drive(p->config);
-            add_drive(cfg_.drives, p->config);
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PutNet>(&a)) {
-            count("put_api_requests", "network_count");
-            if (vm_) return bad("put_api_requests", kNotAfterBoot);
-            std::vector<NetConfig> updated = cfg_.net;
-            add_net(updated, p->config);
-            // As Firecracker, the TAP is checked now: a missing or busy one fails this call.
-            (void)virtio::net::open_tap(p->config);
-            cfg_.net = std::move(updated);
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PutSerial>(&a)) {
-            count("put_api_requests", "serial_count");
-            if (vm_) return bad("put_api_requests", kNotAfterBoot);
-            // The file is opened (a FIFO must have a reader) when the VM is prepared.
-            cfg_.console.serial_out_path = p->serial_out_path;
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PutConsole>(&a)) {
-            count("put_api_requests", "console_count");
-            if (vm_) return bad("put_api_requests", kNotAfterBoot);
-            cfg_.console.device = p->device;
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PatchDrive>(&a)) {
-            count("patch_api_requests", "drive_count");
-            if (!vm_) return bad("patch_api_requests", kNotBeforeBoot);
-            return patch_drive(*p);
-        }
-        if (std::holds_alternative<InstanceStart>(a)) {
-            count("put_api_requests", "actions_count");
-            if (vm_) return bad("put_api_requests", kNotAfterBoot);
-            Response r = start_instance();
-            if (r.status != 204) fails("put_api_requests");
-            return r;
-        }
-        if (std::holds_alternative<SendCtrlAltDel>(a)) {
-            count("put_api_requests", "actions_count");
-            if (!vm_) return bad("put_api_requests", kNotBeforeBoot);
-            if (!vm_->send_ctrl_alt_del()) return bad("put_api_requests", "the guest's keyboard buffer is full");
-            return Response::no_content();
-        }
-        if (std::holds_alternative<FlushMetrics>(a)) {
-            count("put_api_requests", "actions_count");
-            Response r = flush_metrics();
-            if (r.status != 204) fails("put_api_requests");
-            return r;
-        }
-        if (auto* p = std::get_if<PatchVmState>(&a)) {
-            if (!vm_) return bad("patch_api_requests", kNotBeforeBoot);
-            const auto t0 = std::chrono::steady_clock::now();
-            if (p->pause) {
-                if (!vm_->pause()) return bad("patch_api_requests", "not every vCPU paused within 2 s");
-                LOG_INFO("VM paused");
-            } else {
-                vm_->resume();
-                LOG_INFO("VM resumed");
-            }
-            const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
-            counters_["latencies_us"][p->pause ? "pause_vm" : "resume_vm"] = static_cast<std::uint64_t>(us.count());
-            return Response::no_content();
-        }
-        if (auto* p = std::get_if<PutLogger>(&a)) {
-            count("put_api_requests", "logger_count");
-            Response r = set_logger(p->config);
-            if (r.status != 204) fails("put_api_requests");
-            return r;
-        }
-        if (auto* p = std::get_if<PutMetrics>(&a)) {
-            count("put_api_requests", "metrics_count");
-            Response r = set_metrics(p->metrics_path);
-            if (r.status != 204) fails("put_api_requests");
-            return r;
-        }
+        r = std::visit(dispatch, a);
     } catch (const std::exception& e) {
         // Only configuration parsing throws here; the state above is unchanged when it does.
-        fails(group);
-        return Response::bad_request(e.what());
+        r = Response::bad_request(e.what());
     }
-    return Response::bad_request("unhandled action");
+    if (r.status >= 400) count(group, name + "_fails");
+    return r;
 }
 
-Response Controller::patch_drive(const PatchDrive& p) {
-    for (const auto& blk : vm_->block_devices()) {
-        if (blk->config().drive_id != p.drive_id) continue;
-        if (!p.path_on_host) return Response::no_content(); // nothing to change (rate limiters come later)
-        DriveConfig updated = blk->config();
-        updated.path_on_host = *p.path_on_host;
-        OpenedDrive d = open_drive(updated); // throws ConfigError: the drive keeps its old image
-        blk->replace_file(std::move(d.fd), d.size, updated.path_on_host);
-        for (auto& c : cfg_.drives)
-            if (c.drive_id == p.drive_id) c.path_on_host = updated.path_on_host;
-        LOG_INFO("drive %s now uses %s (%llu bytes)", p.drive_id.c_str(), updated.path_on_host.c_str(),
-                 static_cast<unsigned long long>(d.size));
-        return Response::no_content();
+Response Controller::any_time(const GetInstanceInfo&) {
+    const char* state = !vm_ ? "Not started" : (vm_->paused() ? "Paused" : "Running");
+    return Response::ok_json({{"app_name", "Ember"}, {"id", id_}, {"state", state}, {"vmm_version", EMBER_VERSION}});
+}
+
+Response Controller::any_time(const GetVersion&) { return Response::ok_json({{"firecracker_version", EMBER_VERSION}}); }
+
+Response Controller::any_time(const GetMachineConfig&) { return Response::ok_json(to_json(cfg_.machine)); }
+
+Response Controller::any_time(const GetVmConfig&) { return Response::ok_json(to_json(cfg_)); }
+
+Response Controller::pre_boot(const PutMachineConfig& p) {
+    cfg_.machine = parse_machine_config(p.body, host_mem_mib_);
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PatchMachineConfig& p) {
+    json merged = to_json(cfg_.machine);
+    for (auto it = p.body.begin(); it != p.body.end(); ++it) merged[it.key()] = it.value();
+    cfg_.machine = parse_machine_config(merged, host_mem_mib_);
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PutBootSource& p) {
+    cfg_.boot_source = p.config;
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PutDrive& p) {
+    // Firecracker opens the image at PUT time, so a wrong path fails here, not at start.
+    (void)open_drive(p.config);
+    add_drive(cfg_.drives, p.config);
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PutNet& p) {
+    std::vector<NetConfig> updated = cfg_.net;
+    add_net(updated, p.config);
+    // As Firecracker, the TAP is checked now: a missing or busy one fails this call.
+    (void)virtio::net::open_tap(p.config);
+    cfg_.net = std::move(updated);
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PutSerial& p) {
+    // The file is opened (a FIFO must have a reader) when the VM is built.
+    cfg_.console.serial_out_path = p.serial_out_path;
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PutConsole& p) {
+    cfg_.console.device = p.device;
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const InstanceStart&) { return start_instance(); }
+
+Response Controller::runtime(const SendCtrlAltDel&) {
+    if (!vm_->send_ctrl_alt_del()) return Response::bad_request("the guest's keyboard buffer is full");
+    return Response::no_content();
+}
+
+Response Controller::runtime(const PatchVmState& p) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (p.pause) {
+        if (!vm_->pause()) return Response::bad_request("not every vCPU paused within 2 s");
+        LOG_INFO("VM paused");
+    } else {
+        vm_->resume();
+        LOG_INFO("VM resumed");
     }
-    count("patch_api_requests", "drive_fails");
-    return Response::bad_request("Invalid block device ID: " + p.drive_id);
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+    counters_["latencies_us"][p.pause ? "pause_vm" : "resume_vm"] = static_cast<std::uint64_t>(us.count());
+    return Response::no_content();
+}
+
+Response Controller::any_time(const FlushMetrics&) { return flush_metrics(); }
+
+Response Controller::any_time(const PutLogger& p) { return set_logger(p.config); }
+
+Response Controller::any_time(const PutMetrics& p) { return set_metrics(p.metrics_path); }
+
+Response Controller::runtime(const PatchDrive& p) {
+    auto blk = vm_->devices().find<virtio::block::BlockDevice>(p.drive_id);
+    if (!blk) return Response::bad_request("Invalid block device ID: " + p.drive_id);
+    if (!p.path_on_host) return Response::no_content(); // nothing to change (rate limiters come later)
+    DriveConfig updated = blk->config();
+    updated.path_on_host = *p.path_on_host;
+    OpenedDrive d = open_drive(updated); // throws ConfigError: the drive keeps its old image
+    blk->replace_file(std::move(d.fd), d.size, updated.path_on_host);
+    for (auto& c : cfg_.drives)
+        if (c.drive_id == p.drive_id) c.path_on_host = updated.path_on_host;
+    LOG_INFO("drive %s now uses %s (%llu bytes)", p.drive_id.c_str(), updated.path_on_host.c_str(),
+             static_cast<unsigned long long>(d.size));
+    return Response::no_content();
 }
 
 Response Controller::start_instance() {
     if (exited_) return Response::bad_request("the microVM has already ended");
     try {
-        PreparedGuest guest = prepare_guest(cfg_);
-        vm_ = Vm::create(io_, std::move(guest), opts_, [this](int status, const std::string& detail) {
+        vm_ = VmBuilder::for_boot(io_, cfg_, opts_, [this](int status, const std::string& detail) {
             exited_ = true;
             // A last metrics line as the VM ends (Firecracker flushes on exit too).
             if (metrics_fd_.valid()) (void)flush_metrics();
@@ -299,67 +285,17 @@ std::string Controller::metrics_line() {
         }
         snapshot["vcpu"] = {{"exit_io_in", in}, {"exit_io_out", out}, {"exit_mmio_read", rd}, {"exit_mmio_write", wr}, {"failures", fails}};
         // Firecracker's device metrics: "<kind>" sums every device, "<kind>_<id>" is one device.
-        // A device that can exist only once (empty id) has the "<kind>" group alone.
-        using Fields = std::initializer_list<std::pair<const char*, const std::atomic<std::uint64_t>*>>;
-        auto device_group = [&](const std::string& kind, const std::string& id, Fields fields) -> std::map<std::string, std::uint64_t>& {
-            if (id.empty()) {
-                auto& only = snapshot[kind];
-                for (const auto& [name, c] : fields) only[name] = c->load(std::memory_order_relaxed);
-                return only;
+        // A device that can exist only once (empty id) has the "<kind>" group alone. The device
+        // loop's events are every device's *event_count counters.
+        for (const auto& g : vm_->devices().metric_groups()) {
+            auto& one = snapshot[g.id.empty() ? g.kind : g.kind + "_" + g.id];
+            for (const auto& [name, v] : g.values()) {
+                one[name] = v;
+                if (!g.id.empty()) snapshot[g.kind][name] += v;
+                if (std::string_view(name).ends_with("event_count")) device_events += v;
             }
-            auto& one = snapshot[kind + "_" + id];
-            auto& all = snapshot[kind];
-            for (const auto& [name, c] : fields) {
-                one[name] = c->load(std::memory_order_relaxed);
-                all[name] += one[name];
-            }
-            return one;
-        };
-        for (const auto& blk : vm_->block_devices()) {
-            const auto& m = blk->metrics();
-            auto& one = device_group("block", blk->config().drive_id,
-                {{"activate_fails", &m.activate_fails}, {"cfg_fails", &m.cfg_fails},
-                 {"event_fails", &m.event_fails},       {"execute_fails", &m.execute_fails},
-                 {"invalid_reqs_count", &m.invalid_reqs_count}, {"flush_count", &m.flush_count},
-                 {"queue_event_count", &m.queue_event_count},   {"read_bytes", &m.read_bytes},
-                 {"write_bytes", &m.write_bytes},       {"read_count", &m.read_count},
-                 {"write_count", &m.write_count},       {"update_count", &m.update_count},
-                 {"update_fails", &m.update_fails},     {"no_avail_buffer", &m.no_avail_buffer}});
-            device_events += one["queue_event_count"];
         }
-        for (const auto& nd : vm_->net_devices()) {
-            const auto& m = nd->metrics();
-            auto& one = device_group("net", nd->config().iface_id,
-                {{"activate_fails", &m.activate_fails},   {"event_fails", &m.event_fails},
-                 {"no_rx_avail_buffer", &m.no_rx_avail_buffer}, {"rx_queue_event_count", &m.rx_queue_event_count},
-                 {"rx_tap_event_count", &m.rx_tap_event_count}, {"rx_bytes_count", &m.rx_bytes_count},
-                 {"rx_packets_count", &m.rx_packets_count}, {"rx_fails", &m.rx_fails},
-                 {"rx_count", &m.rx_count},               {"tap_read_fails", &m.tap_read_fails},
-                 {"tap_write_fails", &m.tap_write_fails}, {"tx_bytes_count", &m.tx_bytes_count},
-                 {"tx_malformed_frames", &m.tx_malformed_frames}, {"tx_fails", &m.tx_fails},
-                 {"tx_count", &m.tx_count},               {"tx_packets_count", &m.tx_packets_count},
-                 {"tx_queue_event_count", &m.tx_queue_event_count}});
-            device_events += one["rx_queue_event_count"] + one["tx_queue_event_count"] + one["rx_tap_event_count"];
-        }
-        if (const auto* cd = vm_->console_device()) {
-            const auto& m = cd->metrics();
-            auto& g = device_group("virtio_console", "",
-                {{"activate_fails", &m.activate_fails}, {"event_fails", &m.event_fails},
-                 {"rx_queue_event_count", &m.rx_queue_event_count}, {"tx_queue_event_count", &m.tx_queue_event_count},
-                 {"rx_bytes_count", &m.rx_bytes_count}, {"rx_count", &m.rx_count}, {"rx_fails", &m.rx_fails},
-                 {"tx_bytes_count", &m.tx_bytes_count}, {"tx_count", &m.tx_count},
-                 {"tx_malformed_chains", &m.tx_malformed_chains}});
-            device_events += g["rx_queue_event_count"] + g["tx_queue_event_count"];
-        }
-        // Ember's: the host end of the console (stdout or serial_out_path), shared by both devices.
-        const auto& o = vm_->console_output().metrics();
-        snapshot["console_output"] = {{"bytes_written", o.bytes_written.load()}, {"bytes_dropped", o.bytes_dropped.load()},
-                                      {"write_fails", o.write_fails.load()}};
         snapshot["vmm"]["device_events"] = device_events;
-        const auto& u = vm_->serial().counters();
-        snapshot["uart"] = {{"read_count", u.read_count.load()},           {"write_count", u.write_count.load()},
-                            {"missed_read_count", u.missed_read_count.load()}, {"missed_write_count", u.missed_write_count.load()},
-                            {"error_count", u.error_count.load()},         {"flush_count", 0}};
     }
     json j = json::object();
     j["utc_timestamp_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(

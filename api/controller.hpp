@@ -5,6 +5,7 @@
 
 #include "api/routes.hpp"
 #include "vmm/vm.hpp"
+#include "vmm/vm_config.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -39,8 +40,29 @@ public:
     std::string metrics_line();
 
 private:
+    // Handlers, one overload per action: dispatch is a std::visit, so an action without one is a
+    // compile error. Pre-boot actions run only before InstanceStart, runtime ones only after;
+    // handle() answers the wrong phase before calling them.
+    Response pre_boot(const PutMachineConfig& a);
+    Response pre_boot(const PatchMachineConfig& a);
+    Response pre_boot(const PutBootSource& a);
+    Response pre_boot(const PutDrive& a);
+    Response pre_boot(const PutNet& a);
+    Response pre_boot(const PutSerial& a);
+    Response pre_boot(const PutConsole& a);
+    Response pre_boot(const InstanceStart& a);
+    Response runtime(const PatchDrive& a);
+    Response runtime(const SendCtrlAltDel& a);
+    Response runtime(const PatchVmState& a);
+    Response any_time(const GetInstanceInfo& a);
+    Response any_time(const GetVersion& a);
+    Response any_time(const GetMachineConfig& a);
+    Response any_time(const GetVmConfig& a);
+    Response any_time(const FlushMetrics& a);
+    Response any_time(const PutLogger& a);
+    Response any_time(const PutMetrics& a);
+
     Response start_instance();
-    Response patch_drive(const PatchDrive& p);
     Response set_logger(const LoggerConfig& c);
     Response set_metrics(const std::string& path);
     Response flush_metrics();

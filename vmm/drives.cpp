@@ -1,6 +1,7 @@
 #include "vmm/drives.hpp"
 
 #include "vmm/base/error.hpp"
+#include "vmm/device_manager.hpp"
 #include "vmm/arch/x86_64/layout.hpp"
 
 #include <cerrno>
@@ -69,16 +70,6 @@ std::string root_args(const std::vector<OpenedDrive>& drives) {
         return s + (d.cfg.is_read_only ? " ro" : " rw");
     }
     return {};
-}
-
-std::uint64_t virtio_mmio_addr(std::size_t n) noexcept { return layout::VIRTIO_MMIO_BASE + n * layout::VIRTIO_MMIO_SLOT; }
-std::uint32_t virtio_irq(std::size_t n) noexcept { return layout::IRQ_VIRTIO_BASE + static_cast<std::uint32_t>(n); }
-std::size_t max_virtio_devices() noexcept { return layout::IRQ_MAX - layout::IRQ_VIRTIO_BASE + 1; }
-
-std::string virtio_mmio_arg(std::size_t n) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "virtio_mmio.device=4K@0x%llx:%u", static_cast<unsigned long long>(virtio_mmio_addr(n)), virtio_irq(n));
-    return buf;
 }
 
 std::string add_kernel_args(const std::string& cmdline, const std::string& args) {

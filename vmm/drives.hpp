@@ -29,13 +29,6 @@ std::vector<OpenedDrive> open_drives(const std::vector<DriveConfig>& drives);
 // root=/dev/vda (or root=PARTUUID=...) and ro/rw for the root drive, if there is one.
 std::string root_args(const std::vector<OpenedDrive>& drives);
 
-// The virtio-mmio slot and IRQ of the n-th virtio device, and its kernel argument
-// (virtio_mmio.device=4K@0x...:IRQ, Documentation/admin-guide/kernel-parameters.txt).
-std::uint64_t virtio_mmio_addr(std::size_t n) noexcept;
-std::uint32_t virtio_irq(std::size_t n) noexcept;
-std::size_t max_virtio_devices() noexcept;
-std::string virtio_mmio_arg(std::size_t n);
-
 // Adds `args` to a command line before the " -- " that starts init's arguments, if any.
 std::string add_kernel_args(const std::string& cmdline, const std::string& args);
 

@@ -6,6 +6,7 @@
 
 #include "vmm/base/irq.hpp"
 #include "vmm/base/bus.hpp"
+#include "vmm/base/metrics.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -35,6 +36,15 @@ struct SerialCounters {
     std::atomic<std::uint64_t> missed_read_count{0};  // RBR read with an empty FIFO
     std::atomic<std::uint64_t> missed_write_count{0}; // output the sink could not take
     std::atomic<std::uint64_t> error_count{0};
+    // Firecracker's SerialDeviceMetrics; flush_count stays 0: output is never buffered here.
+    MetricValues values() const {
+        return {{"read_count", value_of(read_count)},
+                {"write_count", value_of(write_count)},
+                {"missed_read_count", value_of(missed_read_count)},
+                {"missed_write_count", value_of(missed_write_count)},
+                {"error_count", value_of(error_count)},
+                {"flush_count", 0}};
+    }
 };
 
 class Serial final : public BusDevice {

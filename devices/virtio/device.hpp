@@ -10,6 +10,7 @@
 
 #include "vmm/base/irq.hpp"
 #include "devices/virtio/queue.hpp"
+#include "vmm/base/metrics.hpp"
 #include "vmm/base/unique_fd.hpp"
 
 #include <atomic>
@@ -24,9 +25,6 @@ class GuestMemory;
 }
 
 namespace ember::virtio {
-
-// Adds to a device metric (relaxed: metrics are read by the VMM thread, never synchronised on).
-inline void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept { c.fetch_add(n, std::memory_order_relaxed); }
 
 // The generic part of a device's state, as plain values (snapshots save and load it).
 struct VirtioState {

@@ -1,6 +1,7 @@
 // Drive images and the kernel arguments they add (vmm/drives.hpp).
 
 #include "test_util.hpp"
+#include "vmm/device_manager.hpp"
 #include "vmm/drives.hpp"
 
 #include <cstdlib>

@@ -8,6 +8,7 @@
 // with interrupts off until the device has consumed each transmit buffer
 // (drivers/char/virtio_console.c, __send_to_port), so the device must always consume at once.
 
+#include "vmm/base/metrics.hpp"
 #include "vmm/base/unique_fd.hpp"
 
 #include <atomic>
@@ -27,6 +28,9 @@ struct OutputMetrics {
     std::atomic<std::uint64_t> bytes_written{0}; // reached the host descriptor
     std::atomic<std::uint64_t> bytes_dropped{0}; // did not fit the buffer, or the write failed
     std::atomic<std::uint64_t> write_fails{0};   // write(2) errors other than EAGAIN
+    MetricValues values() const {
+        return {{"bytes_written", value_of(bytes_written)}, {"bytes_dropped", value_of(bytes_dropped)}, {"write_fails", value_of(write_fails)}};
+    }
 };
 
 class ConsoleOutput {

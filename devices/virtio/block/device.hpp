@@ -25,6 +25,23 @@ struct BlockMetrics {
     std::atomic<std::uint64_t> activate_fails{0}, cfg_fails{0}, event_fails{0}, execute_fails{0}, invalid_reqs_count{0},
         flush_count{0}, queue_event_count{0}, read_bytes{0}, write_bytes{0}, read_count{0}, write_count{0},
         update_count{0}, update_fails{0}, no_avail_buffer{0};
+    MetricValues values() const {
+        return {
+                {"activate_fails", value_of(activate_fails)},
+                {"cfg_fails", value_of(cfg_fails)},
+                {"event_fails", value_of(event_fails)},
+                {"execute_fails", value_of(execute_fails)},
+                {"invalid_reqs_count", value_of(invalid_reqs_count)},
+                {"flush_count", value_of(flush_count)},
+                {"queue_event_count", value_of(queue_event_count)},
+                {"read_bytes", value_of(read_bytes)},
+                {"write_bytes", value_of(write_bytes)},
+                {"read_count", value_of(read_count)},
+                {"write_count", value_of(write_count)},
+                {"update_count", value_of(update_count)},
+                {"update_fails", value_of(update_fails)},
+                {"no_avail_buffer", value_of(no_avail_buffer)}};
+    }
 };
 
 class BlockDevice final : public VirtioDevice {

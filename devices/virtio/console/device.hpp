@@ -21,6 +21,19 @@ namespace ember::virtio::console {
 struct ConsoleMetrics {
     std::atomic<std::uint64_t> activate_fails{0}, event_fails{0}, rx_queue_event_count{0}, tx_queue_event_count{0},
         rx_bytes_count{0}, rx_count{0}, rx_fails{0}, tx_bytes_count{0}, tx_count{0}, tx_malformed_chains{0};
+    MetricValues values() const {
+        return {
+                {"activate_fails", value_of(activate_fails)},
+                {"event_fails", value_of(event_fails)},
+                {"rx_queue_event_count", value_of(rx_queue_event_count)},
+                {"tx_queue_event_count", value_of(tx_queue_event_count)},
+                {"rx_bytes_count", value_of(rx_bytes_count)},
+                {"rx_count", value_of(rx_count)},
+                {"rx_fails", value_of(rx_fails)},
+                {"tx_bytes_count", value_of(tx_bytes_count)},
+                {"tx_count", value_of(tx_count)},
+                {"tx_malformed_chains", value_of(tx_malformed_chains)}};
+    }
 };
 
 class ConsoleDevice final : public VirtioDevice {

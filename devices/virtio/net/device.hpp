@@ -34,6 +34,26 @@ struct NetMetrics {
         rx_tap_event_count{0}, rx_bytes_count{0}, rx_packets_count{0}, rx_fails{0}, rx_count{0}, tap_read_fails{0},
         tap_write_fails{0}, tx_bytes_count{0}, tx_malformed_frames{0}, tx_fails{0}, tx_count{0}, tx_packets_count{0},
         tx_queue_event_count{0};
+    MetricValues values() const {
+        return {
+                {"activate_fails", value_of(activate_fails)},
+                {"event_fails", value_of(event_fails)},
+                {"no_rx_avail_buffer", value_of(no_rx_avail_buffer)},
+                {"rx_queue_event_count", value_of(rx_queue_event_count)},
+                {"rx_tap_event_count", value_of(rx_tap_event_count)},
+                {"rx_bytes_count", value_of(rx_bytes_count)},
+                {"rx_packets_count", value_of(rx_packets_count)},
+                {"rx_fails", value_of(rx_fails)},
+                {"rx_count", value_of(rx_count)},
+                {"tap_read_fails", value_of(tap_read_fails)},
+                {"tap_write_fails", value_of(tap_write_fails)},
+                {"tx_bytes_count", value_of(tx_bytes_count)},
+                {"tx_malformed_frames", value_of(tx_malformed_frames)},
+                {"tx_fails", value_of(tx_fails)},
+                {"tx_count", value_of(tx_count)},
+                {"tx_packets_count", value_of(tx_packets_count)},
+                {"tx_queue_event_count", value_of(tx_queue_event_count)}};
+    }
 };
 
 class NetDevice final : public VirtioDevice {
