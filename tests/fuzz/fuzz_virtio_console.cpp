@@ -20,7 +20,7 @@
 // MMIO transport.
 //
 // Invariants (besides no crash and no sanitizer report): every chain taken is returned at once
-// (console/backend.hpp: Linux's hvc spins until it is), the transmitted byte count equals
+// (vmm/base/console_output.hpp: Linux's hvc spins until it is), the transmitted byte count equals
 // what the output wrote, dropped or buffered, input is accepted only by a running device and
 // never more than offered, the output buffer stays within its bound, interrupt status holds
 // only the two defined bits (§4.2.2), returned buffers raise a used-buffer interrupt unless the

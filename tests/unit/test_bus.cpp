@@ -1,4 +1,4 @@
-// PIO/MMIO bus dispatch (vmm/bus.hpp).
+// PIO/MMIO bus dispatch (vmm/base/bus.hpp).
 
 #include "vmm/base/bus.hpp"
 

@@ -1,4 +1,4 @@
-// Firecracker --config-file parsing (api/config.hpp) and log level names (vmm/logger.hpp).
+// Firecracker --config-file parsing (api/config.hpp) and log level names (vmm/base/logger.hpp).
 
 #include "test_util.hpp"
 

@@ -1,5 +1,5 @@
 // virtio-console (virtio 1.2 §5.3): the configuration space and transmit chain checks
-// (devices/virtio/console/request.hpp), the non-blocking host output (console/backend.hpp) and
+// (devices/virtio/console/request.hpp), the non-blocking host output (vmm/base/console_output.hpp) and
 // the device driven end to end through split rings in fake guest RAM (console/device.hpp).
 
 #include "vmm/base/console_output.hpp"
