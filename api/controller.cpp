@@ -53,25 +53,20 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
 }
 
 namespace {
-const char* request_group(const Action& a) {
-    if (std::holds_alternative<GetInstanceInfo>(a) || std::holds_alternative<GetVersion>(a) ||
-        std::holds_alternative<GetMachineConfig>(a) || std::holds_alternative<GetVmConfig>(a))
-        return "get_api_requests";
-    if (std::holds_alternative<PatchMachineConfig>(a) || std::holds_alternative<PatchVmState>(a) ||
-        std::holds_alternative<PatchDrive>(a))
-        return "patch_api_requests";
-    return "put_api_requests";
-}
-// Firecracker counts every request of a kind as <name>_count, except these two.
-bool has_request_count(const Action& a) {
-    return !std::holds_alternative<GetVmConfig>(a) && !std::holds_alternative<PatchVmState>(a);
+const char* request_group(Method m) {
+    switch (m) {
+    case Method::Get: return "get_api_requests";
+    case Method::Patch: return "patch_api_requests";
+    default: return "put_api_requests";
+    }
 }
 } // namespace
 
 Response Controller::handle(const Action& a) {
     const std::string name = action_name(a);
-    const char* group = request_group(a);
-    if (has_request_count(a)) count(group, name + "_count");
+    const char* group = request_group(action_method(a));
+    // Firecracker counts every request as <name>_count, except these two.
+    if (!std::holds_alternative<GetVmConfig>(a) && !std::holds_alternative<PatchVmState>(a)) count(group, name + "_count");
     auto dispatch = [this](const auto& act) -> Response {
         if constexpr (requires { this->pre_boot(act); }) {
             if (vm_) return Response::bad_request(kNotAfterBoot);

@@ -199,4 +199,28 @@ const char* action_name(const Action& a) {
     return std::visit(V{}, a);
 }
 
+Method action_method(const Action& a) {
+    struct V {
+        Method operator()(const GetInstanceInfo&) const { return Method::Get; }
+        Method operator()(const GetVersion&) const { return Method::Get; }
+        Method operator()(const GetMachineConfig&) const { return Method::Get; }
+        Method operator()(const GetVmConfig&) const { return Method::Get; }
+        Method operator()(const PutMachineConfig&) const { return Method::Put; }
+        Method operator()(const PatchMachineConfig&) const { return Method::Patch; }
+        Method operator()(const PutBootSource&) const { return Method::Put; }
+        Method operator()(const InstanceStart&) const { return Method::Put; }
+        Method operator()(const SendCtrlAltDel&) const { return Method::Put; }
+        Method operator()(const FlushMetrics&) const { return Method::Put; }
+        Method operator()(const PatchVmState&) const { return Method::Patch; }
+        Method operator()(const PutLogger&) const { return Method::Put; }
+        Method operator()(const PutMetrics&) const { return Method::Put; }
+        Method operator()(const PutDrive&) const { return Method::Put; }
+        Method operator()(const PatchDrive&) const { return Method::Patch; }
+        Method operator()(const PutNet&) const { return Method::Put; }
+        Method operator()(const PutSerial&) const { return Method::Put; }
+        Method operator()(const PutConsole&) const { return Method::Put; }
+    };
+    return std::visit(V{}, a);
+}
+
 } // namespace ember::api

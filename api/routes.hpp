@@ -62,5 +62,7 @@ std::variant<Action, Response> route(const std::string& method, const std::strin
 
 // A short name of the action for logs and metrics ("instance_info", "machine_cfg", ...).
 const char* action_name(const Action& a);
+// The HTTP method of the action's requests (which of Firecracker's request metric groups counts it).
+Method action_method(const Action& a);
 
 } // namespace ember::api
