@@ -10,6 +10,7 @@ namespace ember {
 
 struct BootTimerState {
     std::uint64_t boot_time_us = 0; // boot_time_us() when saved
+    bool operator==(const BootTimerState&) const = default;
 };
 
 class BootTimer final : public BusDevice {

@@ -20,6 +20,7 @@ struct I8042State {
     std::uint8_t pending_cmd = 0; // command waiting for its data byte on port 0x60
     std::uint8_t outport = 0x01;  // output port: bit 0 = system reset line inactive
     std::deque<std::uint8_t> out; // bytes for the guest to read from port 0x60
+    bool operator==(const I8042State&) const = default;
 };
 
 class I8042 final : public BusDevice {

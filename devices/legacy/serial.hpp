@@ -29,6 +29,7 @@ struct SerialState {
     std::uint8_t fcr = 0;
     bool thr_empty_pending = false; // THRE interrupt raised and not yet acknowledged
     std::deque<std::uint8_t> rx;
+    bool operator==(const SerialState&) const = default;
 };
 
 struct SerialCounters {

@@ -37,6 +37,7 @@ struct VirtioState {
     std::uint32_t driver_features_sel = 0;
     std::uint32_t queue_sel = 0;
     std::uint32_t shm_sel = 0;
+    bool operator==(const VirtioState&) const = default;
 };
 
 // What every virtio device saves: the generic state, the interrupt status the driver has not
@@ -45,6 +46,7 @@ struct DeviceState {
     VirtioState virtio;
     std::uint32_t interrupt_status = 0;
     std::vector<QueueState> queues;
+    bool operator==(const DeviceState&) const = default;
 };
 
 class VirtioDevice {

@@ -63,6 +63,7 @@ struct QueueState {
     bool event_idx = false;
     bool indirect = false;
     bool active = false; // activated (rings checked and served) at DRIVER_OK
+    bool operator==(const QueueState&) const = default;
 };
 
 // vring_need_event() of §2.7.7.2: true when the driver's used_event index lies in [old, new_idx),

@@ -33,6 +33,7 @@ struct BlockMetrics {
 struct BlockState {
     DeviceState virtio;
     std::uint64_t disk_bytes = 0;
+    bool operator==(const BlockState&) const = default;
 };
 
 class BlockDevice final : public VirtioDevice {

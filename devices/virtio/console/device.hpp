@@ -31,6 +31,7 @@ struct ConsoleState {
     std::optional<ConsoleSize> size;
     bool size_announced = false; // the first configuration interrupt was raised
     bool input_waiting = false;  // host input waits for receive buffers (on_rx_space owed)
+    bool operator==(const ConsoleState&) const = default;
 };
 
 class ConsoleDevice final : public VirtioDevice {

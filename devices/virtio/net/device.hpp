@@ -43,6 +43,7 @@ struct NetMetrics {
 // saved state stays small plain values. (The saved device itself keeps and delivers it.)
 struct NetState {
     DeviceState virtio;
+    bool operator==(const NetState&) const = default;
 };
 
 class NetDevice final : public VirtioDevice {
