@@ -26,7 +26,9 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
+#include <set>
 #include <string>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -254,51 +256,63 @@ TEST_CASE("state: a queue state that does not fit guest memory or the rings is r
     SECTION("descriptor table outside RAM") {
         s.desc_addr = GuestAddr(kRamBytes);
         why = "descriptor table is outside guest RAM";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("used ring running past the end of RAM") {
         s.used_addr = GuestAddr(kRamBytes - 8);
         why = "used ring is outside guest RAM";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("available ring at the top of the address space") {
         s.avail_addr = GuestAddr(UINT64_MAX - 1);
         why = "available ring is outside guest RAM";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("size not a power of two") {
         s.size = 12;
         why = "not a power of two";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("size above the maximum") {
         s.size = 512;
         why = "not a power of two up to 256";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("misaligned descriptor table") {
         s.desc_addr = GuestAddr(kDescAddr + 8);
         why = "16-byte aligned";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("next_avail far ahead of the available ring") {
         s.next_avail = static_cast<std::uint16_t>(s.next_avail + 1000);
         s.next_used = static_cast<std::uint16_t>(s.next_used + 1000);
         why = "more than the queue size past next_avail";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("more chains taken than the queue holds") {
         s.next_used = static_cast<std::uint16_t>(s.next_used - 40);
         why = "more than the queue size past next_used";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("next_used that is not the used index in guest memory") {
         s.next_used = static_cast<std::uint16_t>(s.next_used - 1);
         why = "differs from next_used";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("another maximum size") {
         max = 128;
         why = "restored into one of 128";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("an inactive queue that consumed chains") {
         s.active = false;
         why = "inactive queue with chains consumed";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     SECTION("an active queue that is not ready") {
         s.ready = false;
         why = "not ready";
+        CHECK((s != a.q.state() || max != 256)); // the case changes something
     }
     GuestMemory mem = clone_ram(a.mem);
     Queue q(max);
@@ -399,52 +413,64 @@ TEST_CASE("state: a virtio-blk state that does not fit the drive or guest memory
     drv.bring_up();
     (void)post_blk(drv, IN, 0, 512, 0);
     drv.notify(0);
-    block::BlockState s = dev->save();
+    const block::BlockState saved = dev->save();
+    block::BlockState s = saved;
     std::uint64_t size = 8192;
     std::string why;
     SECTION("queue outside guest RAM") {
         s.virtio.queues[0].used_addr = GuestAddr(kRamBytes + 0x1000);
         why = "queue 0: used ring is outside guest RAM";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("queue size not a power of two") {
         s.virtio.queues[0].size = 3;
         why = "queue 0: queue size 3";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("next_avail far ahead") {
         s.virtio.queues[0].next_avail = 5000;
         why = "queue 0:";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("a queue too many") {
         s.virtio.queues.push_back(s.virtio.queues[0]);
         why = "2 queues saved, the device has 1";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("a feature the drive does not offer (FLUSH on an Unsafe cache)") {
         s.virtio.virtio.acked_features |= bit(block::F_FLUSH);
         why = "negotiated features";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("features without VERSION_1") {
         s.virtio.virtio.acked_features &= ~bit(feature::VERSION_1);
         why = "negotiated features";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("DRIVER_OK without FEATURES_OK") {
         s.virtio.virtio.status = status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK;
         why = "not one a driver can reach";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("an active queue before DRIVER_OK") {
         s.virtio.virtio.status = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
         why = "active before DRIVER_OK";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("ring features other than the negotiated ones") {
         s.virtio.queues[0].event_idx = false;
         why = "ring features differ";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("unknown interrupt bits") {
         s.virtio.interrupt_status = 0x80;
         why = "unknown interrupt status bits";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     SECTION("an image of another size") {
         size = 4096;
         why = "the image has 4096 bytes, the saved drive had 8192";
+        CHECK((s != saved || size != saved.disk_bytes));
     }
     GuestMemory mem2 = clone_ram(mem);
     boost::asio::io_context io2;
@@ -763,4 +789,168 @@ TEST_CASE("state: the boot timer keeps its value", "[state]") {
     CHECK(b.boot_time_us() == a.boot_time_us());
     CHECK(b.save() == s);
     CHECK(BootTimer(BootTimerState{}).boot_time_us() == 0);
+}
+
+// ==========================================================================================
+// Dirty pages: devices write guest memory only through GuestMemory, so its bitmap holds exactly
+// the pages of device-writable buffers they were given (the rule of queue.hpp: whole buffers,
+// marked when popped) and the used-ring bytes they stored, and nothing they only read.
+
+namespace {
+// Pages of the buffers of chain `c` at segment indices `segs`, each `len` long.
+std::set<std::uint64_t> pages_of(const Chain& c, std::initializer_list<std::size_t> segs, std::initializer_list<std::uint64_t> lens) {
+    std::set<std::uint64_t> p;
+    auto len = lens.begin();
+    for (std::size_t i : segs) {
+        for (std::uint64_t a = c.addrs[i]; a < c.addrs[i] + *len; a += GuestMemory::PAGE_SIZE) p.insert(page_of(a));
+        p.insert(page_of(c.addrs[i] + *len - 1));
+        ++len;
+    }
+    return p;
+}
+std::set<std::uint64_t> with(std::set<std::uint64_t> s, std::uint64_t page) {
+    s.insert(page);
+    return s;
+}
+} // namespace
+
+TEST_CASE("dirty: a queue marks the used ring it writes and nothing it reads", "[dirty][virtio]") {
+    GuestMemory mem = make_test_ram();
+    DriverRings d(mem, 16);
+    Queue q(256);
+    d.program(q);
+    REQUIRE(q.activate(mem, true, false).empty());
+    d.set_desc(0, kDataAddr, 4096);                                  // readable
+    d.set_desc(1, kDataAddr + 0x3000, 100, desc_flag::WRITE);        // writable, inside one page
+    d.set_desc(2, kDataAddr + 0x5ff0, 0x20, desc_flag::WRITE);       // writable, across two pages
+    d.set_desc(3, kDataAddr + 0x8000, 0x2000, desc_flag::WRITE);     // writable, two whole pages
+    d.publish(0);
+    d.set_desc(4, kDataAddr + 0x3000, 100, desc_flag::WRITE | desc_flag::NEXT, 5);
+    d.set_desc(5, kDataAddr + 0x5ff0, 0x20, desc_flag::WRITE);
+    d.publish(4);
+    d.publish(3);
+    mem.enable_dirty_tracking();
+    REQUIRE(q.pop().status == Queue::PopStatus::Chain);
+    CHECK(dirty_pages(mem).empty()); // a readable buffer, the table and the available ring: read only
+    REQUIRE(q.pop().status == Queue::PopStatus::Chain);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(kDataAddr + 0x3000), page_of(kDataAddr + 0x5000), page_of(kDataAddr + 0x6000)});
+    REQUIRE(q.pop().status == Queue::PopStatus::Chain);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(kDataAddr + 0x8000), page_of(kDataAddr + 0x9000)});
+    CHECK(q.pop().status == Queue::PopStatus::Empty);
+    CHECK(dirty_pages(mem).empty());
+    q.add_used(0, 0, false);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(kUsedAddr)}); // the element
+    q.add_used(4, 0);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(kUsedAddr)}); // element and used.idx
+    (void)q.needs_interrupt();
+    CHECK(dirty_pages(mem).empty());
+    CHECK_FALSE(q.enable_notification());
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(kUsedAddr + 4 + 8 * 16)}); // avail_event
+    mem.disable_dirty_tracking();
+    q.add_used(3, 0);
+    CHECK(dirty_pages(mem).empty());
+}
+
+TEST_CASE("dirty: a queue with a used ring across pages marks the pages of what it stores", "[dirty][virtio]") {
+    GuestMemory mem = make_test_ram();
+    // Used ring of 256 entries from 0x4ffc: idx at 0x4ffe, elements 0.. from 0x5000, avail_event at 0x5800.
+    DriverRings d(mem, 256, kDescAddr, kAvailAddr, 0x4ffc);
+    Queue q(256);
+    d.program(q);
+    REQUIRE(q.activate(mem, true, false).empty());
+    d.set_desc(0, kDataAddr, 16);
+    d.publish(0);
+    REQUIRE(q.pop().status == Queue::PopStatus::Chain);
+    mem.enable_dirty_tracking();
+    q.add_used(0, 0);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{4, 5});
+    (void)q.enable_notification();
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(0x4ffc + 4 + 8 * 256)});
+}
+
+TEST_CASE("dirty: virtio-blk reads mark their data and status pages and the used ring; writes only status and used ring", "[dirty][block]") {
+    const block::IoEngine engine = GENERATE(block::IoEngine::Sync, block::IoEngine::Async);
+    INFO("engine " << (engine == block::IoEngine::Sync ? "Sync" : "Async"));
+    GuestMemory mem = make_test_ram();
+    boost::asio::io_context io;
+    MemFd image(pattern(64 * 1024, 3));
+    auto dev = std::make_shared<block::BlockDevice>(mem, io, drive(engine), image.dup(), 64 * 1024);
+    VirtioDriver drv(mem, *dev, kOneQueue);
+    drv.bring_up();
+    mem.enable_dirty_tracking();
+    const std::uint64_t used = page_of(kUsedAddr);
+
+    const Chain w = post_blk(drv, OUT, 0, 8192, 1);
+    (void)dirty_pages(mem); // what the test (the guest) wrote
+    drv.notify(0);
+    dev->quiesce();
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(w.addrs[2]), used});
+
+    const Chain r = post_blk(drv, IN, 4, 8192, 0);
+    (void)dirty_pages(mem);
+    drv.notify(0);
+    dev->quiesce();
+    CHECK(dirty_pages(mem) == with(pages_of(r, {1, 2}, {8192, 1}), used));
+    const Bytes disk = image.contents();
+    CHECK(drv.guest(r.addrs[1], 8192) == Bytes(disk.begin() + 2048, disk.begin() + 2048 + 8192));
+
+    const Chain id = post_blk(drv, static_cast<std::uint32_t>(block::RequestType::GetId), 0, 20, 0);
+    (void)dirty_pages(mem);
+    drv.notify(0);
+    CHECK(dirty_pages(mem) == with(pages_of(id, {1, 2}, {20, 1}), used));
+}
+
+TEST_CASE("dirty: virtio-net receive marks the receive buffers and used ring; transmit only its used ring", "[dirty][net]") {
+    GuestMemory mem = make_test_ram();
+    boost::asio::io_context io;
+    SocketTap tap;
+    auto dev = std::make_shared<net::NetDevice>(mem, io, net_config(), std::move(tap.tap));
+    VirtioDriver drv(mem, *dev, kTwoQueues);
+    drv.bring_up(kNoGuestOffloads);
+    mem.enable_dirty_tracking();
+
+    const Chain rx = drv.post(net::NetDevice::RX, {writable(4096)});
+    const Chain unused = drv.post(net::NetDevice::RX, {writable(4096)});
+    tap.send(frame(1000, 1));
+    (void)dirty_pages(mem);
+    drv.notify(net::NetDevice::RX);
+    REQUIRE(drv.rings(net::NetDevice::RX).used_idx() == 1);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(rx.addrs[0]), page_of(0x3000)});
+    (void)unused;
+
+    const Chain tx = drv.post(net::NetDevice::TX, {readable(frame(3000, 2))});
+    (void)dirty_pages(mem);
+    drv.notify(net::NetDevice::TX);
+    REQUIRE(drv.rings(net::NetDevice::TX).used_idx() == 1);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(0x6000)});
+    CHECK(tap.received().size() == 1);
+    (void)tx;
+    dev.reset();
+}
+
+TEST_CASE("dirty: virtio-console input marks its receive buffer (whole) and used ring; output only its used ring", "[dirty][console]") {
+    using console::ConsoleDevice;
+    GuestMemory mem = make_test_ram();
+    boost::asio::io_context io;
+    MemFd out_file;
+    auto dev = std::make_shared<ConsoleDevice>(mem, std::make_shared<ConsoleOutput>(io, out_file.dup()), std::nullopt);
+    VirtioDriver drv(mem, *dev, kTwoQueues);
+    drv.bring_up();
+    mem.enable_dirty_tracking();
+
+    const Chain rx = drv.post(ConsoleDevice::RX, {writable(8192)});
+    (void)dirty_pages(mem);
+    {
+        std::lock_guard lk(dev->mutex());
+        const std::uint8_t in[5] = {'h', 'e', 'l', 'l', 'o'};
+        CHECK(dev->enqueue_input(in) == 5);
+    }
+    // Five bytes written, both pages of the buffer marked: the superset rule of queue.hpp.
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(rx.addrs[0]), page_of(rx.addrs[0]) + 1, page_of(0x3000)});
+
+    (void)drv.post(ConsoleDevice::TX, {readable("output")});
+    (void)dirty_pages(mem);
+    drv.notify(ConsoleDevice::TX);
+    CHECK(dirty_pages(mem) == std::set<std::uint64_t>{page_of(0x6000)});
+    CHECK(out_file.contents() == Bytes{'o', 'u', 't', 'p', 'u', 't'});
 }
