@@ -1,5 +1,7 @@
 #include "devices/legacy/i8042.hpp"
 
+#include "vmm/base/error.hpp"
+
 #include <algorithm>
 
 namespace ember {
@@ -98,9 +100,19 @@ I8042State I8042::save() const {
     return st_;
 }
 
+I8042::I8042(IrqLine& kbd_irq, std::function<void()> on_reset, const I8042State& s) : I8042(kbd_irq, std::move(on_reset)) {
+    restore(s);
+}
+
 void I8042::restore(const I8042State& s) {
+    if (s.out.size() > OUT_CAPACITY)
+        throw ConfigError("i8042 state: " + std::to_string(s.out.size()) + " output bytes, the buffer holds " + std::to_string(OUT_CAPACITY));
+    if (s.pending_cmd != 0 && s.pending_cmd != CMD_WRITE_CTR && s.pending_cmd != CMD_WRITE_OUTP)
+        throw ConfigError("i8042 state: pending command " + std::to_string(s.pending_cmd) + " takes no data byte");
     std::lock_guard lk(mu_);
     st_ = s;
+    refresh_status();
+    if (!st_.out.empty() && (st_.control & CB_KBD_INT)) irq_.trigger();
 }
 
 } // namespace ember

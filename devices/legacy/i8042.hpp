@@ -20,12 +20,15 @@ struct I8042State {
     std::uint8_t pending_cmd = 0; // command waiting for its data byte on port 0x60
     std::uint8_t outport = 0x01;  // output port: bit 0 = system reset line inactive
     std::deque<std::uint8_t> out; // bytes for the guest to read from port 0x60
+    bool operator==(const I8042State&) const = default;
 };
 
 class I8042 final : public BusDevice {
 public:
     // Registered at port 0x60 with length 5: offset 0 = data port, offset 4 = command/status.
     I8042(IrqLine& kbd_irq, std::function<void()> on_reset) : irq_(kbd_irq), on_reset_(std::move(on_reset)) {}
+    // Snapshot restore: as restore(s) on a new controller.
+    I8042(IrqLine& kbd_irq, std::function<void()> on_reset, const I8042State& s);
 
     void read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept override;
     void write(std::uint64_t offset, std::span<const std::uint8_t> data) noexcept override;
@@ -34,6 +37,10 @@ public:
     bool send_ctrl_alt_del() noexcept;
 
     I8042State save() const;
+    // Replaces the state. Throws ConfigError for one no guest could have produced (more output
+    // bytes than the buffer holds, a pending command that takes no data byte). The output-full
+    // status bit follows the buffer, and with output waiting and the keyboard interrupt enabled
+    // IRQ 1 is raised again (edge-triggered: the old line's edge may be lost).
     void restore(const I8042State& s);
     std::uint64_t reset_count() const noexcept { return resets_; }
 

@@ -1,5 +1,7 @@
 #include "devices/legacy/serial.hpp"
 
+#include "vmm/base/error.hpp"
+
 #include <algorithm>
 
 namespace ember {
@@ -159,10 +161,16 @@ SerialState Serial::save() const {
     return st_;
 }
 
+Serial::Serial(IrqLine& irq, Sink sink, const SerialState& s) : Serial(irq, std::move(sink)) { restore(s); }
+
 void Serial::restore(const SerialState& s) {
+    if (s.rx.size() > RX_CAPACITY)
+        throw ConfigError("serial state: " + std::to_string(s.rx.size()) + " received bytes, the FIFO holds " + std::to_string(RX_CAPACITY));
+    if ((s.ier & ~0x0f) || (s.mcr & ~0x1f) || (s.fcr & ~0xc9)) throw ConfigError("serial state: reserved register bits set");
     std::lock_guard lk(mu_);
     st_ = s;
     rx_refused_ = false;
+    if (irq_pending()) irq_.trigger();
 }
 
 } // namespace ember

@@ -17,7 +17,9 @@
 
 namespace ember {
 
-// Register state, plain so it can be saved and restored with a snapshot.
+// Register state, plain so it can be saved and restored with a snapshot. Restore checks it
+// (Serial's restoring constructor): rx holds at most Serial::RX_CAPACITY bytes, ier/mcr/fcr only
+// bits a guest write can leave there.
 struct SerialState {
     std::uint8_t ier = 0;
     std::uint8_t lcr = 0x03; // 8N1
@@ -28,6 +30,7 @@ struct SerialState {
     std::uint8_t fcr = 0;
     bool thr_empty_pending = false; // THRE interrupt raised and not yet acknowledged
     std::deque<std::uint8_t> rx;
+    bool operator==(const SerialState&) const = default;
 };
 
 struct SerialCounters {
@@ -54,6 +57,9 @@ public:
     using Sink = std::function<bool(std::span<const std::uint8_t>)>;
 
     Serial(IrqLine& irq, Sink sink) : irq_(irq), sink_(std::move(sink)) {}
+    // Snapshot restore: as restore(s) on a new UART. Throws ConfigError for a state no guest
+    // could have produced.
+    Serial(IrqLine& irq, Sink sink, const SerialState& s);
 
     void read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept override;
     void write(std::uint64_t offset, std::span<const std::uint8_t> data) noexcept override;
@@ -64,6 +70,10 @@ public:
     void set_rx_drained_callback(std::function<void()> cb) { rx_drained_ = std::move(cb); }
 
     SerialState save() const;
+    // Replaces the register state (checked as by the restoring constructor). The line is
+    // edge-triggered and the edge of a pending interrupt may have been lost with the old line,
+    // so a pending interrupt (IIR not "none") is raised again; an extra edge is harmless, as the
+    // 8250 driver reads IIR.
     void restore(const SerialState& s);
     const SerialCounters& counters() const noexcept { return counters_; }
 

@@ -1,6 +1,7 @@
 #include "devices/virtio/device.hpp"
 
 #include "devices/virtio/spec.hpp"
+#include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
 
 namespace ember::virtio {
@@ -84,6 +85,58 @@ void VirtioDevice::reset() noexcept {
     state_ = VirtioState{};
     state_.config_generation = gen;
     isr_.store(0, std::memory_order_release);
+}
+
+DeviceState VirtioDevice::save_virtio() const {
+    DeviceState s;
+    s.virtio = state_;
+    s.interrupt_status = isr_.load(std::memory_order_acquire);
+    s.queues.reserve(queues_.size());
+    for (const auto& q : queues_) s.queues.push_back(q.state());
+    return s;
+}
+
+void VirtioDevice::restore_virtio(const DeviceState& s) {
+    const std::string what = "virtio " + name() + " state: ";
+    if (s.queues.size() != queues_.size())
+        throw ConfigError(what + std::to_string(s.queues.size()) + " queues saved, the device has " + std::to_string(queues_.size()));
+    const std::uint32_t st = s.virtio.status;
+    constexpr std::uint32_t known = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK |
+                                    status::DEVICE_NEEDS_RESET | status::FAILED;
+    auto implies = [st](std::uint32_t b, std::uint32_t prerequisite) { return !(st & b) || (st & prerequisite); };
+    if ((st & ~known) || !implies(status::DRIVER, status::ACKNOWLEDGE) || !implies(status::FEATURES_OK, status::DRIVER) ||
+        !implies(status::DRIVER_OK, status::FEATURES_OK))
+        throw ConfigError(what + "device status " + std::to_string(st) + " is not one a driver can reach");
+    if ((st & status::FEATURES_OK) &&
+        ((s.virtio.acked_features & ~offered_features()) || !(s.virtio.acked_features & bit(feature::VERSION_1))))
+        throw ConfigError(what + "negotiated features are not among those the device offers");
+    if (s.interrupt_status & ~(INT_USED_RING | INT_CONFIG))
+        throw ConfigError(what + "unknown interrupt status bits " + std::to_string(s.interrupt_status));
+
+    state_ = s.virtio;
+    const bool run = running();
+    for (std::size_t i = 0; i < queues_.size(); ++i) {
+        const QueueState& q = s.queues[i];
+        const std::string where = what + "queue " + std::to_string(i) + ": ";
+        if (q.active && !(st & status::DRIVER_OK)) throw ConfigError(where + "active before DRIVER_OK");
+        if (run && q.ready && !q.active) throw ConfigError(where + "ready but not active on a running device");
+        if (q.active && (q.event_idx != negotiated(feature::RING_EVENT_IDX) || q.indirect != negotiated(feature::RING_INDIRECT_DESC)))
+            throw ConfigError(where + "ring features differ from the negotiated ones");
+        try {
+            queues_[i].restore(q, mem_);
+        } catch (const ConfigError& e) {
+            throw ConfigError(where + e.what());
+        }
+    }
+    if (run && !activate()) throw ConfigError(what + "the device could not be activated on its new host resources");
+    isr_.store(s.interrupt_status, std::memory_order_release);
+}
+
+void VirtioDevice::resume_after_restore() noexcept {
+    if (isr_.load(std::memory_order_acquire) != 0) irq_.trigger();
+    if (!running()) return;
+    for (std::size_t i = 0; i < queues_.size(); ++i)
+        if (queues_[i].active()) notify(i);
 }
 
 void VirtioDevice::signal_used(Queue& q) noexcept {

@@ -35,6 +35,16 @@ struct VirtioState {
     std::uint32_t driver_features_sel = 0;
     std::uint32_t queue_sel = 0;
     std::uint32_t shm_sel = 0;
+    bool operator==(const VirtioState&) const = default;
+};
+
+// What every virtio device saves: the generic state, the interrupt status the driver has not
+// acknowledged yet, and every queue (in queue order). Plain values: guest addresses and indices.
+struct DeviceState {
+    VirtioState virtio;
+    std::uint32_t interrupt_status = 0;
+    std::vector<QueueState> queues;
+    bool operator==(const DeviceState&) const = default;
 };
 
 class VirtioDevice {
@@ -90,7 +100,24 @@ public:
     void notify(std::size_t q) noexcept { (void)notify_[q].signal(); }
     std::uint64_t needs_reset_count() const noexcept { return needs_reset_.load(); }
 
+    // The generic part of a snapshot. Needs mutex() held (device saves take it).
+    DeviceState save_virtio() const;
+
 protected:
+    // Snapshot restore of the generic part into a device fresh from its constructor, under
+    // mutex(). Checks that the state is one this device could have reached: the queue count,
+    // a status the driver could have written (§3.1.1 order), negotiated features among those
+    // offered now (with VERSION_1), known interrupt bits, queues active only after DRIVER_OK
+    // with the negotiated ring features, every ready queue active while the device runs, and
+    // each queue against guest memory (Queue::restore). A running device's activate() hook is
+    // called again (host resources are new). Throws ConfigError naming the device.
+    void restore_virtio(const DeviceState& s);
+    // Last step of a restore, once the device's own state is in place: re-raises the interrupt
+    // if the saved status has bits pending (an extra edge is harmless: the driver reads
+    // InterruptStatus) and notifies every active queue of a running device once, for the
+    // notifications in flight when the state was saved (pop() finds nothing if there were none).
+    void resume_after_restore() noexcept;
+
     // Used-buffer interrupt (§2.7.7), when `q` says the driver wants one.
     void signal_used(Queue& q) noexcept;
     // Configuration-change interrupt; bumps the config generation (§2.5.1, §4.2.2).

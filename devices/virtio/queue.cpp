@@ -1,6 +1,7 @@
 #include "devices/virtio/queue.hpp"
 
 #include "devices/virtio/spec.hpp"
+#include "vmm/base/error.hpp"
 #include "vmm/base/guest_memory.hpp"
 
 #include <atomic>
@@ -31,8 +32,9 @@ struct RawDesc {
 };
 static_assert(sizeof(RawDesc) == 16);
 
-void set_half(std::uint64_t& v, std::uint64_t a, bool high) noexcept {
-    v = high ? (v & 0xffffffffULL) | (a << 32) : (v & ~0xffffffffULL) | (a & 0xffffffffULL);
+void set_half(GuestAddr& addr, std::uint64_t a, bool high) noexcept {
+    const std::uint64_t v = addr.raw();
+    addr = GuestAddr(high ? (v & 0xffffffffULL) | (a << 32) : (v & ~0xffffffffULL) | (a & 0xffffffffULL));
 }
 
 } // namespace
@@ -60,12 +62,12 @@ void Queue::set_used_addr(std::uint64_t a, bool high) noexcept {
 std::string Queue::activate(const GuestMemory& mem, bool event_idx, bool indirect) noexcept {
     const std::uint16_t n = s_.size;
     if (n == 0 || n > s_.max_size || (n & (n - 1)) != 0) return "queue size " + std::to_string(n) + " is not a power of two up to " + std::to_string(s_.max_size);
-    if (s_.desc_addr % 16 != 0) return "descriptor table is not 16-byte aligned";
-    if (s_.avail_addr % 2 != 0) return "available ring is not 2-byte aligned";
-    if (s_.used_addr % 4 != 0) return "used ring is not 4-byte aligned";
-    auto d = mem.slice(GuestAddr(s_.desc_addr), desc_bytes(n));
-    auto a = mem.slice(GuestAddr(s_.avail_addr), avail_bytes(n));
-    auto u = mem.slice(GuestAddr(s_.used_addr), used_bytes(n));
+    if (s_.desc_addr.raw() % 16 != 0) return "descriptor table is not 16-byte aligned";
+    if (s_.avail_addr.raw() % 2 != 0) return "available ring is not 2-byte aligned";
+    if (s_.used_addr.raw() % 4 != 0) return "used ring is not 4-byte aligned";
+    auto d = mem.slice(s_.desc_addr, desc_bytes(n));
+    auto a = mem.slice(s_.avail_addr, avail_bytes(n));
+    auto u = mem.slice(s_.used_addr, used_bytes(n));
     if (!d) return "descriptor table is outside guest RAM";
     if (!a) return "available ring is outside guest RAM";
     if (!u) return "used ring is outside guest RAM";
@@ -75,7 +77,41 @@ std::string Queue::activate(const GuestMemory& mem, bool event_idx, bool indirec
     mem_ = &mem;
     s_.event_idx = event_idx;
     s_.indirect = indirect;
+    s_.active = true;
     return {};
+}
+
+void Queue::restore(const QueueState& s, const GuestMemory& mem) {
+    if (s.max_size != s_.max_size)
+        throw ConfigError("queue of at most " + std::to_string(s.max_size) + " entries restored into one of " + std::to_string(s_.max_size));
+    reset();
+    if (!s.active) {
+        if (s.next_avail != 0 || s.next_used != 0 || s.signalled_used_valid)
+            throw ConfigError("inactive queue with chains consumed (next_avail " + std::to_string(s.next_avail) + ", next_used " +
+                              std::to_string(s.next_used) + ")");
+        s_ = s; // checked by activate() when the driver starts it
+        return;
+    }
+    if (!s.ready) throw ConfigError("active queue that is not ready");
+    s_ = s;
+    s_.active = false;
+    std::string err = activate(mem, s.event_idx, s.indirect);
+    if (err.empty()) {
+        // Indices against the rings (§2.7.13: avail.idx - next_avail is at most the queue size;
+        // used.idx is what the device last published).
+        const std::uint16_t ahead = static_cast<std::uint16_t>(avail_idx() - s.next_avail);
+        const std::uint16_t used_idx = load16(used_ + 2, std::memory_order_acquire);
+        if (ahead > s.size)
+            err = "available index " + std::to_string(avail_idx()) + " is more than the queue size past next_avail " + std::to_string(s.next_avail);
+        else if (pending() > s.size)
+            err = "next_avail " + std::to_string(s.next_avail) + " is more than the queue size past next_used " + std::to_string(s.next_used);
+        else if (used_idx != s.next_used)
+            err = "used index " + std::to_string(used_idx) + " in guest memory differs from next_used " + std::to_string(s.next_used);
+    }
+    if (!err.empty()) {
+        reset();
+        throw ConfigError(err);
+    }
 }
 
 void Queue::reset() noexcept {
@@ -144,9 +180,12 @@ Queue::PopResult Queue::pop() noexcept {
             in_indirect = true;
             continue;
         }
-        auto buf = mem_->slice(GuestAddr(d.addr), d.len);
+        // A buffer the device may write is resolved with writable(), which marks its pages (the
+        // dirty rule in queue.hpp); a readable one with slice().
+        const bool writable = (d.flags & desc_flag::WRITE) != 0;
+        auto buf = writable ? mem_->writable(GuestAddr(d.addr), d.len) : mem_->slice(GuestAddr(d.addr), d.len);
         if (!buf) { r.error = "descriptor buffer is outside guest RAM"; return r; }
-        scratch_.push_back(Descriptor{GuestAddr(d.addr), d.len, (d.flags & desc_flag::WRITE) != 0, buf->data()});
+        scratch_.push_back(Descriptor{GuestAddr(d.addr), d.len, writable, buf->data()});
         if (!(d.flags & desc_flag::NEXT)) break;
         if (d.next >= table_len) { r.error = "next descriptor index is beyond the table"; return r; }
         idx = d.next;
@@ -163,13 +202,18 @@ void Queue::undo_pop(std::uint16_t n) noexcept {
 
 void Queue::add_used(std::uint16_t head, std::uint32_t len, bool publish) noexcept {
     if (!mem_) return;
-    std::byte* elem = used_ + 4 + 8 * static_cast<std::size_t>(s_.next_used % s_.size);
+    const std::size_t off = 4 + 8 * static_cast<std::size_t>(s_.next_used % s_.size);
+    std::byte* elem = used_ + off;
     const std::uint32_t id = head;
     std::memcpy(elem, &id, 4);
     std::memcpy(elem + 4, &len, 4);
+    mem_->mark_dirty(s_.used_addr + off, 8); // in RAM: checked at activation
     ++s_.next_used;
     // Release: the element is visible before the index that exposes it (§2.7.8.2).
-    if (publish) store16(used_ + 2, s_.next_used, std::memory_order_release);
+    if (publish) {
+        store16(used_ + 2, s_.next_used, std::memory_order_release);
+        mem_->mark_dirty(s_.used_addr + 2, 2);
+    }
 }
 
 bool Queue::needs_interrupt() noexcept {
@@ -190,7 +234,9 @@ bool Queue::needs_interrupt() noexcept {
 
 bool Queue::enable_notification(std::uint16_t seen) noexcept {
     if (!mem_ || !s_.event_idx) return false;
-    store16(used_ + 4 + 8 * static_cast<std::size_t>(s_.size), seen, std::memory_order_relaxed);
+    const std::size_t avail_event = 4 + 8 * static_cast<std::size_t>(s_.size);
+    store16(used_ + avail_event, seen, std::memory_order_relaxed);
+    mem_->mark_dirty(s_.used_addr + avail_event, 2);
     // The avail_event store must be visible before avail.idx is re-read (§2.7.10).
     std::atomic_thread_fence(std::memory_order_seq_cst);
     return avail_idx() != seen;

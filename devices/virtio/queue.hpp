@@ -6,6 +6,20 @@
 // Threading: a Queue is used under its device's lock, by the transport (configuration) and the
 // device's event-loop handlers (pop/add_used). Ring memory is shared with the guest's vCPUs, so
 // ring indexes are read and written with the barriers of §2.7.13 / §2.7.7.
+//
+// Dirty pages (GuestMemory dirty tracking). The rule every device follows: a guest page is
+// marked when the device obtains the means to write it, which is never after the write.
+//   - Device-writable buffers are resolved by pop() with GuestMemory::writable(), which marks
+//     every page of the buffer. Devices write guest buffers only through the `host` of a
+//     device-writable Descriptor (or through GuestMemory::write()), never through a readable one.
+//     The marks are a superset of what is written: a buffer returned short, unused (BadChain,
+//     a refused request, undo_pop) or failed by the disk is marked all the same.
+//   - Device-readable buffers, the descriptor table and the available ring are resolved with
+//     slice() and never marked: reading guest memory dirties nothing.
+//   - add_used() and enable_notification() mark the used-ring bytes they store (the element,
+//     used.idx, avail_event), right after storing them.
+// A page marked at pop() may be written later (block I/O in flight), so a bitmap is exact for a
+// device only when taken with the device quiesced (nothing in flight), as a snapshot is.
 
 #include "vmm/base/guest_addr.hpp"
 
@@ -22,7 +36,9 @@ class GuestMemory;
 namespace ember::virtio {
 
 // One resolved buffer of a chain: guest address, length, direction and where its bytes live
-// in this process (valid for as long as guest memory is mapped).
+// in this process (valid for as long as guest memory is mapped). `host` of a device-writable
+// buffer came from GuestMemory::writable() (its pages are marked); of a readable one, from
+// slice(): read only.
 struct Descriptor {
     GuestAddr addr;
     std::uint32_t len = 0;
@@ -31,20 +47,23 @@ struct Descriptor {
 };
 
 // Everything a snapshot needs to bring a queue back: what the driver programmed and how far
-// the device got. Plain values only.
+// the device got. Plain values only; the host pointers of a live queue are derived from them
+// (activate(), restore()).
 struct QueueState {
     std::uint16_t max_size = 0;
     std::uint16_t size = 0;
     bool ready = false;
-    std::uint64_t desc_addr = 0;
-    std::uint64_t avail_addr = 0;
-    std::uint64_t used_addr = 0;
-    std::uint16_t next_avail = 0;
-    std::uint16_t next_used = 0;
+    GuestAddr desc_addr;
+    GuestAddr avail_addr;
+    GuestAddr used_addr;
+    std::uint16_t next_avail = 0; // available-ring index of the next chain to take
+    std::uint16_t next_used = 0;  // used-ring index of the next element (= the published used.idx)
     std::uint16_t signalled_used = 0;
     bool signalled_used_valid = false;
     bool event_idx = false;
     bool indirect = false;
+    bool active = false; // activated (rings checked and served) at DRIVER_OK
+    bool operator==(const QueueState&) const = default;
 };
 
 // vring_need_event() of §2.7.7.2: true when the driver's used_event index lies in [old, new_idx),
@@ -74,6 +93,14 @@ public:
     std::uint16_t max_size() const noexcept { return s_.max_size; }
     bool ready() const noexcept { return s_.ready; }
     bool active() const noexcept { return mem_ != nullptr; }
+
+    // Replaces this queue's state with a saved one (snapshot restore). A queue saved active is
+    // activated again from its guest addresses with activate()'s checks, and its indices are
+    // checked against the rings in `mem`: at most `size` chains available past next_avail (what
+    // pop() would call Broken), at most `size` taken and not returned, and used.idx equal to
+    // next_used. An inactive queue must have consumed nothing. Throws ConfigError saying what
+    // does not fit (the queue is then reset); never reads or writes outside guest RAM.
+    void restore(const QueueState& s, const GuestMemory& mem);
 
     // Driver-side configuration (MMIO QueueNum/QueueReady/Queue{Desc,Driver,Device}). Ignored
     // while the queue is ready, as §4.2.3.2 forbids changing a live queue.

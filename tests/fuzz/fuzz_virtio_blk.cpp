@@ -102,12 +102,12 @@ public:
         std::uint32_t used_len = 0;
         if (p.status) {
             const Descriptor& last = r.descs.back();
-            check(last.device_writable && p.status == last.host + last.len - 1);
+            check(last.device_writable && *p.status == last.addr + (last.len - 1));
             used_len = 1;
         }
         if (p.error == block::RequestError::None) {
             const block::Request& q = p.request;
-            check(p.status != nullptr);
+            check(p.status.has_value());
             switch (q.type) {
             case block::RequestType::In:
             case block::RequestType::Out:
@@ -135,7 +135,7 @@ public:
         } else {
             check(p.status_value() == (p.error == block::RequestError::Unsupported ? block::S_UNSUPP : block::S_IOERR));
         }
-        if (p.status) *p.status = std::byte{p.status_value()};
+        if (p.status) check(mem_.write_obj(*p.status, std::byte{p.status_value()}));
         give_back(r.head, used_len);
         return true;
     }

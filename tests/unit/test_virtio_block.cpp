@@ -368,7 +368,7 @@ TEST_CASE("blk parse: valid IN with several data buffers", "[virtio][block]") {
     REQUIRE(r.request.data.size() == 2);
     CHECK(r.request.data[0].host == c[1].host);
     CHECK(r.request.data[1].host == c[2].host);
-    CHECK(r.status == c[3].host);
+    CHECK(r.status == c[3].addr);
 }
 
 TEST_CASE("blk parse: valid OUT; the status byte is the last byte of the last descriptor", "[virtio][block]") {
@@ -378,7 +378,7 @@ TEST_CASE("blk parse: valid OUT; the status byte is the last byte of the last de
     CHECK(r.error == RequestError::None);
     CHECK(r.request.type == RequestType::Out);
     CHECK(r.request.data_len == 4096);
-    CHECK(r.status == c[2].host + 7);
+    CHECK(r.status == c[2].addr + 7);
 }
 
 TEST_CASE("blk parse: a header longer than 16 bytes is fine", "[virtio][block]") {
@@ -398,7 +398,7 @@ TEST_CASE("blk parse: FLUSH carries no data, even when the driver adds buffers",
         CHECK(r.request.type == RequestType::Flush);
         CHECK(r.request.data_len == 0);
         CHECK(r.request.data.empty());
-        CHECK(r.status == c[1].host);
+        CHECK(r.status == c[1].addr);
     }
     SECTION("with buffers and a nonsense sector, on a read-only disk") {
         ChainBuilder c;
@@ -481,7 +481,7 @@ TEST_CASE("blk parse: data must be whole sectors and not empty", "[virtio][block
         c.header(IN, 0).status();
         const ParseResult r = parse_request(c.chain(), kDisk);
         CHECK(r.error == RequestError::ZeroLength);
-        CHECK(r.status == c[1].host);
+        CHECK(r.status == c[1].addr);
         CHECK(r.status_value() == S_IOERR);
     }
     SECTION("a zero-length data buffer") {
@@ -498,7 +498,7 @@ TEST_CASE("blk parse: writes to a read-only disk", "[virtio][block]") {
     const ParseResult r = parse_request(w.chain(), ro);
     CHECK(r.error == RequestError::ReadOnly);
     CHECK(r.status_value() == S_IOERR);
-    CHECK(r.status == w[2].host); // reported to the driver
+    CHECK(r.status == w[2].addr); // reported to the driver
     ChainBuilder rd;
     rd.header(IN, 0).data(512, true).status();
     CHECK(parse_request(rd.chain(), ro).error == RequestError::None);
@@ -510,26 +510,26 @@ TEST_CASE("blk parse: a missing or unusable status descriptor", "[virtio][block]
         c.header(IN, 0);
         const ParseResult r = parse_request(c.chain(), kDisk);
         CHECK(r.error == RequestError::NoStatus);
-        CHECK(r.status == nullptr);
+        CHECK(r.status == std::nullopt);
     }
     SECTION("last descriptor not device-writable") {
         ChainBuilder c;
         c.header(IN, 0).data(512, true).status(1, false);
         const ParseResult r = parse_request(c.chain(), kDisk);
         CHECK(r.error == RequestError::NoStatus);
-        CHECK(r.status == nullptr);
+        CHECK(r.status == std::nullopt);
     }
     SECTION("zero-length status descriptor") {
         ChainBuilder c;
         c.header(IN, 0).data(512, true).status(0, true);
         const ParseResult r = parse_request(c.chain(), kDisk);
         CHECK(r.error == RequestError::NoStatus);
-        CHECK(r.status == nullptr);
+        CHECK(r.status == std::nullopt);
     }
     SECTION("empty chain") {
         const ParseResult r = parse_request({}, kDisk);
         CHECK(r.error == RequestError::NoHeader);
-        CHECK(r.status == nullptr);
+        CHECK(r.status == std::nullopt);
     }
 }
 
@@ -539,7 +539,7 @@ TEST_CASE("blk parse: a bad header", "[virtio][block]") {
         c.header(IN, 0, 16, true).data(512, true).status();
         const ParseResult r = parse_request(c.chain(), kDisk);
         CHECK(r.error == RequestError::NoHeader);
-        CHECK(r.status == c[2].host); // still reported
+        CHECK(r.status == c[2].addr); // still reported
         CHECK(r.status_value() == S_IOERR);
     }
     SECTION("15-byte header") {
@@ -557,7 +557,7 @@ TEST_CASE("blk parse: a bad header", "[virtio][block]") {
         c.status(16);
         const ParseResult r = parse_request(c.chain(), kDisk);
         CHECK(r.error == RequestError::NoHeader);
-        CHECK(r.status == nullptr);
+        CHECK(r.status == std::nullopt);
     }
 }
 
@@ -598,7 +598,7 @@ TEST_CASE("blk parse: unknown request types are unsupported", "[virtio][block]")
         CHECK(r.error == RequestError::Unsupported);
         CHECK(r.status_value() == S_UNSUPP);
         CHECK(r.status_value() == 2);
-        CHECK(r.status == c[2].host);
+        CHECK(r.status == c[2].addr);
     }
 }
 

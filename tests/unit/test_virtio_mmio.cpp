@@ -375,7 +375,7 @@ TEST_CASE("mmio: queue configuration is writable only between FEATURES_OK and DR
     f.wr(mmio::QUEUE_READY, 1);
     CHECK(f.t.rejected_writes() == 5);
     CHECK(q0.state().size == 16);
-    CHECK(q0.state().desc_addr == 0);
+    CHECK(q0.state().desc_addr.raw() == 0);
     CHECK_FALSE(q0.ready());
     CHECK(f.rd(mmio::QUEUE_READY) == 0);
     // Between FEATURES_OK and DRIVER_OK (after a reset, to negotiate from the start).
@@ -384,9 +384,9 @@ TEST_CASE("mmio: queue configuration is writable only between FEATURES_OK and DR
     f.setup_queue(0, DriverRings(f.mem, 8));
     CHECK(f.t.rejected_writes() == 5);
     CHECK(q0.state().size == 8);
-    CHECK(q0.state().desc_addr == ember::test::kDescAddr);
-    CHECK(q0.state().avail_addr == ember::test::kAvailAddr);
-    CHECK(q0.state().used_addr == ember::test::kUsedAddr);
+    CHECK(q0.state().desc_addr.raw() == ember::test::kDescAddr);
+    CHECK(q0.state().avail_addr.raw() == ember::test::kAvailAddr);
+    CHECK(q0.state().used_addr.raw() == ember::test::kUsedAddr);
     CHECK(f.rd(mmio::QUEUE_READY) == 1);
     // QueueNum above 16 bits is refused outright.
     f.wr(mmio::QUEUE_SEL, 1);
@@ -403,8 +403,8 @@ TEST_CASE("mmio: queue configuration is writable only between FEATURES_OK and DR
     f.wr(mmio::QUEUE_READY, 1);
     CHECK(f.t.rejected_writes() == 10);
     CHECK(q0.state().size == 8);
-    CHECK(q0.state().desc_addr == ember::test::kDescAddr);
-    CHECK(q0.state().used_addr == ember::test::kUsedAddr);
+    CHECK(q0.state().desc_addr.raw() == ember::test::kDescAddr);
+    CHECK(q0.state().used_addr.raw() == ember::test::kUsedAddr);
     // Clearing QueueReady is accepted but a live queue stays as it is.
     f.wr(mmio::QUEUE_READY, 0);
     CHECK(f.t.rejected_writes() == 10);
@@ -442,12 +442,12 @@ TEST_CASE("mmio: DRIVER_OK with an invalid queue sets DEVICE_NEEDS_RESET", "[vir
     }
     SECTION("rings outside RAM") {
         f.setup_queue(0, DriverRings(f.mem, 8, std::uint64_t{1} << 32, 0x3000, 0x4000));
-        CHECK(f.dev->queues()[0].state().desc_addr == std::uint64_t{1} << 32);
+        CHECK(f.dev->queues()[0].state().desc_addr.raw() == std::uint64_t{1} << 32);
     }
     SECTION("misaligned used ring in the second queue") {
         f.setup_queue(0, DriverRings(f.mem, 8));
         f.setup_queue(1, DriverRings(f.mem, 8, 0x20000, 0x21000, 0x22002));
-        CHECK(f.dev->queues()[1].state().used_addr == 0x22002);
+        CHECK(f.dev->queues()[1].state().used_addr.raw() == 0x22002);
     }
     f.wr(mmio::STATUS, ACK | DRV | FOK | DOK);
     const std::uint32_t st = static_cast<std::uint32_t>(f.status());
@@ -499,7 +499,7 @@ TEST_CASE("mmio: writing 0 resets the device, which can then be initialised agai
         CHECK_FALSE(q.ready());
         CHECK_FALSE(q.active());
         CHECK(q.state().size == q.max_size());
-        CHECK(q.state().desc_addr == 0);
+        CHECK(q.state().desc_addr.raw() == 0);
         CHECK(q.state().next_avail == 0);
     }
     CHECK(f.rd(mmio::QUEUE_READY) == 0);
@@ -514,7 +514,7 @@ TEST_CASE("mmio: writing 0 resets the device, which can then be initialised agai
     CHECK(f.dev->running());
     CHECK(f.dev->activations == 2);
     CHECK(f.dev->queues()[0].state().size == 4);
-    CHECK(f.dev->queues()[0].state().desc_addr == 0x20000);
+    CHECK(f.dev->queues()[0].state().desc_addr.raw() == 0x20000);
 }
 
 TEST_CASE("mmio: InterruptACK clears only the acknowledged bits", "[virtio]") {

@@ -132,14 +132,14 @@ TEST_CASE("queue: configuration is frozen while the queue is ready", "[virtio]")
     f.q.set_avail_addr(0x5000, false);
     f.q.set_used_addr(0x5000, true);
     CHECK(f.q.state().size == 8);
-    CHECK(f.q.state().desc_addr == kDescAddr);
-    CHECK(f.q.state().avail_addr == kAvailAddr);
-    CHECK(f.q.state().used_addr == kUsedAddr);
+    CHECK(f.q.state().desc_addr.raw() == kDescAddr);
+    CHECK(f.q.state().avail_addr.raw() == kAvailAddr);
+    CHECK(f.q.state().used_addr.raw() == kUsedAddr);
     f.q.set_ready(false);
     f.q.set_size(4);
     f.q.set_used_addr(0x1, true);
     CHECK(f.q.state().size == 4);
-    CHECK(f.q.state().used_addr == ((std::uint64_t{1} << 32) | kUsedAddr));
+    CHECK(f.q.state().used_addr.raw() == ((std::uint64_t{1} << 32) | kUsedAddr));
 }
 
 TEST_CASE("queue: direct chains are walked in order with their directions", "[virtio]") {
@@ -741,9 +741,9 @@ TEST_CASE("queue: reset forgets the rings and every index", "[virtio]") {
     const QueueState& s = f.q.state();
     CHECK(s.size == 256);
     CHECK(s.max_size == 256);
-    CHECK(s.desc_addr == 0);
-    CHECK(s.avail_addr == 0);
-    CHECK(s.used_addr == 0);
+    CHECK(s.desc_addr == GuestAddr(0));
+    CHECK(s.avail_addr == GuestAddr(0));
+    CHECK(s.used_addr == GuestAddr(0));
     CHECK(s.next_avail == 0);
     CHECK(s.next_used == 0);
     CHECK(s.signalled_used == 0);

@@ -2,6 +2,7 @@
 
 #include "devices/virtio/spec.hpp"
 #include "vmm/base/error.hpp"
+#include "vmm/base/guest_memory.hpp"
 #include "vmm/base/logger.hpp"
 
 #include <algorithm>
@@ -127,7 +128,7 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
     if (p.error != RequestError::None) {
         bump(metrics_.invalid_reqs_count);
         LOG_DEBUG("virtio %s: request refused: %s", name().c_str(), to_string(p.error));
-        if (p.status) *p.status = std::byte{p.status_value()};
+        if (p.status) (void)mem_.write_obj(*p.status, std::byte{p.status_value()});
         q.add_used(head, p.status ? 1 : 0);
         return true;
     }
@@ -140,14 +141,14 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
             for (std::uint32_t i = 0; i < d.len && written < ID_BYTES; ++i, ++written)
                 d.host[i] = std::byte{static_cast<unsigned char>(written < cfg_.drive_id.size() ? cfg_.drive_id[written] : '\0')};
         }
-        *p.status = std::byte{S_OK};
+        (void)mem_.write_obj(*p.status, std::byte{S_OK});
         q.add_used(head, written + 1);
         return true;
     }
     case RequestType::Flush:
         bump(metrics_.flush_count);
         if (cfg_.cache_type == DriveCacheType::Unsafe) { // nothing promised: as Firecracker, a no-op
-            *p.status = std::byte{S_OK};
+            (void)mem_.write_obj(*p.status, std::byte{S_OK});
             q.add_used(head, 1);
             return true;
         }
@@ -157,7 +158,7 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
     }
     const std::uint16_t tag = free_.back();
     free_.pop_back();
-    slots_[tag] = Slot{head, req.type, req.data_len, p.status};
+    slots_[tag] = Slot{head, req.type, req.data_len, *p.status};
     iov_.clear();
     for (const auto& d : req.data) iov_.push_back(iovec{d.host, d.len});
     const Op op = req.type == RequestType::In ? Op::Read : req.type == RequestType::Out ? Op::Write : Op::Flush;
@@ -188,17 +189,45 @@ void BlockDevice::complete(const Completion& c) noexcept {
         bump(metrics_.write_count);
         bump(metrics_.write_bytes, s.data_len);
     }
-    *s.status = std::byte{ok ? S_OK : S_IOERR};
+    (void)mem_.write_obj(s.status, std::byte{ok ? S_OK : S_IOERR});
     queues()[0].add_used(s.head, used_len);
     free_.push_back(c.tag);
 }
 
-void BlockDevice::replace_file(UniqueFd file, std::uint64_t size, std::string path) noexcept {
-    std::lock_guard lk(mutex());
+void BlockDevice::quiesce_locked() noexcept {
     done_.clear();
     backend_->drain(done_);
     for (const auto& c : done_) complete(c);
     if (!done_.empty()) signal_used(queues()[0]);
+    done_.clear();
+}
+
+void BlockDevice::quiesce() noexcept {
+    std::lock_guard lk(mutex());
+    quiesce_locked();
+}
+
+BlockState BlockDevice::save() {
+    std::lock_guard lk(mutex());
+    quiesce_locked();
+    return BlockState{save_virtio(), size_};
+}
+
+std::shared_ptr<BlockDevice> BlockDevice::restore(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file,
+                                                  std::uint64_t size, const BlockState& s) {
+    auto dev = std::make_shared<BlockDevice>(mem, io, std::move(cfg), std::move(file), size);
+    std::lock_guard lk(dev->mutex());
+    if (s.disk_bytes != size)
+        throw ConfigError("virtio " + dev->name() + " state: the image has " + std::to_string(size) + " bytes, the saved drive had " +
+                          std::to_string(s.disk_bytes));
+    dev->restore_virtio(s.virtio);
+    dev->resume_after_restore();
+    return dev;
+}
+
+void BlockDevice::replace_file(UniqueFd file, std::uint64_t size, std::string path) noexcept {
+    std::lock_guard lk(mutex());
+    quiesce_locked();
     backend_->set_fd(file.get());
     file_ = std::move(file);
     size_ = size;

@@ -44,6 +44,15 @@ struct BlockMetrics {
     }
 };
 
+// A quiesced virtio-blk device (nothing in flight: see BlockDevice::save()). The drive's
+// configuration and image are host resources handed to restore(); `disk_bytes` is the image
+// size the driver was told, which the restored image must have.
+struct BlockState {
+    DeviceState virtio;
+    std::uint64_t disk_bytes = 0;
+    bool operator==(const BlockState&) const = default;
+};
+
 class BlockDevice final : public VirtioDevice {
 public:
     static constexpr std::uint16_t QUEUE_SIZE = 256;
@@ -53,6 +62,17 @@ public:
     // 512. Throws SystemError if the I/O engine cannot be set up.
     BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size);
     ~BlockDevice() override;
+
+    // Snapshot restore: the device on `file` (as the constructor takes it) in state `s`. Throws
+    // ConfigError when the state does not fit this drive or guest memory (see
+    // VirtioDevice::restore_virtio), or the image is not `s.disk_bytes` long.
+    static std::shared_ptr<BlockDevice> restore(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file,
+                                                std::uint64_t size, const BlockState& s);
+    // Waits for every request in flight and returns it to the driver (used ring, interrupt).
+    // Blocks the caller as long as the disk takes; for pausing, not for device paths.
+    void quiesce() noexcept;
+    // quiesce(), then the state. The VM must be paused, so that nothing new starts after it.
+    BlockState save();
 
     std::uint32_t device_type() const noexcept override;
     std::uint64_t device_features() const noexcept override;
@@ -71,12 +91,14 @@ public:
     DiskGeometry geometry() const noexcept;
 
 private:
+    // A request in flight. Not saved: a saved device has none.
     struct Slot {
         std::uint16_t head = 0;
         RequestType type = RequestType::In;
         std::uint64_t data_len = 0;
-        std::byte* status = nullptr;
+        GuestAddr status; // the status byte (in RAM: resolved when the chain was popped)
     };
+    void quiesce_locked() noexcept;
     void pump() noexcept;
     bool start(std::uint16_t head, std::span<const Descriptor> chain) noexcept;
     std::size_t complete_finished() noexcept;

@@ -29,7 +29,7 @@ ParseResult parse_request(std::span<const Descriptor> chain, const DiskGeometry&
     ParseResult r;
     // The status byte first: with it, every later error can at least be reported to the driver.
     const bool has_status = chain.size() >= 2 && chain.back().device_writable && chain.back().len > 0;
-    if (has_status) r.status = chain.back().host + chain.back().len - 1;
+    if (has_status) r.status = chain.back().addr + (chain.back().len - 1); // inside the buffer: no wrap
     const Descriptor* hdr = chain.empty() ? nullptr : &chain.front();
     if (!hdr || hdr->device_writable || hdr->len < 16) {
         r.error = RequestError::NoHeader;

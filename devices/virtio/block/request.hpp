@@ -9,6 +9,8 @@
 
 #include "devices/virtio/queue.hpp"
 
+#include "vmm/base/guest_addr.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -50,7 +52,7 @@ struct Request {
 struct ParseResult {
     RequestError error = RequestError::None;
     Request request;                 // valid when error == None
-    std::byte* status = nullptr;     // the status byte, when the chain has one (even on error)
+    std::optional<GuestAddr> status; // the status byte, when the chain has one (even on error)
     // Status to report for an error (IOERR, or UNSUPP for an unknown type).
     std::uint8_t status_value() const noexcept;
 };

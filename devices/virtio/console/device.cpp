@@ -11,6 +11,24 @@ ConsoleDevice::ConsoleDevice(const GuestMemory& mem, std::shared_ptr<ConsoleOutp
     iov_.reserve(QUEUE_SIZE);
 }
 
+ConsoleState ConsoleDevice::save() {
+    std::lock_guard lk(mutex());
+    return ConsoleState{save_virtio(), size_, size_announced_, input_waiting_};
+}
+
+std::shared_ptr<ConsoleDevice> ConsoleDevice::restore(const GuestMemory& mem, std::shared_ptr<ConsoleOutput> out,
+                                                      std::optional<ConsoleSize> host_size, const ConsoleState& s) {
+    // The saved size first: it decides the offered features, which restore_virtio checks.
+    auto dev = std::make_shared<ConsoleDevice>(mem, std::move(out), s.size);
+    std::lock_guard lk(dev->mutex());
+    dev->restore_virtio(s.virtio);
+    dev->size_announced_ = s.size_announced;
+    dev->input_waiting_ = s.input_waiting;
+    if (host_size) dev->resize(*host_size);
+    dev->resume_after_restore();
+    return dev;
+}
+
 std::uint32_t ConsoleDevice::device_type() const noexcept { return device_id::CONSOLE; }
 
 std::uint64_t ConsoleDevice::device_features() const noexcept { return size_ ? bit(F_SIZE) : 0; }

@@ -36,6 +36,17 @@ struct ConsoleMetrics {
     }
 };
 
+// A virtio-console device's state. `size` is the terminal size the driver was last told (none:
+// F_SIZE not offered); it decides the features offered, so a restored device offers what the
+// saved one did whatever its new host output is.
+struct ConsoleState {
+    DeviceState virtio;
+    std::optional<ConsoleSize> size;
+    bool size_announced = false; // the first configuration interrupt was raised
+    bool input_waiting = false;  // host input waits for receive buffers (on_rx_space owed)
+    bool operator==(const ConsoleState&) const = default;
+};
+
 class ConsoleDevice final : public VirtioDevice {
 public:
     static constexpr std::uint16_t QUEUE_SIZE = 64;
@@ -43,6 +54,16 @@ public:
 
     // `size`: the host terminal's size, offered with F_SIZE; none when output is not a terminal.
     ConsoleDevice(const GuestMemory& mem, std::shared_ptr<ConsoleOutput> out, std::optional<ConsoleSize> size);
+
+    // Snapshot restore: the device writing to `out` in state `s`. `host_size` is the new host
+    // terminal's size: when the saved device had a size and it differs, the driver is told with
+    // a configuration change (as resize()). Throws ConfigError when the state does not fit
+    // (VirtioDevice::restore_virtio).
+    static std::shared_ptr<ConsoleDevice> restore(const GuestMemory& mem, std::shared_ptr<ConsoleOutput> out,
+                                                  std::optional<ConsoleSize> host_size, const ConsoleState& s);
+    // Output is consumed at once and input is copied synchronously: nothing is ever in flight.
+    // The VM must be paused.
+    ConsoleState save();
 
     std::uint32_t device_type() const noexcept override;
     std::uint64_t device_features() const noexcept override;

@@ -43,6 +43,16 @@ std::unique_ptr<Tap> open_tap(const NetConfig& cfg) {
     }
 }
 
-bool Tap::set_offload(unsigned flags) noexcept { return ::ioctl(fd_.get(), TUNSETOFFLOAD, flags) == 0; }
+std::unique_ptr<Tap> Tap::adopt(UniqueFd fd, std::string name) {
+    std::unique_ptr<Tap> t(new Tap());
+    t->fd_ = std::move(fd);
+    t->name_ = std::move(name);
+    return t;
+}
+
+bool Tap::set_offload(unsigned flags) noexcept {
+    if (::ioctl(fd_.get(), TUNSETOFFLOAD, flags) == 0) return true;
+    return flags == 0 && errno == ENOTTY; // not a TAP: no offloads to turn off
+}
 
 } // namespace ember::virtio::net

@@ -22,12 +22,18 @@ public:
     // Attaches to the TAP `name` with a `vnet_hdr_len`-byte virtio-net header on every frame.
     // Throws ConfigError naming the interface when it does not exist, is busy or is not a TAP.
     Tap(const std::string& name, int vnet_hdr_len);
+    // Adopts `fd`, already set up by someone else: a TAP opened with IFF_VNET_HDR and a 12-byte
+    // header, non-blocking, or any descriptor that carries one frame per read and write (a
+    // SOCK_SEQPACKET socket in tests). A descriptor that is not a TAP takes no offloads:
+    // set_offload(0) succeeds on it and any other set fails.
+    static std::unique_ptr<Tap> adopt(UniqueFd fd, std::string name);
     int fd() const noexcept { return fd_.get(); }
     const std::string& name() const noexcept { return name_; }
     // TUNSETOFFLOAD; false on failure (the caller then offers fewer features).
     bool set_offload(unsigned flags) noexcept;
 
 private:
+    Tap() = default;
     UniqueFd fd_;
     std::string name_;
 };

@@ -23,6 +23,20 @@ NetDevice::~NetDevice() {
     tap_sd_->close(ec);
 }
 
+NetState NetDevice::save() {
+    std::lock_guard lk(mutex());
+    return NetState{save_virtio()};
+}
+
+std::shared_ptr<NetDevice> NetDevice::restore(const GuestMemory& mem, boost::asio::io_context& io, NetConfig cfg, std::unique_ptr<Tap> tap,
+                                              const NetState& s) {
+    auto dev = std::make_shared<NetDevice>(mem, io, std::move(cfg), std::move(tap));
+    std::lock_guard lk(dev->mutex());
+    dev->restore_virtio(s.virtio);
+    dev->resume_after_restore();
+    return dev;
+}
+
 std::uint32_t NetDevice::device_type() const noexcept { return device_id::NET; }
 
 std::uint64_t NetDevice::device_features() const noexcept {

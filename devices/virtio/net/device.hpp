@@ -56,6 +56,16 @@ struct NetMetrics {
     }
 };
 
+// A virtio-net device's state: the generic part only. Everything else the device holds is
+// derived (which TAP waits are armed) or host data: a frame read from the TAP and not yet
+// delivered (up to 64 KiB) is not saved. The restored device drops it, as a full receive queue
+// would; the guest's network stack recovers a lost frame as it does any other loss, and the
+// saved state stays small plain values. (The saved device itself keeps and delivers it.)
+struct NetState {
+    DeviceState virtio;
+    bool operator==(const NetState&) const = default;
+};
+
 class NetDevice final : public VirtioDevice {
 public:
     static constexpr std::uint16_t QUEUE_SIZE = 256;
@@ -63,6 +73,16 @@ public:
 
     NetDevice(const GuestMemory& mem, boost::asio::io_context& io, NetConfig cfg, std::unique_ptr<Tap> tap);
     ~NetDevice() override;
+
+    // Snapshot restore: the device on `tap` in state `s`; a running device sets the TAP's
+    // offloads again and is notified on both queues, which resumes reading the TAP. Throws
+    // ConfigError when the state does not fit (VirtioDevice::restore_virtio) or the TAP refuses
+    // the negotiated offloads.
+    static std::shared_ptr<NetDevice> restore(const GuestMemory& mem, boost::asio::io_context& io, NetConfig cfg, std::unique_ptr<Tap> tap,
+                                              const NetState& s);
+    // Transmission and reception are synchronous (nothing in flight between events), so saving
+    // needs no draining. The VM must be paused.
+    NetState save();
 
     std::uint32_t device_type() const noexcept override;
     std::uint64_t device_features() const noexcept override;
