@@ -12,7 +12,7 @@ constexpr std::uint8_t CB_KBD_INT = 0x01;
 constexpr std::uint8_t CMD_READ_CTR = 0x20, CMD_WRITE_CTR = 0x60, CMD_SELF_TEST = 0xaa, CMD_KBD_TEST = 0xab,
                        CMD_KBD_DISABLE = 0xad, CMD_KBD_ENABLE = 0xae, CMD_READ_OUTP = 0xd0, CMD_WRITE_OUTP = 0xd1,
                        CMD_RESET_CPU = 0xfe;
-constexpr std::size_t OUT_CAPACITY = 16;
+constexpr std::size_t OUT_CAPACITY = decltype(I8042State::out)::capacity();
 } // namespace
 
 void I8042::refresh_status() noexcept {
@@ -21,7 +21,7 @@ void I8042::refresh_status() noexcept {
 }
 
 void I8042::push_out(std::uint8_t b) noexcept {
-    if (st_.out.size() < OUT_CAPACITY) st_.out.push_back(b);
+    (void)st_.out.push_back(b); // dropped when the buffer is full
     refresh_status();
 }
 
@@ -35,8 +35,7 @@ void I8042::read(std::uint64_t offset, std::span<std::uint8_t> data) noexcept {
         if (st_.out.empty()) {
             data[0] = 0;
         } else {
-            data[0] = st_.out.front();
-            st_.out.pop_front();
+            data[0] = st_.out.pop_front();
         }
         refresh_status();
         if (!st_.out.empty() && (st_.control & CB_KBD_INT)) irq_.trigger();
@@ -89,7 +88,7 @@ bool I8042::send_ctrl_alt_del() noexcept {
     static constexpr std::uint8_t seq[] = {0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14};
     std::lock_guard lk(mu_);
     if (st_.out.size() + sizeof seq > OUT_CAPACITY) return false;
-    for (std::uint8_t b : seq) st_.out.push_back(b);
+    for (std::uint8_t b : seq) (void)st_.out.push_back(b);
     refresh_status();
     if (st_.control & CB_KBD_INT) irq_.trigger();
     return true;
@@ -105,8 +104,9 @@ I8042::I8042(IrqLine& kbd_irq, std::function<void()> on_reset, const I8042State&
 }
 
 void I8042::restore(const I8042State& s) {
-    if (s.out.size() > OUT_CAPACITY)
-        throw ConfigError("i8042 state: " + std::to_string(s.out.size()) + " output bytes, the buffer holds " + std::to_string(OUT_CAPACITY));
+    if (!s.out.valid())
+        throw ConfigError("i8042 state: " + std::to_string(s.out.count) + " output bytes from " + std::to_string(s.out.head) +
+                          ", the buffer holds " + std::to_string(OUT_CAPACITY));
     if (s.pending_cmd != 0 && s.pending_cmd != CMD_WRITE_CTR && s.pending_cmd != CMD_WRITE_OUTP)
         throw ConfigError("i8042 state: pending command " + std::to_string(s.pending_cmd) + " takes no data byte");
     std::lock_guard lk(mu_);

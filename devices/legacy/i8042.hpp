@@ -5,12 +5,13 @@
 // Ctrl-Alt-Del scan codes to the guest (IRQ 1).
 
 #include "vmm/base/irq.hpp"
+#include "devices/legacy/byte_fifo.hpp"
 #include "vmm/base/bus.hpp"
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <mutex>
+#include <type_traits>
 
 namespace ember {
 
@@ -19,9 +20,11 @@ struct I8042State {
     std::uint8_t control = 0x05; // keyboard interrupt enabled | SYS flag
     std::uint8_t pending_cmd = 0; // command waiting for its data byte on port 0x60
     std::uint8_t outport = 0x01;  // output port: bit 0 = system reset line inactive
-    std::deque<std::uint8_t> out; // bytes for the guest to read from port 0x60
+    ByteFifo<16> out;             // bytes for the guest to read from port 0x60
     bool operator==(const I8042State&) const = default;
 };
+
+static_assert(std::is_trivially_copyable_v<I8042State>);
 
 class I8042 final : public BusDevice {
 public:

@@ -40,8 +40,7 @@ std::uint8_t Serial::read_reg(std::uint64_t off) noexcept {
             counters_.missed_read_count.fetch_add(1, std::memory_order_relaxed);
             return 0;
         }
-        const std::uint8_t b = st_.rx.front();
-        st_.rx.pop_front();
+        const std::uint8_t b = st_.rx.pop_front();
         return b;
     }
     case IER_DLM: return dlab() ? st_.dlm : st_.ier;
@@ -74,7 +73,7 @@ void Serial::write_reg(std::uint64_t off, std::uint8_t v) noexcept {
         }
         counters_.write_count.fetch_add(1, std::memory_order_relaxed);
         if (loopback()) {
-            if (st_.rx.size() < RX_CAPACITY) st_.rx.push_back(v);
+            (void)st_.rx.push_back(v); // dropped when the FIFO is full
         } else if (!sink_(std::span(&v, 1))) {
             counters_.missed_write_count.fetch_add(1, std::memory_order_relaxed);
         }
@@ -149,8 +148,8 @@ void Serial::write(std::uint64_t offset, std::span<const std::uint8_t> data) noe
 std::size_t Serial::enqueue_input(std::span<const std::uint8_t> bytes) noexcept {
     std::lock_guard lk(mu_);
     const bool before = irq_pending();
-    const std::size_t n = std::min(bytes.size(), RX_CAPACITY - std::min(RX_CAPACITY, st_.rx.size()));
-    st_.rx.insert(st_.rx.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n));
+    const std::size_t n = std::min(bytes.size(), st_.rx.room());
+    for (std::size_t i = 0; i < n; ++i) (void)st_.rx.push_back(bytes[i]);
     if (n < bytes.size()) rx_refused_ = true;
     update_irq(before);
     return n;
@@ -164,8 +163,9 @@ SerialState Serial::save() const {
 Serial::Serial(IrqLine& irq, Sink sink, const SerialState& s) : Serial(irq, std::move(sink)) { restore(s); }
 
 void Serial::restore(const SerialState& s) {
-    if (s.rx.size() > RX_CAPACITY)
-        throw ConfigError("serial state: " + std::to_string(s.rx.size()) + " received bytes, the FIFO holds " + std::to_string(RX_CAPACITY));
+    if (!s.rx.valid())
+        throw ConfigError("serial state: " + std::to_string(s.rx.count) + " received bytes from " + std::to_string(s.rx.head) +
+                          ", the FIFO holds " + std::to_string(RX_CAPACITY));
     if ((s.ier & ~0x0f) || (s.mcr & ~0x1f) || (s.fcr & ~0xc9)) throw ConfigError("serial state: reserved register bits set");
     std::lock_guard lk(mu_);
     st_ = s;

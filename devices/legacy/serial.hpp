@@ -5,15 +5,16 @@
 // event loop into a bounded FIFO that the guest drains through RBR.
 
 #include "vmm/base/irq.hpp"
+#include "devices/legacy/byte_fifo.hpp"
 #include "vmm/base/bus.hpp"
 #include "vmm/base/metrics.hpp"
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <span>
+#include <type_traits>
 
 namespace ember {
 
@@ -29,9 +30,11 @@ struct SerialState {
     std::uint8_t dlm = 0;
     std::uint8_t fcr = 0;
     bool thr_empty_pending = false; // THRE interrupt raised and not yet acknowledged
-    std::deque<std::uint8_t> rx;
+    ByteFifo<64> rx;                // received bytes for the guest (RBR)
     bool operator==(const SerialState&) const = default;
 };
+
+static_assert(std::is_trivially_copyable_v<SerialState>);
 
 struct SerialCounters {
     std::atomic<std::uint64_t> read_count{0};
@@ -52,7 +55,7 @@ struct SerialCounters {
 
 class Serial final : public BusDevice {
 public:
-    static constexpr std::size_t RX_CAPACITY = 64;
+    static constexpr std::size_t RX_CAPACITY = decltype(SerialState::rx)::capacity();
     // Returns false when the host could not take the byte (counted as a missed write).
     using Sink = std::function<bool(std::span<const std::uint8_t>)>;
 

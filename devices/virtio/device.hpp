@@ -73,7 +73,7 @@ public:
     // Queues whose notifications are served on the notifying vCPU's thread, from the MMIO exit,
     // instead of through an ioeventfd and the event loop. Only for work that is bounded and never
     // blocks, where the driver busy-waits for the result (virtio-console output: see
-    // console/backend.hpp), so the event-loop round trip would be pure latency.
+    // vmm/base/console_output.hpp), so the event-loop round trip would be pure latency.
     virtual bool serve_on_vcpu(std::size_t) const noexcept { return false; }
 
     // --- used by the transport and the event loop ---------------------------------------------

@@ -33,10 +33,42 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <tuple>
+#include <type_traits>
 #include <unistd.h>
 #include <vector>
 
 using namespace ember;
+
+// Saving is a copy: the fixed-size states are plain bytes (no pointers, nothing to follow).
+static_assert(std::is_trivially_copyable_v<virtio::QueueState>);
+static_assert(std::is_trivially_copyable_v<virtio::VirtioState>);
+static_assert(std::is_trivially_copyable_v<SerialState>);
+static_assert(std::is_trivially_copyable_v<I8042State>);
+static_assert(std::is_trivially_copyable_v<BootTimerState>);
+
+TEST_CASE("state: a byte FIFO keeps order across wrap-around and compares by content", "[state]") {
+    ByteFifo<4> a, b;
+    for (int v : {1, 2, 3}) REQUIRE(a.push_back(static_cast<std::uint8_t>(v)));
+    CHECK(a.pop_front() == 1);
+    CHECK(a.pop_front() == 2);
+    for (int v : {4, 5, 6}) REQUIRE(a.push_back(static_cast<std::uint8_t>(v))); // wraps: 3 4 5 6 from index 2
+    CHECK_FALSE(a.push_back(7));                               // full
+    CHECK(a.size() == 4);
+    for (int v : {3, 4, 5, 6}) REQUIRE(b.push_back(static_cast<std::uint8_t>(v))); // same bytes from index 0
+    CHECK(a == b);
+    CHECK(a.head != b.head);
+    (void)b.pop_front();
+    CHECK_FALSE(a == b);
+    std::string order;
+    while (!a.empty()) order += static_cast<char>('0' + a.pop_front());
+    CHECK(order == "3456");
+    ByteFifo<4> bad;
+    bad.head = 4;
+    CHECK_FALSE(bad.valid());
+    bad.head = 0;
+    bad.count = 5;
+    CHECK_FALSE(bad.valid());
+}
 using namespace ember::virtio;
 using namespace ember::test;
 using Bytes = std::vector<std::uint8_t>;
@@ -77,6 +109,22 @@ class CountingIrq final : public IrqLine {
 public:
     void trigger() noexcept override { ++count; }
     unsigned count = 0;
+};
+
+// One side of a legacy-device comparison: the device, its interrupt line and byte-wide port access.
+template <class Device>
+struct PortSide {
+    CountingIrq irq;
+    std::unique_ptr<Device> dev;
+    void wr(std::uint64_t off, std::uint8_t v) {
+        const std::uint8_t b[1] = {v};
+        dev->write(off, b);
+    }
+    std::uint8_t rd(std::uint64_t off) {
+        std::uint8_t b[1] = {0};
+        dev->read(off, b);
+        return b[0];
+    }
 };
 
 // ------------------------------------------------------------------------------------------
@@ -638,19 +686,8 @@ TEST_CASE("state: virtio-console restored behaves as the original", "[state][con
 
 TEST_CASE("state: the UART restored mid-transfer behaves as the original and raises its pending interrupt", "[state][serial]") {
     constexpr std::uint64_t THR = 0, RBR = 0, IER = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5, SCR = 7;
-    struct Side {
-        CountingIrq irq;
+    struct Side : PortSide<Serial> {
         std::string out;
-        std::unique_ptr<Serial> s;
-        void wr(std::uint64_t off, std::uint8_t v) {
-            const std::uint8_t b[1] = {v};
-            s->write(off, b);
-        }
-        std::uint8_t rd(std::uint64_t off) {
-            std::uint8_t b[1] = {0};
-            s->read(off, b);
-            return b[0];
-        }
         Serial::Sink sink() {
             return [this](std::span<const std::uint8_t> b) {
                 out.append(b.begin(), b.end());
@@ -659,7 +696,7 @@ TEST_CASE("state: the UART restored mid-transfer behaves as the original and rai
         }
     };
     Side a;
-    a.s = std::make_unique<Serial>(a.irq, a.sink());
+    a.dev = std::make_unique<Serial>(a.irq, a.sink());
     a.wr(LCR, 0x80);
     a.wr(0, 0x01); // DLL: 115200 baud
     a.wr(LCR, 0x03);
@@ -668,17 +705,17 @@ TEST_CASE("state: the UART restored mid-transfer behaves as the original and rai
     a.wr(SCR, 0x5a);
     a.wr(IER, 0x03); // RDA and THRE
     const std::string in = "partly full";
-    CHECK(a.s->enqueue_input(std::span(reinterpret_cast<const std::uint8_t*>(in.data()), in.size())) == in.size());
+    CHECK(a.dev->enqueue_input(std::span(reinterpret_cast<const std::uint8_t*>(in.data()), in.size())) == in.size());
     CHECK(a.rd(RBR) == 'p');
-    const SerialState s = a.s->save();
+    const SerialState s = a.dev->save();
     CHECK(s.rx.size() == in.size() - 1);
     CHECK(s.ier == 0x03);
     CHECK(s.thr_empty_pending);
 
     Side b;
-    b.s = std::make_unique<Serial>(b.irq, b.sink(), s);
+    b.dev = std::make_unique<Serial>(b.irq, b.sink(), s);
     CHECK(b.irq.count == 1); // received data pending: the edge is raised on the new line
-    CHECK(b.s->save() == s);
+    CHECK(b.dev->save() == s);
     const unsigned before = a.irq.count;
     for (Side* x : {&a, &b}) {
         std::string got;
@@ -694,11 +731,14 @@ TEST_CASE("state: the UART restored mid-transfer behaves as the original and rai
     }
     CHECK(b.out == a.out);
     CHECK(b.irq.count - 1 == a.irq.count - before);
-    CHECK(b.s->save() == a.s->save());
+    CHECK(b.dev->save() == a.dev->save());
 
     SerialState bad = s;
-    bad.rx.resize(Serial::RX_CAPACITY + 1);
+    bad.rx.count = Serial::RX_CAPACITY + 1;
     CountingIrq irq;
+    CHECK_CONFIG_ERROR(Serial(irq, [](std::span<const std::uint8_t>) { return true; }, bad), "the FIFO holds 64");
+    bad = s;
+    bad.rx.head = Serial::RX_CAPACITY; // past the buffer
     CHECK_CONFIG_ERROR(Serial(irq, [](std::span<const std::uint8_t>) { return true; }, bad), "the FIFO holds 64");
     bad = s;
     bad.ier = 0xf3;
@@ -709,26 +749,15 @@ TEST_CASE("state: the UART restored mid-transfer behaves as the original and rai
 TEST_CASE("state: the UART restored without a pending interrupt raises none", "[state][serial]") {
     CountingIrq irq;
     SerialState s;
-    s.rx = {1, 2, 3}; // data, but RDA interrupts disabled
+    for (int b : {1, 2, 3}) REQUIRE(s.rx.push_back(static_cast<std::uint8_t>(b))); // data, but RDA interrupts disabled
     Serial dev(irq, [](std::span<const std::uint8_t>) { return true; }, s);
     CHECK(irq.count == 0);
 }
 
 TEST_CASE("state: the i8042 restored with output and a command pending behaves as the original", "[state][i8042]") {
     constexpr std::uint64_t DATA = 0, CMD = 4;
-    struct Side {
-        CountingIrq irq;
+    struct Side : PortSide<I8042> {
         unsigned resets = 0;
-        std::unique_ptr<I8042> dev;
-        void wr(std::uint64_t off, std::uint8_t v) {
-            const std::uint8_t b[1] = {v};
-            dev->write(off, b);
-        }
-        std::uint8_t rd(std::uint64_t off) {
-            std::uint8_t b[1] = {0};
-            dev->read(off, b);
-            return b[0];
-        }
     };
     Side a;
     a.dev = std::make_unique<I8042>(a.irq, [&] { ++a.resets; });
@@ -763,7 +792,7 @@ TEST_CASE("state: the i8042 restored with output and a command pending behaves a
     CHECK(b.dev->save() == a.dev->save());
 
     I8042State bad = s;
-    bad.out.resize(17);
+    bad.out.count = 17;
     CountingIrq irq;
     CHECK_CONFIG_ERROR(I8042(irq, {}, bad), "the buffer holds 16");
     bad = s;
