@@ -3,9 +3,10 @@
 // transmitq0 (guest output), which Linux exposes as hvc0.
 //
 // Output: every transmit chain is consumed at once, on the vCPU that notified, and its bytes
-// handed to a ConsoleOutput, which never blocks (see vmm/base/console_output.hpp for why this is required). Input: the VMM's console
-// reader offers bytes with enqueue_input(); what finds no receive buffer stays with the reader,
-// which stops reading the host until on_rx_space tells it the driver posted buffers.
+// handed to a ConsoleOutput, which never blocks (vmm/base/console_output.hpp says why it must
+// not). Input: the VMM's console reader offers bytes with enqueue_input(); what finds no receive
+// buffer stays with the reader, which stops reading the host until on_rx_space tells it the
+// driver posted buffers.
 
 #include "vmm/base/console_output.hpp"
 #include "devices/virtio/console/request.hpp"
