@@ -216,7 +216,7 @@ LoggerConfig parse_logger(const json& j) {
     LoggerConfig c;
     if (const json* p = field(j, "log_path"); p && !p->is_null()) c.log_path = get_string(*p, w + ".log_path");
     if (const json* l = field(j, "level"); l && !l->is_null()) c.level = get_string(*l, w + ".level");
-    if (const json* m = field(j, "module"); m && !m->is_null()) (void)get_string(*m, w + ".module");
+    if (const json* m = field(j, "module"); m && !m->is_null()) c.module = get_string(*m, w + ".module");
     if (const json* b = field(j, "show_level"); b && !b->is_null()) c.show_level = get_bool(*b, w + ".show_level");
     if (const json* b = field(j, "show_log_origin"); b && !b->is_null()) c.show_log_origin = get_bool(*b, w + ".show_log_origin");
     return c;

@@ -17,6 +17,7 @@ struct LoggerConfig {
     std::optional<std::string> level;
     std::optional<bool> show_level;
     std::optional<bool> show_log_origin;
+    std::optional<std::string> module; // a source-path prefix in Ember (log::Options::module)
 };
 
 // A whole --config-file document: the VM, plus the optional logger and metrics sections.

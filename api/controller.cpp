@@ -5,6 +5,7 @@
 #include "devices/virtio/net/backend.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
+#include "vmm/base/output_file.hpp"
 #include "vmm/builder.hpp"
 #include "vmm/drives.hpp"
 
@@ -134,7 +135,7 @@ Response Controller::pre_boot(const PutNet& p) {
 }
 
 Response Controller::pre_boot(const PutSerial& p) {
-    // The file is opened (a FIFO must have a reader) when the VM is built.
+    // The file is opened when the VM is built (a FIFO needs no reader: open_output).
     cfg_.console.serial_out_path = p.serial_out_path;
     return Response::no_content();
 }
@@ -192,7 +193,7 @@ Response Controller::start_instance() {
         vm_ = VmBuilder::for_boot(io_, cfg_, opts_, [this](int status, const std::string& detail) {
             exited_ = true;
             // A last metrics line as the VM ends (Firecracker flushes on exit too).
-            if (metrics_fd_.valid()) (void)flush_metrics();
+            if (metrics_.valid()) (void)flush_metrics();
             if (on_vm_exit_) on_vm_exit_(status, detail);
         });
     } catch (const std::exception& e) {
@@ -216,6 +217,11 @@ void Controller::boot_from_config(const ConfigFile& doc) {
     if (r.status != 204) throw ConfigError(json::parse(r.body).value("fault_message", "cannot start"));
 }
 
+void Controller::init_metrics(const std::string& path) {
+    const Response r = set_metrics(path);
+    if (r.status != 204) throw ConfigError(json::parse(r.body).value("fault_message", "cannot initialize metrics"));
+}
+
 Response Controller::set_logger(const LoggerConfig& c) {
     log::Options o;
     o.instance_id = id_;
@@ -228,6 +234,7 @@ Response Controller::set_logger(const LoggerConfig& c) {
     o.show_level = c.show_level.value_or(false);
     o.show_origin = c.show_log_origin.value_or(false);
     o.path = c.log_path.value_or("");
+    o.module = c.module.value_or("");
     try {
         log::configure(o);
     } catch (const std::exception& e) {
@@ -237,10 +244,10 @@ Response Controller::set_logger(const LoggerConfig& c) {
 }
 
 Response Controller::set_metrics(const std::string& path) {
-    if (metrics_fd_.valid()) return Response::bad_request("Reinitialization of metrics not allowed.");
-    const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0644);
-    if (fd < 0) return Response::bad_request("Cannot initialize the metrics system: " + path + ": " + std::strerror(errno));
-    metrics_fd_.reset(fd);
+    if (metrics_.valid()) return Response::bad_request("Reinitialization of metrics not allowed.");
+    UniqueFd fd = open_output(path, 0644);
+    if (!fd.valid()) return Response::bad_request("Cannot initialize the metrics system: " + path + ": " + std::strerror(errno));
+    metrics_ = RecordWriter(std::move(fd));
     arm_metrics_timer();
     return Response::no_content();
 }
@@ -311,9 +318,9 @@ std::string Controller::metrics_line() {
 }
 
 Response Controller::flush_metrics() {
-    if (!metrics_fd_.valid()) return Response::bad_request("the metrics system is not initialized (PUT /metrics first)");
-    std::string line = metrics_line() + "\n";
-    if (::write(metrics_fd_.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    if (!metrics_.valid()) return Response::bad_request("the metrics system is not initialized (PUT /metrics first)");
+    const std::string line = metrics_line() + "\n";
+    if (!metrics_.write(line)) {
         count("logger", "missed_metrics_count");
         count("logger", "metrics_fails");
     }

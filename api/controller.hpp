@@ -4,6 +4,7 @@
 // VMM thread's io_context; the HTTP server posts requests there and gets a Response back.
 
 #include "api/routes.hpp"
+#include "vmm/base/output_file.hpp"
 #include "vmm/vm.hpp"
 #include "vmm/vm_config.hpp"
 
@@ -26,6 +27,8 @@ public:
     Response handle(const Action& a);
     // Counts a request the router refused (for the *_fails metrics).
     void count_rejected(const std::string& method, const std::string& target);
+    // --metrics-path: as PUT /metrics, before anything else; throws ConfigError.
+    void init_metrics(const std::string& path);
     // Applies a --config-file document (logger, metrics, VM) and boots it; throws ConfigError.
     void boot_from_config(const ConfigFile& doc);
 
@@ -79,7 +82,7 @@ private:
     bool exited_ = false;
     std::uint64_t startup_us_ = 0, startup_cpu_us_ = 0;
 
-    UniqueFd metrics_fd_;
+    RecordWriter metrics_;
     boost::asio::steady_timer metrics_timer_;
     std::map<std::string, std::map<std::string, std::uint64_t>> counters_, flushed_;
 };

@@ -1,4 +1,4 @@
-// ember: command-line entry point. Flags follow Firecracker's where they overlap.
+// ember: command-line entry point. Takes every flag of Firecracker 1.16, with its meaning.
 
 #include "api/config.hpp"
 #include "api/controller.hpp"
@@ -16,9 +16,12 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <pthread.h>
+#include <unistd.h>
 #include <sstream>
 
 
@@ -49,17 +52,47 @@ std::string read_file(const std::string& path) {
     return ss.str();
 }
 
+// Firecracker's ProcessTimeReporter. A launcher (Firecracker's jailer) passes when it started, on
+// CLOCK_MONOTONIC and on the process CPU clock (which exec keeps), and the CPU time its own parent
+// used; the start-up metrics then cover the launcher too. Without them Ember measures from its
+// own start (Firecracker reports 0).
+struct StartTimes {
+    std::optional<std::uint64_t> start_us, start_cpu_us, parent_cpu_us;
+
+    std::uint64_t wall_us() const noexcept {
+        if (!start_us) return ember::log::us_since_start();
+        const std::uint64_t now = ember::log::monotonic_us();
+        return now > *start_us ? now - *start_us : 0;
+    }
+    // --parent-cpu-time-us counts only with --start-time-cpu-us, as in Firecracker.
+    std::uint64_t cpu_us() const noexcept {
+        const std::uint64_t now = ember::log::process_cpu_us();
+        if (!start_cpu_us) return now;
+        return (now > *start_cpu_us ? now - *start_cpu_us : 0) + parent_cpu_us.value_or(0);
+    }
+};
+
+struct Settings {
+    bool serve_api = true;
+    std::string sock;
+    std::size_t max_payload = 0;
+    std::string config_file;
+    std::string metrics_path;
+    std::string id;
+    StartTimes start;
+    ember::RunOptions opts;
+};
+
 // The VMM thread (this one) runs the controller's event loop. With the API, the API thread
 // serves HTTP and posts each parsed request here; without it (--no-api), the config file is all
 // there is. Ember exits when the guest ends or on SIGTERM/SIGINT/SIGHUP.
-int run(bool serve_api, const std::string& sock, std::size_t max_payload, const std::string& config_file,
-        const std::string& id, const ember::RunOptions& opts) {
+int run(const Settings& set) {
     namespace api = ember::api;
     LOG_INFO("Running Ember v%s", EMBER_VERSION);
     std::optional<ember::ConfigFile> initial;
-    if (!config_file.empty()) {
+    if (!set.config_file.empty()) {
         try {
-            initial = ember::parse_config_document(read_file(config_file), ember::host_memory_mib());
+            initial = ember::parse_config_document(read_file(set.config_file), ember::host_memory_mib());
         } catch (const std::exception& e) {
             return fail(EXIT_BAD_CONFIGURATION, e.what());
         }
@@ -67,12 +100,17 @@ int run(bool serve_api, const std::string& sock, std::size_t max_payload, const 
     auto io = std::make_unique<boost::asio::io_context>(1);
     int status = 0;
     std::string detail;
-    auto controller = std::make_unique<api::Controller>(*io, id, opts, ember::host_memory_mib(), [&](int s, const std::string& d) {
+    auto controller = std::make_unique<api::Controller>(*io, set.id, set.opts, ember::host_memory_mib(), [&](int s, const std::string& d) {
         status = s;
         detail = d;
         io->stop();
     });
     api::Controller* ctl = controller.get();
+    if (!set.metrics_path.empty()) try {
+        ctl->init_metrics(set.metrics_path);
+    } catch (const std::exception& e) {
+        return fail(EXIT_GENERIC, e.what());
+    }
     boost::asio::io_context* vmm_io = io.get();
     // Signals are handled before the socket exists: a client that sees the socket accept may
     // send SIGTERM at once, and that must end Ember cleanly, not kill it.
@@ -84,10 +122,10 @@ int run(bool serve_api, const std::string& sock, std::size_t max_payload, const 
         else io->stop();
     });
     api::HttpLimits limits;
-    limits.max_body = max_payload;
+    limits.max_body = set.max_payload;
     std::unique_ptr<api::HttpServer> server;
-    if (serve_api) try {
-        server = std::make_unique<api::HttpServer>(sock, limits, [ctl, vmm_io](api::HttpRequest req, api::HttpServer::Reply reply) {
+    if (set.serve_api) try {
+        server = std::make_unique<api::HttpServer>(set.sock, limits, [ctl, vmm_io](api::HttpRequest req, api::HttpServer::Reply reply) {
             auto parsed = api::route(req.method, req.target, req.body);
             boost::asio::post(*vmm_io, [ctl, parsed = std::move(parsed), req = std::move(req), reply = std::move(reply)] {
                 if (auto* r = std::get_if<api::Response>(&parsed)) {
@@ -121,8 +159,8 @@ int run(bool serve_api, const std::string& sock, std::size_t max_payload, const 
         auto guard = boost::asio::make_work_guard(*io);
         if (server) {
             server->start();
-            ctl->set_startup_time(ember::log::us_since_start(), ember::log::process_cpu_us());
-            LOG_INFO("API server listening on %s", sock.c_str());
+            ctl->set_startup_time(set.start.wall_us(), set.start.cpu_us());
+            LOG_INFO("API server listening on %s", set.sock.c_str());
         }
         io->run();
     }
@@ -144,21 +182,65 @@ int main(int argc, char** argv) {
     pthread_setname_np(pthread_self(), "ember_vmm");
     std::signal(SIGPIPE, SIG_IGN);
 
+    // Every flag of Firecracker 1.16, with its meaning where Ember has the feature; the others
+    // are accepted by the parser and refused below with what is missing.
     CLI::App app{"Ember: a KVM microVM monitor that speaks Firecracker's API and config format.", "ember"};
-    std::string config_file, id = "anonymous-instance", log_path, level = "Warning", api_sock = "/run/ember.socket";
-    std::size_t max_payload = 51200;
-    bool no_api = false, boot_timer = false, version = false, show_level = false, show_origin = false;
-    app.add_option("--config-file", config_file, "Firecracker-format JSON file describing the microVM");
+    Settings set;
+    set.id = "anonymous-instance";
+    set.sock = "/run/ember.socket";
+    set.max_payload = 51200;
+    std::string log_path, level = "Warning", module, seccomp_filter, later_value;
+    std::uint64_t start_us = 0, start_cpu_us = 0, parent_cpu_us = 0, mmds_limit = 0;
+    bool no_api = false, no_seccomp = false, version = false, show_level = false, show_origin = false, later_flag = false;
+    app.add_option("--api-sock", set.sock, "Unix socket for the REST API (default /run/ember.socket)");
+    app.add_option("--id", set.id, "MicroVM id, in GET / and log lines (1-64 characters: letters, digits, '-')");
+    app.add_option("--config-file", set.config_file, "Firecracker-format JSON file describing the microVM; it boots at once");
     app.add_flag("--no-api", no_api, "Run only from --config-file, without the API socket");
-    app.add_flag("--boot-timer", boot_timer, "Log Guest-boot-time when the guest writes 123 to MMIO 0xC0000000");
-    app.add_option("--id", id, "Instance id used in log lines (1-64 characters: letters, digits, '-')");
-    app.add_option("--log-path", log_path, "Write log lines to this file or FIFO instead of stderr");
-    app.add_option("--level", level, "Log level: Off, Error, Warning, Info, Debug, Trace");
+    auto* filter_opt = app.add_option("--seccomp-filter", seccomp_filter,
+                                      "Custom seccomp filter file: checked readable and recorded; Ember installs no seccomp filters yet");
+    auto* no_seccomp_opt = app.add_flag("--no-seccomp", no_seccomp, "Run without seccomp filters (Ember installs none yet in any case)");
+    filter_opt->excludes(no_seccomp_opt);
+    no_seccomp_opt->excludes(filter_opt);
+    // Digits only: strtoull would wrap a negative number around; Firecracker's u64 parse refuses it.
+    const CLI::Validator kUnsigned(
+        [](std::string& v) -> std::string {
+            if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+                return "expected a non-negative integer, not \"" + v + "\"";
+            errno = 0;
+            (void)std::strtoull(v.c_str(), nullptr, 10);
+            if (errno == ERANGE) return "\"" + v + "\" is out of range";
+            return {};
+        },
+        "");
+    auto* start_opt = app.add_option("--start-time-us", start_us,
+                                     "Launcher's start, CLOCK_MONOTONIC microseconds: process_startup_time_us counts from it")
+                         ->check(kUnsigned);
+    auto* start_cpu_opt = app.add_option("--start-time-cpu-us", start_cpu_us,
+                                         "Process CPU clock at the launcher's start, microseconds: process_startup_time_cpu_us counts from it")
+                             ->check(kUnsigned);
+    auto* parent_cpu_opt = app.add_option("--parent-cpu-time-us", parent_cpu_us,
+                                          "CPU time of the launcher's parent, microseconds: added to process_startup_time_cpu_us (with --start-time-cpu-us)")
+                              ->check(kUnsigned);
+    app.add_option("--log-path", log_path, "Write log lines to this file or named pipe (no reader needed yet) instead of stderr");
+    app.add_option("--level", level, "Log level: Off, Error, Warning (or Warn), Info, Debug, Trace; any letter case");
+    app.add_option("--module", module,
+                   "Log only lines from Ember source files whose path starts with this (e.g. api/, vmm/, devices/virtio/); "
+                   "Firecracker's Rust module names match nothing");
     app.add_flag("--show-level", show_level, "Include the level in log lines");
     app.add_flag("--show-log-origin", show_origin, "Include file:line in log lines");
+    app.add_option("--metrics-path", set.metrics_path,
+                   "Write metrics to this file or named pipe (no reader needed yet) from the start, as PUT /metrics");
+    app.add_flag("--boot-timer", set.opts.boot_timer, "Log Guest-boot-time when the guest writes 123 to MMIO 0xC0000000");
+    app.add_option("--http-api-max-payload-size", set.max_payload, "Largest API request body in bytes (default 51200)")
+        ->check(kUnsigned);
     app.add_flag("--version", version, "Print the version and exit");
-    app.add_option("--api-sock", api_sock, "Unix socket for the REST API (default /run/ember.socket)");
-    app.add_option("--http-api-max-payload-size", max_payload, "Largest API request body in bytes (default 51200)");
+    // Accepted so that they are refused with a reason, not as unknown.
+    auto* metadata_opt = app.add_option("--metadata", later_value, "MMDS content file: not supported yet (no MMDS)");
+    auto* mmds_opt = app.add_option("--mmds-size-limit", mmds_limit, "MMDS data store limit: not supported yet (no MMDS)")
+                         ->check(kUnsigned);
+    auto* snap_ver_opt = app.add_flag("--snapshot-version", later_flag, "Snapshot format version: not supported yet (no snapshots)");
+    auto* describe_opt = app.add_option("--describe-snapshot", later_value, "Snapshot file's format version: not supported yet (no snapshots)");
+    auto* pci_opt = app.add_flag("--enable-pci", later_flag, "PCIe transport: not supported yet (virtio-mmio only)");
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -170,16 +252,41 @@ int main(int argc, char** argv) {
         std::printf("Ember v%s\n", EMBER_VERSION);
         return 0;
     }
-    if (!valid_instance_id(id)) return fail(EXIT_ARG_PARSING, "--id must be 1-64 letters, digits or '-'");
+    const std::pair<const CLI::Option*, const char*> later[] = {
+        {metadata_opt, "--metadata is not supported yet: Ember has no MMDS"},
+        {mmds_opt, "--mmds-size-limit is not supported yet: Ember has no MMDS"},
+        {snap_ver_opt, "--snapshot-version is not supported yet: Ember has no snapshots"},
+        {describe_opt, "--describe-snapshot is not supported yet: Ember has no snapshots"},
+        {pci_opt, "--enable-pci is not supported yet: Ember has virtio-mmio devices only"},
+    };
+    for (const auto& [opt, why] : later)
+        if (opt->count() > 0) return fail(EXIT_ARG_PARSING, why);
+    if (!valid_instance_id(set.id)) return fail(EXIT_ARG_PARSING, "--id must be 1-64 letters, digits or '-'");
+    if (no_api && set.config_file.empty()) return fail(EXIT_ARG_PARSING, "--no-api needs --config-file");
+    // As Firecracker: a bad --level is a configuration error, a logger or metrics sink that
+    // cannot be opened a generic one.
     auto lvl = ember::log::parse_level(level);
-    if (!lvl) return fail(EXIT_ARG_PARSING, "--level must be one of Off, Error, Warning, Info, Debug, Trace");
+    if (!lvl) return fail(EXIT_BAD_CONFIGURATION, "--level must be one of Off, Error, Warning, Info, Debug, Trace");
     try {
-        ember::log::configure({id, *lvl, show_level, show_origin, log_path});
+        ember::log::configure({set.id, *lvl, show_level, show_origin, log_path, module});
     } catch (const std::exception& e) {
-        return fail(EXIT_BAD_CONFIGURATION, e.what());
+        return fail(EXIT_GENERIC, e.what());
     }
-    ember::RunOptions opts;
-    opts.boot_timer = boot_timer;
-    if (no_api && config_file.empty()) return fail(EXIT_ARG_PARSING, "--no-api needs --config-file");
-    return run(!no_api, api_sock, max_payload, config_file, id, opts);
+    if (filter_opt->count() > 0) {
+        if (::access(seccomp_filter.c_str(), R_OK) != 0)
+            return fail(EXIT_GENERIC, "--seccomp-filter " + seccomp_filter + ": " + std::strerror(errno));
+        set.opts.seccomp = ember::SeccompMode::Custom;
+        set.opts.seccomp_filter = seccomp_filter;
+        LOG_WARN("--seccomp-filter %s: Ember does not install seccomp filters yet; this filter is not applied", seccomp_filter.c_str());
+    } else if (no_seccomp) {
+        set.opts.seccomp = ember::SeccompMode::Disabled;
+        LOG_INFO("seccomp filtering disabled (--no-seccomp)");
+    } else {
+        LOG_INFO("Ember does not install seccomp filters yet (Firecracker would install its default ones)");
+    }
+    if (start_opt->count() > 0) set.start.start_us = start_us;
+    if (start_cpu_opt->count() > 0) set.start.start_cpu_us = start_cpu_us;
+    if (parent_cpu_opt->count() > 0) set.start.parent_cpu_us = parent_cpu_us;
+    set.serve_api = !no_api;
+    return run(set);
 }

@@ -51,8 +51,14 @@ struct VmConfig {
     ConsoleConfig console;
 };
 
+// Firecracker's --no-seccomp / --seccomp-filter. Recorded only: Ember installs no seccomp
+// filters yet, whichever is chosen.
+enum class SeccompMode { Default, Disabled, Custom };
+
 struct RunOptions {
     bool boot_timer = false;
+    SeccompMode seccomp = SeccompMode::Default;
+    std::string seccomp_filter; // the filter file, with SeccompMode::Custom
     std::string kvm_path = "/dev/kvm";
 };
 

@@ -81,6 +81,146 @@ kill -TERM "$stale_pid"; wait "$stale_pid"; rc=$?
 expect_eq "SIGTERM before boot ends Ember with" "$rc" 0
 [[ ! -e $T/live.sock ]] && pass "socket removed on exit" || fail "socket left after SIGTERM"
 
+# Firecracker 1.16's flags. Clients spawn Ember as they spawn Firecracker: the Go SDK with
+# `--api-sock S --id ID --no-seccomp`, the jailer adding `--start-time-us`, `--start-time-cpu-us`
+# and `--parent-cpu-time-us`. Each must start the API, not be refused.
+mono_us() { python3 -c 'import time; print(time.monotonic_ns() // 1000)'; }
+# start_api NAME ARGS...: Ember serving $T/NAME.sock; sets API_PID and SOCK, stderr in $T/NAME.err.
+start_api() {
+  local name=$1; shift
+  SOCK=$T/$name.sock
+  "$EMBER_BIN" --api-sock "$SOCK" "$@" < /dev/null > "$T/$name.out" 2> "$T/$name.err" &
+  API_PID=$!
+  for _ in $(seq 1 100); do
+    [[ $(api GET /) == 200 ]] && return 0
+    kill -0 "$API_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  fail "$name: the API did not come up with $*: $(cat "$T/$name.err")"
+  return 1
+}
+# api METHOD PATH [BODY]: prints the status; the body is left in $T/body.
+api() {
+  curl -s -m 5 --unix-socket "$SOCK" -X "$1" "http://localhost$2" ${3:+-H 'Content-Type: application/json' -d "$3"} \
+    -o "$T/body" -w '%{http_code}' 2>/dev/null
+}
+# stop_api NAME: SIGTERM; Ember must end with 0.
+stop_api() {
+  kill -TERM "$API_PID"; wait "$API_PID"; local rc=$?
+  [[ $rc -eq 0 ]] || fail "$1: exit status $rc after SIGTERM: $(cat "$T/$1.err")"
+}
+# metric FILE GROUP NAME: the value in the last metrics line of FILE.
+metric() { tail -n 1 "$1" | python3 -c "import json, sys; print(json.load(sys.stdin)['$2']['$3'])"; }
+
+if start_api gosdk --id abc --no-seccomp; then
+  grep -q '"id":"abc"' "$T/body" && pass "Go SDK flags (--api-sock --id --no-seccomp) serve the API" || fail "GET / after the Go SDK's flags: $(cat "$T/body")"
+  stop_api gosdk
+fi
+echo '{}' > "$T/filter.json"
+start=$(( $(mono_us) - 5000000 ))
+if start_api jailer --id jailed-1 --seccomp-filter "$T/filter.json" --start-time-us "$start" --start-time-cpu-us 0 \
+     --parent-cpu-time-us 7000000 --metrics-path "$T/jailer.metrics"; then
+  expect_eq "FlushMetrics after --metrics-path" "$(api PUT /actions '{"action_type": "FlushMetrics"}')" 204
+  us=$(metric "$T/jailer.metrics" api_server process_startup_time_us)
+  cpu=$(metric "$T/jailer.metrics" api_server process_startup_time_cpu_us)
+  # Firecracker's reading: from the launcher's start (5 s ago) to the socket; CPU from 0 plus the parent's 7 s.
+  (( us >= 5000000 && us < 35000000 )) && pass "--start-time-us: process_startup_time_us $us counts from 5 s ago" \
+    || fail "--start-time-us 5 s ago: process_startup_time_us $us"
+  (( cpu >= 7000000 && cpu < 37000000 )) && pass "--start-time-cpu-us 0 --parent-cpu-time-us 7 s: process_startup_time_cpu_us $cpu" \
+    || fail "--parent-cpu-time-us 7 s: process_startup_time_cpu_us $cpu"
+  grep -q 'seccomp filters yet' "$T/jailer.err" && pass "--seccomp-filter: warns that it is not applied" || fail "--seccomp-filter: no warning: $(cat "$T/jailer.err")"
+  stop_api jailer
+fi
+if start_api nostart --metrics-path "$T/nostart.metrics"; then
+  api PUT /actions '{"action_type": "FlushMetrics"}' > /dev/null
+  us=$(metric "$T/nostart.metrics" api_server process_startup_time_us)
+  (( us < 5000000 )) && pass "without --start-time-us: Ember's own start-up time ($us us)" || fail "without --start-time-us: $us us"
+  stop_api nostart
+fi
+# The logging flags together; --module keeps lines from source files under that path.
+if start_api logflags --id logs --log-path "$T/flags.log" --level INFO --module api/ --show-level --show-log-origin \
+     --boot-timer --http-api-max-payload-size 100000; then
+  api GET /machine-config > /dev/null
+  stop_api logflags
+  grep -q -E '^[0-9T:.-]+ \[logs:ember_vmm:INFO:api/main\.cpp:[0-9]+\] API: GET /machine-config -> 200$' "$T/flags.log" \
+    && pass "--log-path --level --show-level --show-log-origin --module api/" || fail "log lines: $(cat "$T/flags.log")"
+  grep -v -q -E ':INFO:api/' "$T/flags.log" && fail "--module api/ let other lines through: $(grep -v -E ':INFO:api/' "$T/flags.log")"
+fi
+if start_api module --log-path "$T/module.log" --level Info --module vmm/; then
+  api GET / > /dev/null
+  stop_api module
+  grep -q 'API: GET' "$T/module.log" && fail "--module vmm/ kept a line from api/: $(cat "$T/module.log")" || pass "--module vmm/ drops lines from api/"
+fi
+# Firecracker's level names, in the letter cases it takes: a bad config file fails after them.
+for l in Off OFF Error ERROR Warn WARN Warning WARNING Info INFO Debug DEBUG Trace TRACE; do
+  run_ember "level_$l" --no-api --level "$l" --config-file "$T/badjson.json"
+  if [[ $RC -eq 152 ]] && tail -n 1 "$ERR" | grep -q 'not valid JSON' && ! grep -q -- '--level' "$ERR"; then
+    pass "--level $l"
+  else
+    fail "--level $l: status $RC, $(cat "$ERR")"
+  fi
+done
+expect_eq "exit status for a bad --level (Firecracker's BadConfiguration)" "$(run_ember lv2 --level Loud; echo $RC)" 152
+# Flags whose feature has not landed: one line naming what is missing, exit 153.
+expect_unsupported() { # NAME PATTERN ARGS...
+  local name=$1 pattern=$2 VM_TIMEOUT=10; shift 2 # an Ember that accepts the flag serves until then
+  expect_error "$name" "$pattern" "$@"
+  [[ $RC -eq 153 ]] || fail "$name: status $RC, expected 153"
+  grep -q 'not expected' "$ERR" && fail "$name: refused as unknown"
+}
+expect_unsupported metadata '--metadata is not supported yet: Ember has no MMDS' --api-sock "$T/u.sock" --metadata "$T/filter.json"
+expect_unsupported mmds_size_limit '--mmds-size-limit is not supported yet: Ember has no MMDS' --api-sock "$T/u.sock" --mmds-size-limit 4096
+expect_unsupported describe_snapshot '--describe-snapshot is not supported yet: Ember has no snapshots' --describe-snapshot "$T/filter.json"
+expect_unsupported snapshot_version '--snapshot-version is not supported yet: Ember has no snapshots' --snapshot-version
+expect_unsupported enable_pci '--enable-pci is not supported yet' --api-sock "$T/u.sock" --enable-pci
+[[ ! -e $T/u.sock ]] && pass "no socket after a refused flag" || fail "socket left after a refused flag"
+expect_unsupported seccomp_both '--seccomp-filter excludes --no-seccomp' --no-seccomp --seccomp-filter "$T/filter.json"
+expect_unsupported start_time_negative '--start-time-us: expected a non-negative integer, not "-5"' --start-time-us -5
+expect_unsupported start_time_text '--start-time-cpu-us: expected a non-negative integer' --start-time-cpu-us soon
+expect_unsupported parent_cpu_huge '--parent-cpu-time-us: "99999999999999999999999" is out of range' --parent-cpu-time-us 99999999999999999999999
+expect_error seccomp_filter_missing "--seccomp-filter $T/nope.json: No such file" --seccomp-filter "$T/nope.json"
+expect_error metrics_path_bad 'Cannot initialize the metrics system: .*/no/dir/m: No such file' --api-sock "$T/m.sock" --metrics-path "$T/no/dir/m"
+
+# Logger and metrics FIFOs nobody reads yet (firecracker-containerd, the Go SDK's FIFO options):
+# accepted; what is written waits for the reader; a reader that leaves blocks nothing.
+mkfifo "$T/log.fifo" "$T/metrics.fifo"
+if start_api fifos --id fifos; then
+  expect_eq "PUT /logger with a FIFO nobody reads" "$(api PUT /logger "{\"log_path\": \"$T/log.fifo\", \"level\": \"Info\"}")" 204
+  expect_eq "PUT /metrics with a FIFO nobody reads" "$(api PUT /metrics "{\"metrics_path\": \"$T/metrics.fifo\"}")" 204
+  expect_eq "FlushMetrics into it" "$(api PUT /actions '{"action_type": "FlushMetrics"}')" 204
+  # Ember keeps the FIFOs open (never EOF): read what is there for a moment.
+  timeout 1 cat "$T/log.fifo" > "$T/fifo1.log"
+  timeout 1 cat "$T/metrics.fifo" > "$T/fifo1.metrics"
+  grep -q 'API: PUT /metrics -> 204' "$T/fifo1.log" && pass "log lines written before the reader came arrive" || fail "log FIFO: $(cat "$T/fifo1.log")"
+  [[ $(metric "$T/fifo1.metrics" logger missed_metrics_count) == 0 ]] && pass "metrics line written before the reader came arrives" \
+    || fail "metrics FIFO: $(cat "$T/fifo1.metrics")"
+  # The readers are gone; 3000 requests log ~250 KiB, several times the pipe's buffer.
+  if timeout 60 python3 - "$SOCK" 3000 <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+f = s.makefile("rb")
+for _ in range(int(sys.argv[2])):
+    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert f.readline().split()[1] == b"200"
+    length = 0
+    while (h := f.readline()) not in (b"\r\n", b""):
+        k, _, v = h.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    f.read(length)
+PY
+  then pass "3000 requests answered with nobody reading the log FIFO"; else fail "requests stalled with a full log FIFO"; fi
+  expect_eq "GET / after the log FIFO filled" "$(api GET /)" 200
+  expect_eq "FlushMetrics after the log FIFO filled" "$(api PUT /actions '{"action_type": "FlushMetrics"}')" 204
+  timeout 1 cat "$T/metrics.fifo" > "$T/fifo2.metrics"
+  missed=$(metric "$T/fifo2.metrics" logger missed_log_count)
+  (( missed > 1000 )) && pass "lines dropped on the full log FIFO are counted (missed_log_count $missed)" \
+    || fail "missed_log_count $missed after 3000 lines into a full FIFO"
+  stop_api fifos
+fi
+
 # Drives: every bad drive fails before KVM is opened, naming the drive.
 head -c 1048576 /dev/zero > "$T/disk.img"
 head -c 1000 /dev/zero > "$T/odd.img"
@@ -111,8 +251,10 @@ con() { cfg "$1" "{$(bs "$KERNEL"), $(mc 1 64), $2}"; }
 expect_error console_bad_device 'console.device must be "serial" or "virtio", not "pci"' --no-api --config-file "$(con cdev '"console": {"device": "pci"}')"
 expect_error console_unknown_field 'console: unknown field "speed"' --no-api --config-file "$(con cunk '"console": {"device": "virtio", "speed": 9600}')"
 expect_error serial_rate_limiter 'serial.rate_limiter is not supported' --no-api --config-file "$(con srl "\"serial\": {\"serial_out_path\": \"$T/s.out\", \"rate_limiter\": {}}")"
+# A serial FIFO nobody reads yet is accepted (as the logger's and metrics'): the boot goes on to
+# the kernel, which is garbage here.
 mkfifo "$T/noreader.fifo"
-expect_error serial_fifo_no_reader "serial_out_path $T/noreader.fifo: a named pipe needs a reader" --no-api --config-file "$(con sfifo "\"serial\": {\"serial_out_path\": \"$T/noreader.fifo\"}")"
+expect_error serial_fifo_no_reader 'neither an ELF vmlinux nor a bzImage' --no-api --config-file "$(cfg sfifo "{$(bs "$T/garbage"), $(mc 1 64), \"serial\": {\"serial_out_path\": \"$T/noreader.fifo\"}}")"
 expect_error serial_out_dir "serial_out_path $T: Is a directory" --no-api --config-file "$(con sdir "\"serial\": {\"serial_out_path\": \"$T\"}")"
 chmod 444 "$T/disk.img"
 if [[ $(id -u) -ne 0 ]]; then

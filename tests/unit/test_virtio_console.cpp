@@ -519,9 +519,27 @@ TEST_CASE("console output: open_path appends, creates with mode 0600 and names t
     SECTION("errors") {
         CHECK_CONFIG_ERROR(ConsoleOutput::open_path(""), "must not be empty");
         CHECK_CONFIG_ERROR(ConsoleOutput::open_path(dir.path()), dir.path());
+    }
+    SECTION("a named pipe without a reader: output waits for one, then drops and counts, never blocks") {
         const std::string fifo = dir.file("fifo");
         REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
-        CHECK_CONFIG_ERROR(ConsoleOutput::open_path(fifo), "needs a reader");
+        ConsoleOutput out(io, ConsoleOutput::open_path(fifo), 4096);
+        CHECK(out.write(text("early")) == 5);
+        CHECK(out.buffered() == 0); // taken by the pipe itself, for the first reader
+        {
+            const int rfd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+            REQUIRE(rfd >= 0);
+            UniqueFd reader(rfd);
+            char b[8] = {};
+            CHECK(::read(reader.get(), b, sizeof b) == 5);
+            CHECK(std::string(b) == "early");
+            REQUIRE(::fcntl(reader.get(), F_SETPIPE_SZ, 4096) == 4096);
+        } // the reader leaves: no EPIPE, the pipe then the bounded buffer take output, the rest drops
+        const Bytes big = pattern(3 * 4096, 7);
+        CHECK(out.write(big) == 2 * 4096);
+        CHECK(out.buffered() == 4096);
+        CHECK(out.metrics().bytes_dropped == 4096);
+        CHECK(out.metrics().write_fails == 0);
     }
     SECTION("a named pipe with a reader is written without blocking") {
         const std::string fifo = dir.file("fifo");

@@ -1,6 +1,7 @@
 #include "vmm/base/console_output.hpp"
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/output_file.hpp"
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
@@ -59,19 +60,17 @@ UniqueFd ConsoleOutput::dup_stdout() {
 
 UniqueFd ConsoleOutput::open_path(const std::string& path) {
     if (path.empty()) throw ConfigError("serial_out_path must not be empty");
-    // O_NONBLOCK makes opening a FIFO without a reader fail (ENXIO) instead of hanging the VMM.
-    const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
-    if (fd < 0) {
-        if (errno == ENXIO) throw ConfigError("serial_out_path " + path + ": a named pipe needs a reader before the VM starts");
-        throw ConfigError("serial_out_path " + path + ": " + std::strerror(errno));
-    }
-    UniqueFd owned(fd);
+    UniqueFd owned = open_output(path, 0600);
+    if (!owned.valid()) throw ConfigError("serial_out_path " + path + ": " + std::strerror(errno));
+    const int fd = owned.get();
     struct stat st {};
     if (::fstat(fd, &st) != 0) throw ConfigError("serial_out_path " + path + ": " + std::strerror(errno));
     if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode))
         throw ConfigError("serial_out_path " + path + " is neither a file, a named pipe nor a character device");
     // The constructor decides blocking mode from what the descriptor is; start from blocking.
-    if (::fcntl(fd, F_SETFL, O_WRONLY | O_APPEND) != 0) throw ConfigError("serial_out_path " + path + ": " + std::strerror(errno));
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        throw ConfigError("serial_out_path " + path + ": " + std::strerror(errno));
     return owned;
 }
 

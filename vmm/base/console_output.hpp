@@ -48,7 +48,7 @@ public:
     // A duplicate of stdout.
     static UniqueFd dup_stdout();
     // Opens `serial_out_path` for appending, creating a regular file if missing. A named pipe
-    // must already have a reader. Throws ConfigError naming the path.
+    // needs no reader yet (open_output). Throws ConfigError naming the path.
     static UniqueFd open_path(const std::string& path);
 
     // Any thread; never blocks. Returns the bytes accepted (written or buffered); the rest is

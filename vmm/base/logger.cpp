@@ -1,6 +1,7 @@
 #include "vmm/base/logger.hpp"
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/output_file.hpp"
 #include "vmm/base/unique_fd.hpp"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <climits>
 #include <fcntl.h>
 #include <mutex>
 #include <pthread.h>
@@ -66,7 +68,10 @@ void configure(const Options& o) {
     auto& s = state();
     std::lock_guard lk(s.mu);
     UniqueFd f;
-    if (!o.path.empty()) f = UniqueFd::open(o.path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, "log file");
+    if (!o.path.empty()) {
+        f = open_output(o.path, 0644);
+        if (!f.valid()) throw_errno("log file " + o.path);
+    }
     s.opts = o;
     s.fd = f.valid() ? f.get() : STDERR_FILENO;
     s.file = std::move(f);
@@ -83,6 +88,7 @@ std::atomic<std::uint64_t> g_log_fails{0};
 void write(Level l, const char* file, int line, const char* fmt, ...) noexcept {
     auto& s = state();
     char buf[2048];
+    static_assert(sizeof buf <= PIPE_BUF);
     timespec ts{};
     clock_gettime(CLOCK_REALTIME, &ts);
     tm t{};
@@ -92,6 +98,7 @@ void write(Level l, const char* file, int line, const char* fmt, ...) noexcept {
     int n;
     {
         std::lock_guard lk(s.mu);
+        if (!s.opts.module.empty() && std::strncmp(file, s.opts.module.c_str(), s.opts.module.size()) != 0) return;
         n = std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%09ld [%s:%s", t.tm_year + 1900,
                           t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, ts.tv_nsec,
                           s.opts.instance_id.c_str(), thread);
@@ -112,7 +119,8 @@ void write(Level l, const char* file, int line, const char* fmt, ...) noexcept {
     }
     std::size_t len = std::min(static_cast<std::size_t>(n) + static_cast<std::size_t>(m), sizeof buf - 2);
     buf[len++] = '\n';
-    // A full log FIFO drops the line rather than stall a vCPU; the loss is counted.
+    // A full log FIFO drops the line rather than stall a vCPU; the loss is counted. A line is at
+    // most PIPE_BUF bytes, so a pipe takes it whole or not at all.
     if (::write(s.fd.load(), buf, len) != static_cast<ssize_t>(len)) g_missed_logs.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -121,6 +129,7 @@ std::uint64_t log_fails() noexcept { return g_log_fails.load(std::memory_order_r
 
 void mark_process_start() noexcept { g_start_ns = mono_ns(); }
 std::uint64_t us_since_start() noexcept { return (mono_ns() - g_start_ns.load()) / 1000; }
+std::uint64_t monotonic_us() noexcept { return mono_ns() / 1000; }
 std::uint64_t process_cpu_us() noexcept {
     timespec ts{};
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);

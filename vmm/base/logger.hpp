@@ -19,7 +19,10 @@ struct Options {
     Level level = Level::Warning;
     bool show_level = false;
     bool show_origin = false;
-    std::string path; // empty: stderr
+    std::string path; // empty: stderr; a named pipe needs no reader (see output_file.hpp)
+    // Only lines logged from source files whose path in the source tree (e.g. "vmm/base/logger.cpp")
+    // starts with this are written; empty: all.
+    std::string module;
 };
 
 // Reconfigures the process-wide logger; throws SystemError when the path cannot be opened.
@@ -35,6 +38,8 @@ std::uint64_t log_fails() noexcept;
 // Monotonic microseconds since the process started (set by mark_process_start in main).
 void mark_process_start() noexcept;
 std::uint64_t us_since_start() noexcept;
+// CLOCK_MONOTONIC and this process's CPU clock, in microseconds.
+std::uint64_t monotonic_us() noexcept;
 std::uint64_t process_cpu_us() noexcept;
 
 } // namespace ember::log
