@@ -4,6 +4,7 @@
 
 #include "api/controller.hpp"
 #include "api/routes.hpp"
+#include "test_util.hpp"
 #include "vmm/base/logger.hpp"
 #include "vmm/base/output_file.hpp"
 
@@ -23,33 +24,7 @@ using nlohmann::json;
 
 namespace {
 
-class Scratch {
-public:
-    Scratch() {
-        char name[] = "/tmp/ember-output-XXXXXX";
-        REQUIRE(::mkdtemp(name) != nullptr);
-        dir_ = name;
-    }
-    Scratch(const Scratch&) = delete;
-    Scratch& operator=(const Scratch&) = delete;
-    ~Scratch() {
-        for (const auto& f : files_) ::unlink(f.c_str());
-        ::rmdir(dir_.c_str());
-    }
-    std::string file(const std::string& name) {
-        files_.push_back(dir_ + "/" + name);
-        return files_.back();
-    }
-    std::string fifo(const std::string& name) {
-        std::string p = file(name);
-        REQUIRE(::mkfifo(p.c_str(), 0600) == 0);
-        return p;
-    }
-
-private:
-    std::string dir_;
-    std::vector<std::string> files_;
-};
+using ember::test::TempDir;
 
 UniqueFd open_reader(const std::string& fifo) {
     UniqueFd r(::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
@@ -80,7 +55,7 @@ struct LoggerReset {
 } // namespace
 
 TEST_CASE("open_output: a named pipe needs no reader, and never blocks or fails with EPIPE", "[output]") {
-    Scratch s;
+    TempDir s;
     const std::string fifo = s.fifo("out");
     UniqueFd w = open_output(fifo, 0644);
     REQUIRE(w.valid()); // a write-only non-blocking open would fail with ENXIO here
@@ -128,7 +103,7 @@ TEST_CASE("RecordWriter: a record a full pipe cuts is finished before the next; 
 }
 
 TEST_CASE("open_output: a regular file is created with the mode and appended to", "[output]") {
-    Scratch s;
+    TempDir s;
     const std::string path = s.file("out");
     {
         UniqueFd w = open_output(path, 0640);
@@ -153,7 +128,7 @@ TEST_CASE("open_output: a regular file is created with the mode and appended to"
 
 TEST_CASE("logger: a FIFO log_path without a reader; --module keeps lines from matching source files", "[output]") {
     LoggerReset reset;
-    Scratch s;
+    TempDir s;
     const std::string fifo = s.fifo("log");
     log::Options o;
     o.instance_id = "out-test";
@@ -176,7 +151,7 @@ TEST_CASE("logger: a FIFO log_path without a reader; --module keeps lines from m
 
 TEST_CASE("logger: a full FIFO drops whole lines and counts them, without blocking", "[output]") {
     LoggerReset reset;
-    Scratch s;
+    TempDir s;
     const std::string fifo = s.fifo("log");
     log::Options o;
     o.level = log::Level::Info;
@@ -220,7 +195,7 @@ struct ControllerRig {
 } // namespace
 
 TEST_CASE("PUT /metrics: a FIFO without a reader; a line that does not fit is dropped whole and counted", "[output]") {
-    Scratch s;
+    TempDir s;
     const std::string fifo = s.fifo("metrics");
     ControllerRig rig;
     REQUIRE(rig.call("PUT", "/metrics", json{{"metrics_path", fifo}}.dump()).status == 204);

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -66,5 +67,37 @@ template <class T>
 T get(const std::vector<std::uint8_t>& b, std::size_t off) {
     return get<T>(std::span<const std::uint8_t>(b), off);
 }
+
+// A private directory under /tmp, removed with the files and FIFOs made through it.
+class TempDir {
+public:
+    TempDir() {
+        char name[] = "/tmp/ember-unit-XXXXXX";
+        REQUIRE(::mkdtemp(name) != nullptr);
+        path_ = name;
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    ~TempDir() {
+        for (const auto& f : files_) ::unlink(f.c_str());
+        ::rmdir(path_.c_str());
+    }
+    // A path inside the directory, removed with it.
+    std::string file(const std::string& name) {
+        files_.push_back(path_ + "/" + name);
+        return files_.back();
+    }
+    // A named pipe inside the directory, removed with it.
+    std::string fifo(const std::string& name) {
+        std::string p = file(name);
+        REQUIRE(::mkfifo(p.c_str(), 0600) == 0);
+        return p;
+    }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+    std::vector<std::string> files_;
+};
 
 } // namespace ember::test

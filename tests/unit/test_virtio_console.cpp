@@ -59,30 +59,7 @@ std::string mismatch(const Bytes& got, const Bytes& want) {
 // ------------------------------------------------------------------------------------------
 // Host files and pipes.
 
-class TempDir {
-public:
-    TempDir() {
-        char name[] = "/tmp/ember-console-XXXXXX";
-        REQUIRE(::mkdtemp(name) != nullptr);
-        path_ = name;
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() {
-        for (const auto& f : files_) ::unlink(f.c_str());
-        ::rmdir(path_.c_str());
-    }
-    // A path inside the directory, removed with it.
-    std::string file(const std::string& name) {
-        files_.push_back(path_ + "/" + name);
-        return files_.back();
-    }
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-    std::vector<std::string> files_;
-};
+using ember::test::TempDir;
 
 Bytes read_file(const std::string& path) {
     Bytes out;
