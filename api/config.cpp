@@ -5,6 +5,9 @@
 #include <cctype>
 #include <fstream>
 #include <set>
+#include <string_view>
+#include <utility>
+#include <vector>
 #include <unistd.h>
 
 namespace ember {
@@ -43,6 +46,24 @@ std::uint64_t get_uint(const json& v, const std::string& where) {
         throw ConfigError(where + " must be a non-negative integer, not " +
                           (v.is_number_integer() ? std::string("negative") : type_name(v)));
     return v.get<std::uint64_t>();
+}
+
+// Every section of Firecracker 1.16's --config-file (VmmConfig), plus Ember's "serial" (which
+// Firecracker's VmmConfig skips) and "console".
+const std::set<std::string>& config_file_sections() {
+    static const std::set<std::string> names = {"balloon", "drives", "boot-source", "cpu-config", "logger", "machine-config",
+                                                "metrics", "mmds-config", "network-interfaces", "vsock", "entropy", "pmem",
+                                                "memory-hotplug", "serial", "console"};
+    return names;
+}
+
+// Sections for devices Ember does not have yet, and what is missing. `null` (and [] for the
+// "pmem" list) is accepted as absent; anything else is refused.
+const std::vector<std::pair<const char*, const char*>>& unsupported_config_sections() {
+    static const std::vector<std::pair<const char*, const char*>> v = {
+        {"vsock", "vsock device"}, {"balloon", "balloon device"}, {"mmds-config", "MMDS"}, {"entropy", "entropy device"},
+        {"pmem", "virtio-pmem device"}, {"memory-hotplug", "memory hotplug (virtio-mem)"}};
+    return v;
 }
 
 } // namespace
@@ -270,53 +291,58 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
         throw ConfigError(std::string("config file is not valid JSON: ") + e.what());
     }
     require_object(j, "config file");
-    static const std::set<std::string> later = {"cpu-config", "balloon", "vsock", "mmds-config", "entropy"};
+    // Firecracker 1.16's VmmConfig (vmm/src/resources.rs) does not deny unknown fields, so a key
+    // it does not know is ignored; its Option<...> sections take null as absent. Ember also takes
+    // a missing or null "drives", "network-interfaces" or "pmem" as [] (Firecracker requires
+    // "drives" and refuses null lists).
     ConfigFile doc;
     VmConfig& c = doc.vm;
-    for (auto it = j.begin(); it != j.end(); ++it) {
-        const std::string& k = it.key();
-        if (k == "boot-source") {
-            c.boot_source = parse_boot_source(*it);
-        } else if (k == "machine-config") {
-            c.machine = parse_machine_config(*it, host_mem_mib);
-        } else if (k == "drives") {
-            if (!it->is_array()) throw ConfigError("drives must be a JSON array, not " + type_name(*it));
-            for (const auto& d : *it) {
-                DriveConfig dc = parse_drive(d);
-                for (const auto& o : c.drives)
-                    if (o.drive_id == dc.drive_id) throw ConfigError("drives: drive id \"" + dc.drive_id + "\" is used twice");
-                add_drive(c.drives, std::move(dc));
-            }
-        } else if (k == "network-interfaces") {
-            if (!it->is_array()) throw ConfigError("network-interfaces must be a JSON array, not " + type_name(*it));
-            for (const auto& n : *it) {
-                NetConfig nc = parse_net(n);
-                for (const auto& o : c.net)
-                    if (o.iface_id == nc.iface_id)
-                        throw ConfigError("network-interfaces: iface_id \"" + nc.iface_id + "\" is used twice");
-                add_net(c.net, std::move(nc));
-            }
-        } else if (k == "serial") {
-            if (!it->is_null()) c.console.serial_out_path = parse_serial(*it);
-        } else if (k == "console") {
-            if (!it->is_null()) c.console.device = parse_console(*it);
-        } else if (k == "logger") {
-            if (!it->is_null()) doc.logger = parse_logger(*it);
-        } else if (k == "metrics") {
-            if (!it->is_null()) doc.metrics_path = parse_metrics(*it);
-        } else if (later.count(k)) {
-            throw ConfigError("config file section \"" + k + "\" is not supported by this Ember version yet");
-        } else {
-            throw ConfigError("config file: unknown section \"" + k + "\"");
+    auto section = [&j](const char* name) -> const json* {
+        auto it = j.find(name);
+        return it == j.end() || it->is_null() ? nullptr : &*it;
+    };
+    auto list = [&section](const char* name) -> const json* {
+        const json* s = section(name);
+        if (s && !s->is_array()) throw ConfigError(std::string(name) + " must be a JSON array, not " + type_name(*s));
+        return s;
+    };
+    for (auto it = j.begin(); it != j.end(); ++it)
+        if (!config_file_sections().count(it.key())) doc.ignored_sections.push_back(it.key());
+    // Firecracker's own order: logger, metrics, machine-config, cpu-config, boot-source, drives,
+    // network interfaces, then the other devices.
+    if (const json* s = section("logger")) doc.logger = parse_logger(*s);
+    if (const json* s = section("metrics")) doc.metrics_path = parse_metrics(*s);
+    if (const json* s = section("machine-config")) c.machine = parse_machine_config(*s, host_mem_mib);
+    if (section("cpu-config")) throw ConfigError("config file section \"cpu-config\" is not supported by this Ember version yet");
+    const auto bs = j.find("boot-source");
+    if (bs == j.end()) throw ConfigError("config file: missing required section \"boot-source\"");
+    c.boot_source = parse_boot_source(*bs);
+    if (const json* drives = list("drives"))
+        for (const auto& d : *drives) {
+            DriveConfig dc = parse_drive(d);
+            for (const auto& o : c.drives)
+                if (o.drive_id == dc.drive_id) throw ConfigError("drives: drive id \"" + dc.drive_id + "\" is used twice");
+            add_drive(c.drives, std::move(dc));
         }
-    }
-    if (!c.boot_source) throw ConfigError("config file: missing required section \"boot-source\"");
+    if (const json* nets = list("network-interfaces"))
+        for (const auto& n : *nets) {
+            NetConfig nc = parse_net(n);
+            for (const auto& o : c.net)
+                if (o.iface_id == nc.iface_id) throw ConfigError("network-interfaces: iface_id \"" + nc.iface_id + "\" is used twice");
+            add_net(c.net, std::move(nc));
+        }
+    (void)list("pmem");
+    for (const auto& [name, device] : unsupported_config_sections())
+        if (const json* s = section(name); s && !(std::string_view(name) == "pmem" && s->is_array() && s->empty()))
+            throw ConfigError(std::string("config file section \"") + name + "\" is not supported yet: Ember has no " + device);
+    if (const json* s = section("serial")) c.console.serial_out_path = parse_serial(*s);
+    if (const json* s = section("console")) c.console.device = parse_console(*s);
     return doc;
 }
 
 json to_json(const BootSourceConfig& b) {
-    json j = {{"kernel_image_path", b.kernel_image_path}};
-    if (b.initrd_path) j["initrd_path"] = *b.initrd_path;
+    // Firecracker's BootSourceConfig: initrd_path always (null when unset), boot_args only when set.
+    json j = {{"kernel_image_path", b.kernel_image_path}, {"initrd_path", b.initrd_path ? json(*b.initrd_path) : json(nullptr)}};
     if (b.boot_args) j["boot_args"] = *b.boot_args;
     return j;
 }
@@ -351,15 +377,28 @@ json to_json(const NetConfig& n) {
 }
 
 json to_json(const VmConfig& c) {
+    // Firecracker 1.16's GET /vm/config (VmmConfig serialised from VmResources): every section,
+    // null for an absent device; logger, metrics and cpu-config are always null there; a
+    // boot-source never set is Firecracker's default {"kernel_image_path": "", "initrd_path": null}.
     json j = json::object();
-    if (c.boot_source) j["boot-source"] = to_json(*c.boot_source);
-    j["machine-config"] = to_json(c.machine);
+    j["balloon"] = nullptr;
     j["drives"] = json::array();
     for (const auto& d : c.drives) j["drives"].push_back(to_json(d));
+    j["boot-source"] = c.boot_source ? to_json(*c.boot_source) : json{{"kernel_image_path", ""}, {"initrd_path", nullptr}};
+    j["cpu-config"] = nullptr;
+    j["logger"] = nullptr;
+    j["machine-config"] = to_json(c.machine);
+    j["metrics"] = nullptr;
+    j["mmds-config"] = nullptr;
     j["network-interfaces"] = json::array();
     for (const auto& n : c.net) j["network-interfaces"].push_back(to_json(n));
+    j["vsock"] = nullptr;
+    j["entropy"] = nullptr;
+    j["pmem"] = json::array();
+    j["memory-hotplug"] = nullptr;
+    // Ember's additions, shown only when set: the serial output path (Firecracker keeps it out of
+    // this document) and the console device when it differs from Firecracker's behaviour.
     if (c.console.serial_out_path) j["serial"] = {{"serial_out_path", *c.console.serial_out_path}, {"rate_limiter", nullptr}};
-    // Ember's own section, shown only when it differs from Firecracker's behaviour.
     if (c.console.device != ConsoleDevice::Serial) j["console"] = {{"device", to_string(c.console.device)}};
     return j;
 }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace ember {
 
@@ -25,8 +26,11 @@ struct ConfigFile {
     VmConfig vm;
     std::optional<LoggerConfig> logger;
     std::optional<std::string> metrics_path;
+    std::vector<std::string> ignored_sections; // top-level keys that are no section (ignored, as Firecracker does)
 };
-// Sections Ember does not implement yet are rejected by name.
+// Firecracker 1.16's rules (vmm/src/resources.rs VmmConfig): unknown top-level keys are ignored,
+// optional sections may be null; sections for devices Ember does not have yet are refused by name
+// unless null.
 ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem_mib);
 // The VM part of parse_config_document().
 VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib);

@@ -1,5 +1,6 @@
 #include "api/controller.hpp"
 
+#include "api/boot_source_check.hpp"
 #include "api/config.hpp"
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/net/backend.hpp"
@@ -99,7 +100,14 @@ Response Controller::any_time(const GetVersion&) { return Response::ok_json({{"f
 
 Response Controller::any_time(const GetMachineConfig&) { return Response::ok_json(to_json(cfg_.machine)); }
 
-Response Controller::any_time(const GetVmConfig&) { return Response::ok_json(to_json(cfg_)); }
+Response Controller::any_time(const GetVmConfig&) {
+    VmConfig shown = cfg_;
+    // After boot, each drive as its device runs it: io_engine is Sync where io_uring was unavailable.
+    if (vm_)
+        for (auto& d : shown.drives)
+            if (auto blk = vm_->devices().find<virtio::block::BlockDevice>(d.drive_id)) d.io_engine = blk->config().io_engine;
+    return Response::ok_json(to_json(shown));
+}
 
 Response Controller::pre_boot(const PutMachineConfig& p) {
     cfg_.machine = parse_machine_config(p.body, host_mem_mib_);
@@ -114,6 +122,7 @@ Response Controller::pre_boot(const PatchMachineConfig& p) {
 }
 
 Response Controller::pre_boot(const PutBootSource& p) {
+    check_boot_source(p.config); // as Firecracker's BootConfig::new: the files must open now
     cfg_.boot_source = p.config;
     return Response::no_content();
 }
@@ -166,11 +175,18 @@ Response Controller::runtime(const PatchVmState& p) {
     return Response::no_content();
 }
 
-Response Controller::any_time(const FlushMetrics&) { return flush_metrics(); }
+// Firecracker's RuntimeApiController::flush_metrics: without a metrics sink, nothing is
+// written and the answer is still 204.
+Response Controller::runtime(const FlushMetrics&) {
+    (void)write_metrics();
+    return Response::no_content();
+}
 
-Response Controller::any_time(const PutLogger& p) { return set_logger(p.config); }
+Response Controller::pre_boot(const PutLogger& p) { return set_logger(p.config); }
 
-Response Controller::any_time(const PutMetrics& p) { return set_metrics(p.metrics_path); }
+Response Controller::pre_boot(const PutMetrics& p) { return set_metrics(p.metrics_path); }
+
+bool Controller::write_metrics() { return metrics_.valid() && flush_metrics().status == 204; }
 
 Response Controller::runtime(const PatchDrive& p) {
     auto blk = vm_->devices().find<virtio::block::BlockDevice>(p.drive_id);
@@ -211,7 +227,9 @@ void Controller::boot_from_config(const ConfigFile& doc) {
         if (r.status != 204) throw ConfigError(json::parse(r.body).value("fault_message", "invalid configuration"));
     };
     if (doc.logger) check(set_logger(*doc.logger));
+    for (const auto& k : doc.ignored_sections) LOG_WARN("config file: ignoring unknown section \"%s\"", k.c_str());
     if (doc.metrics_path) check(set_metrics(*doc.metrics_path));
+    if (doc.vm.boot_source) check_boot_source(*doc.vm.boot_source);
     cfg_ = doc.vm;
     Response r = start_instance();
     if (r.status != 204) throw ConfigError(json::parse(r.body).value("fault_message", "cannot start"));

@@ -41,6 +41,9 @@ public:
     }
     // The metrics line Firecracker would write now (deltas since the previous flush).
     std::string metrics_line();
+    // Writes a metrics line now if metrics are configured (the periodic timer, Ember ending
+    // before boot, tests); false if there is no metrics sink.
+    bool write_metrics();
 
 private:
     // Handlers, one overload per action: dispatch is a std::visit, so an action without one is a
@@ -54,6 +57,11 @@ private:
     Response pre_boot(const PutSerial& a);
     Response pre_boot(const PutConsole& a);
     Response pre_boot(const InstanceStart& a);
+    // Firecracker 1.16 (vmm/src/rpc_interface.rs) refuses logger and metrics changes after boot.
+    Response pre_boot(const PutLogger& a);
+    Response pre_boot(const PutMetrics& a);
+    // ... and FlushMetrics before it.
+    Response runtime(const FlushMetrics& a);
     Response runtime(const PatchDrive& a);
     Response runtime(const SendCtrlAltDel& a);
     Response runtime(const PatchVmState& a);
@@ -61,9 +69,6 @@ private:
     Response any_time(const GetVersion& a);
     Response any_time(const GetMachineConfig& a);
     Response any_time(const GetVmConfig& a);
-    Response any_time(const FlushMetrics& a);
-    Response any_time(const PutLogger& a);
-    Response any_time(const PutMetrics& a);
 
     Response start_instance();
     Response set_logger(const LoggerConfig& c);

@@ -118,8 +118,12 @@ int run(const Settings& set) {
     signals->async_wait([&](const boost::system::error_code& ec, int sig) {
         if (ec) return;
         const std::string why = std::string("received ") + strsignal(sig);
-        if (ctl->vm()) ctl->vm()->request_exit(ember::VmExitKind::HostRequest, why);
-        else io->stop();
+        if (ctl->vm()) {
+            ctl->vm()->request_exit(ember::VmExitKind::HostRequest, why);
+        } else {
+            (void)ctl->write_metrics(); // a last line, as when a VM ends (FlushMetrics is refused before boot)
+            io->stop();
+        }
     });
     api::HttpLimits limits;
     limits.max_body = set.max_payload;

@@ -1,6 +1,7 @@
 #include "vmm/drives.hpp"
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 #include "vmm/device_manager.hpp"
 #include "vmm/arch/x86_64/layout.hpp"
 
@@ -33,8 +34,11 @@ OpenedDrive open_drive(const DriveConfig& cfg) {
         throw ConfigError(what + " is not a regular file or block device");
     }
     if (d.size == 0) throw ConfigError(what + " is empty");
+    // As Firecracker's DiskProperties (devices/virtio/block/virtio/device.rs): a warning, and
+    // the guest sees the whole sectors only.
     if (d.size % 512 != 0)
-        throw ConfigError(what + " is " + std::to_string(d.size) + " bytes, not a multiple of the 512-byte sector");
+        LOG_WARN("%s: disk size %llu is not a multiple of sector size 512; the remainder will not be visible to the guest.",
+                 what.c_str(), static_cast<unsigned long long>(d.size));
     d.dev = st.st_dev;
     d.ino = st.st_ino;
     return d;

@@ -14,12 +14,13 @@ namespace ember {
 struct OpenedDrive {
     DriveConfig cfg;
     UniqueFd fd;
-    std::uint64_t size = 0; // bytes, a multiple of 512
+    std::uint64_t size = 0; // bytes; the guest sees size / 512 sectors
     std::uint64_t dev = 0, ino = 0;
 };
 
 // Opens one image: O_RDONLY for read-only drives, else O_RDWR; O_CLOEXEC. Refuses anything but
-// a regular file (or block device) whose size is a non-zero multiple of 512.
+// a non-empty regular file (or block device). A size that is not a multiple of 512 is logged
+// as a warning (Firecracker's behaviour): the last partial sector is not visible to the guest.
 OpenedDrive open_drive(const DriveConfig& cfg);
 
 // Opens every drive, root drive first (it becomes /dev/vda), then the others in configuration

@@ -9,6 +9,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 using namespace ember;
 using nlohmann::json;
@@ -102,11 +104,17 @@ TEST_CASE("config: document-level errors") {
     CHECK_CONFIG_ERROR(parse(R"([{"boot-source": {}}])"), "JSON object");
     CHECK_CONFIG_ERROR(parse(R"("boot-source")"), "JSON object");
     {
+        // Firecracker's VmmConfig does not deny unknown fields: a key it does not know is ignored
+        // (and Ember reports it in ignored_sections, which the controller logs as a warning).
         json j = json::parse(VALID);
         j["bogus-section"] = json::object();
-        CHECK_CONFIG_ERROR(parse(j.dump()), "bogus-section");
-        CHECK_CONFIG_ERROR(parse(j.dump()), "unknown section");
+        j["mmds-version"] = "V1"; // in older Firecracker example configs
+        const ConfigFile doc = parse_config_document(j.dump(), HOST_MIB);
+        CHECK(doc.ignored_sections == std::vector<std::string>{"bogus-section", "mmds-version"});
+        CHECK(doc.vm.machine.vcpu_count == 2);
+        CHECK(parse_config_document(VALID, HOST_MIB).ignored_sections.empty());
     }
+    CHECK_CONFIG_ERROR(parse(R"({"boot-source": null})"), "boot-source must be a JSON object");
     CHECK_CONFIG_ERROR(parse(R"({"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}})"), "boot-source");
     CHECK_CONFIG_ERROR(parse("{}"), "boot-source");
     CHECK_CONFIG_ERROR(parse(R"({"boot-source": ["vmlinux"]})"), "boot-source");
@@ -344,7 +352,9 @@ TEST_CASE("config: to_json round-trips through text") {
     const json j = json::parse(text);
     CHECK(j.at("drives") == json::array());
     CHECK(j.at("machine-config").at("vcpu_count").is_number_unsigned());
-    CHECK(to_json(*a.boot_source).contains("initrd_path") == a.boot_source->initrd_path.has_value());
+    // Firecracker's BootSourceConfig: initrd_path is always there (null when unset), boot_args only when set.
+    CHECK(to_json(*a.boot_source).at("initrd_path").is_null() == !a.boot_source->initrd_path.has_value());
+    CHECK(to_json(*a.boot_source).contains("boot_args") == a.boot_source->boot_args.has_value());
 }
 
 TEST_CASE("config: the section parsers can be used on their own") {
@@ -394,4 +404,116 @@ TEST_CASE("config: a number that overflows a double is a ConfigError, not a libr
     // Found by the libFuzzer target: nlohmann throws out_of_range (406), not parse_error.
     CHECK_THROWS_AS(parse_config_file("[7666666666E6666]", 1024), ConfigError);
     CHECK_THROWS_AS(parse_config_file(R"({"machine-config": {"vcpu_count": 1e999, "mem_size_mib": 1}})", 1024), ConfigError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Firecracker 1.16 parity: null sections, sections Ember lacks, GET /vm/config's shape
+
+namespace {
+
+// The shape of Firecracker's tests/framework/vm_config_network.json and of its GET /vm/config
+// output (every section, null for absent devices), with this test's own values.
+const char* const FIRECRACKER_SHAPED = R"({
+  "boot-source": {"kernel_image_path": "guest/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off", "initrd_path": null},
+  "drives": [{"drive_id": "root", "path_on_host": "guest/root.ext4", "is_root_device": true, "partuuid": null,
+              "is_read_only": false, "cache_type": "Unsafe", "io_engine": "Sync", "rate_limiter": null, "socket": null}],
+  "machine-config": {"vcpu_count": 2, "mem_size_mib": 512, "smt": false, "track_dirty_pages": false, "huge_pages": "None"},
+  "cpu-config": null,
+  "balloon": null,
+  "network-interfaces": [{"iface_id": "net0", "host_dev_name": "tapvm0", "guest_mac": "06:00:0a:00:00:02",
+                          "rx_rate_limiter": null, "tx_rate_limiter": null}],
+  "vsock": null,
+  "logger": null,
+  "metrics": null,
+  "mmds-config": null,
+  "entropy": null,
+  "pmem": [],
+  "memory-hotplug": null
+})";
+
+} // namespace
+
+TEST_CASE("config: a document shaped like Firecracker's example configs and GET /vm/config parses") {
+    const ConfigFile doc = parse_config_document(FIRECRACKER_SHAPED, HOST_MIB);
+    CHECK(doc.ignored_sections.empty());
+    CHECK_FALSE(doc.logger);
+    CHECK_FALSE(doc.metrics_path);
+    REQUIRE(doc.vm.boot_source);
+    CHECK_FALSE(doc.vm.boot_source->initrd_path);
+    REQUIRE(doc.vm.drives.size() == 1);
+    CHECK(doc.vm.drives[0].io_engine == DriveIoEngine::Sync);
+    REQUIRE(doc.vm.net.size() == 1);
+    CHECK(doc.vm.net[0].host_dev_name == "tapvm0");
+    CHECK(doc.vm.machine.mem_size_mib == 512);
+    // What Ember renders parses again, into the same document.
+    const json out = to_json(doc.vm);
+    CHECK(to_json(parse(out.dump())) == out);
+}
+
+TEST_CASE("config: null is absent for every optional section, as in Firecracker") {
+    json j = json::parse(VALID);
+    for (const char* k : {"machine-config", "logger", "metrics", "cpu-config", "balloon", "vsock", "mmds-config", "entropy",
+                          "memory-hotplug", "serial", "console", "drives", "network-interfaces", "pmem"})
+        j[k] = nullptr;
+    const ConfigFile doc = parse_config_document(j.dump(), HOST_MIB);
+    CHECK(doc.vm.machine.vcpu_count == 1); // machine-config: null keeps Firecracker's defaults (1 vCPU, 128 MiB)
+    CHECK(doc.vm.machine.mem_size_mib == 128);
+    CHECK_FALSE(doc.logger);
+    CHECK_FALSE(doc.metrics_path);
+    CHECK(doc.vm.drives.empty());
+    CHECK(doc.vm.net.empty());
+    CHECK_FALSE(doc.vm.console.serial_out_path);
+    // Lists must still be lists when given.
+    j["network-interfaces"] = json::object();
+    CHECK_CONFIG_ERROR(parse(j.dump()), "network-interfaces must be a JSON array");
+    j["network-interfaces"] = nullptr;
+    j["pmem"] = "x";
+    CHECK_CONFIG_ERROR(parse(j.dump()), "pmem must be a JSON array");
+}
+
+TEST_CASE("config: sections for devices Ember lacks are refused by name unless null") {
+    const std::pair<const char*, const char*> cases[] = {
+        {"vsock", R"({"guest_cid": 3, "uds_path": "/tmp/v.sock"})"},
+        {"balloon", R"({"amount_mib": 0, "deflate_on_oom": false})"},
+        {"mmds-config", R"({"network_interfaces": ["net0"]})"},
+        {"entropy", R"({})"},
+        {"pmem", R"([{"id": "p", "path_on_host": "/tmp/p", "root_device": false}])"},
+        {"memory-hotplug", R"({"total_size_mib": 1024})"},
+    };
+    for (const auto& [section, body] : cases) {
+        CAPTURE(section);
+        json j = json::parse(VALID);
+        j[section] = json::parse(body);
+        CHECK_CONFIG_ERROR(parse(j.dump()), std::string("section \"") + section + "\" is not supported");
+        j[section] = nullptr;
+        CHECK_NOTHROW(parse(j.dump()));
+    }
+    json j = json::parse(VALID);
+    j["pmem"] = json::array(); // an empty list is no device
+    CHECK_NOTHROW(parse(j.dump()));
+    j["vsock"] = json::array(); // not a Vsock object: Firecracker's serde refuses it too
+    CHECK_CONFIG_ERROR(parse(j.dump()), "vsock");
+}
+
+TEST_CASE("config: to_json has every key of Firecracker's FullVmConfiguration") {
+    const json out = to_json(parse(VALID));
+    for (const char* k : {"balloon", "drives", "boot-source", "cpu-config", "logger", "machine-config", "metrics", "mmds-config",
+                          "network-interfaces", "vsock", "entropy", "pmem", "memory-hotplug"})
+        CHECK(out.contains(k));
+    for (const char* k : {"balloon", "cpu-config", "logger", "metrics", "mmds-config", "vsock", "entropy", "memory-hotplug"})
+        CHECK(out.at(k).is_null());
+    CHECK(out.at("pmem") == json::array());
+    CHECK(out.at("network-interfaces") == json::array());
+    const json& m = out.at("machine-config");
+    for (const char* k : {"vcpu_count", "mem_size_mib", "smt", "track_dirty_pages", "huge_pages"}) CHECK(m.contains(k));
+    // A VM whose boot source was never set shows Firecracker's default boot source.
+    VmConfig none;
+    CHECK(to_json(none).at("boot-source") == json{{"kernel_image_path", ""}, {"initrd_path", nullptr}});
+    // Drives show every field with its default: Ember's io_engine default (Async) is visible.
+    VmConfig withdrive = parse(VALID);
+    withdrive.drives.push_back(DriveConfig{"d", "d.img", false, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async});
+    const json d = to_json(withdrive).at("drives").at(0);
+    CHECK(d == json{{"drive_id", "d"}, {"partuuid", nullptr}, {"is_root_device", false}, {"cache_type", "Unsafe"},
+                    {"is_read_only", false}, {"path_on_host", "d.img"}, {"rate_limiter", nullptr}, {"io_engine", "Async"},
+                    {"socket", nullptr}});
 }

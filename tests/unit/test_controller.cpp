@@ -7,6 +7,9 @@
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
 
 using namespace ember;
 using namespace ember::api;
@@ -28,6 +31,21 @@ struct Rig {
         return ctl->handle(std::get<Action>(r));
     }
     json metrics() { return json::parse(ctl->metrics_line()); }
+};
+
+// A temporary file holding `text`, removed at scope exit.
+struct TempFile {
+    explicit TempFile(const std::string& text, mode_t mode = 0644) {
+        char name[] = "/tmp/ember-controller-test.XXXXXX";
+        const int fd = ::mkstemp(name);
+        REQUIRE(fd >= 0);
+        REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+        REQUIRE(::fchmod(fd, mode) == 0);
+        ::close(fd);
+        path = name;
+    }
+    ~TempFile() { ::unlink(path.c_str()); }
+    std::string path;
 };
 
 std::string fault(const Response& r) {
@@ -90,11 +108,64 @@ TEST_CASE("controller: a failed InstanceStart leaves the VM unstarted and config
     Rig r;
     CHECK_THAT(fault(r.call("PUT", "/actions", R"({"action_type": "InstanceStart"})")), Catch::Contains("no boot source"));
     CHECK_FALSE(r.ctl->started());
-    CHECK(r.call("PUT", "/boot-source", R"({"kernel_image_path": "/nonexistent/vmlinux"})").status == 204);
-    CHECK_THAT(fault(r.call("PUT", "/actions", R"({"action_type": "InstanceStart"})")), Catch::Contains("/nonexistent/vmlinux"));
+    TempFile kernel("not a kernel");
+    CHECK(r.call("PUT", "/boot-source", json{{"kernel_image_path", kernel.path}}.dump()).status == 204);
+    CHECK_THAT(fault(r.call("PUT", "/actions", R"({"action_type": "InstanceStart"})")), Catch::Contains(kernel.path));
     CHECK_FALSE(r.ctl->started());
     CHECK(r.call("PUT", "/machine-config", R"({"vcpu_count": 1, "mem_size_mib": 128})").status == 204); // still pre-boot
     const json mt = r.metrics();
     CHECK(mt.at("put_api_requests").at("actions_count") == 2);
     CHECK(mt.at("put_api_requests").at("actions_fails") == 2);
+}
+
+TEST_CASE("controller: FlushMetrics before boot is refused, as in Firecracker") {
+    Rig r;
+    CHECK_THAT(fault(r.call("PUT", "/actions", R"({"action_type": "FlushMetrics"})")), Catch::Contains("before starting the microVM"));
+    const json mt = r.metrics();
+    CHECK(mt.at("put_api_requests").at("actions_count") == 1);
+    CHECK(mt.at("put_api_requests").at("actions_fails") == 1);
+    CHECK_FALSE(r.ctl->write_metrics()); // no metrics sink: nothing written, no error
+}
+
+TEST_CASE("controller: PUT /boot-source checks its files and command line when it arrives") {
+    Rig r;
+    TempFile kernel("kernel bytes"), initrd("initrd bytes");
+    auto put = [&](const json& body) { return r.call("PUT", "/boot-source", body.dump()); };
+    auto shown = [&] { return json::parse(r.call("GET", "/vm/config").body).at("boot-source"); };
+    const json unset = shown();
+    CHECK(unset == json{{"kernel_image_path", ""}, {"initrd_path", nullptr}}); // Firecracker's default
+
+    CHECK_THAT(fault(put({{"kernel_image_path", "/nonexistent/vmlinux"}})),
+               Catch::Contains("The kernel file cannot be opened: /nonexistent/vmlinux: No such file"));
+    CHECK_THAT(fault(put({{"kernel_image_path", kernel.path}, {"initrd_path", "/nonexistent/initrd"}})),
+               Catch::Contains("The initrd file cannot be opened") && Catch::Contains("/nonexistent/initrd"));
+    CHECK_THAT(fault(put({{"kernel_image_path", kernel.path}, {"boot_args", "console=ttyS0\nquiet"}})),
+               Catch::Contains("The kernel command line is invalid") && Catch::Contains("0x0a"));
+    CHECK_THAT(fault(put({{"kernel_image_path", kernel.path}, {"boot_args", std::string(2048, 'a')}})),
+               Catch::Contains("The kernel command line is invalid") && Catch::Contains("2048 bytes"));
+    if (::geteuid() != 0) { // root reads any file
+        TempFile unreadable("secret", 0000);
+        CHECK_THAT(fault(put({{"kernel_image_path", unreadable.path}})), Catch::Contains("Permission denied"));
+    }
+    CHECK(shown() == unset); // every refusal left the configuration alone
+
+    CHECK(put({{"kernel_image_path", kernel.path}, {"initrd_path", initrd.path}, {"boot_args", std::string(2047, 'a')}}).status == 204);
+    const json b = shown();
+    CHECK(b.at("kernel_image_path") == kernel.path);
+    CHECK(b.at("initrd_path") == initrd.path);
+    CHECK(r.metrics().at("put_api_requests").at("boot_source_fails") == 4 + (::geteuid() != 0 ? 1 : 0));
+}
+
+TEST_CASE("controller: GET /vm/config has Firecracker's full shape before boot") {
+    Rig r;
+    const json c = json::parse(r.call("GET", "/vm/config").body);
+    for (const char* k : {"balloon", "drives", "boot-source", "cpu-config", "logger", "machine-config", "metrics", "mmds-config",
+                          "network-interfaces", "vsock", "entropy", "pmem", "memory-hotplug"})
+        CHECK(c.contains(k));
+    CHECK(c.at("machine-config") == json{{"vcpu_count", 1}, {"mem_size_mib", 128}, {"smt", false}, {"track_dirty_pages", false},
+                                         {"huge_pages", "None"}});
+    // The logger and metrics Ember writes to are not part of it (Firecracker always shows null).
+    TempFile m("");
+    CHECK(r.call("PUT", "/metrics", json{{"metrics_path", m.path}}.dump()).status == 204);
+    CHECK(json::parse(r.call("GET", "/vm/config").body).at("metrics").is_null());
 }

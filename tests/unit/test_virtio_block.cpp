@@ -7,7 +7,9 @@
 #include "devices/virtio/mmio.hpp"
 #include "devices/virtio/spec.hpp"
 #include "virtio_rings.hpp"
+#include "vmm/base/error.hpp"
 #include "vmm/base/guest_memory.hpp"
+#include "vmm/base/io_ring.hpp"
 #include "vmm/base/unique_fd.hpp"
 #include "vmm/vm_config.hpp"
 
@@ -1066,4 +1068,60 @@ TEST_CASE("blk device: replacing the image changes the capacity and raises a con
     r.complete_until(1);
     CHECK(r.status_of(p) == S_OK);
     CHECK(r.guest(p.data[0], 512) == bigger.contents(200 * 512, 512));
+}
+
+namespace {
+// Makes io_uring setup fail with `err` for the scope (a container seccomp profile blocking it).
+struct IoUringBlocked {
+    explicit IoUringBlocked(int err) { ember::Ring::fail_setup_for_testing(err); }
+    ~IoUringBlocked() { ember::Ring::fail_setup_for_testing(0); }
+    IoUringBlocked(const IoUringBlocked&) = delete;
+    IoUringBlocked& operator=(const IoUringBlocked&) = delete;
+};
+} // namespace
+
+TEST_CASE("blk device: io_uring refused at setup falls back to the Sync engine", "[virtio][block]") {
+    const int err = GENERATE(EPERM, ENOSYS);
+    INFO("io_uring_setup fails with errno " << err);
+    IoUringBlocked blocked(err);
+    CHECK_THROWS_AS(make_backend(IoEngine::Async, 0, 4, 4), ember::SystemError); // the hook works
+    BlockRig r(IoEngine::Async, 64 * 1024);
+    CHECK(r.dev->config().io_engine == IoEngine::Sync); // what runs, as GET /vm/config shows it
+    r.bring_up();
+    const auto w = r.post(OUT, 2, {{512, false}});
+    r.fill(w.data[0], pattern(512, 0x5a));
+    r.complete_until(1);
+    CHECK(r.status_of(w) == S_OK);
+    CHECK(r.file.contents(2 * 512, 512) == pattern(512, 0x5a));
+    const auto rd = r.post(IN, 2, {{512, true}});
+    r.complete_until(2);
+    CHECK(r.status_of(rd) == S_OK);
+    CHECK(r.guest(rd.data[0], 512) == pattern(512, 0x5a));
+}
+
+TEST_CASE("blk device: without the hook an Async drive keeps io_uring", "[virtio][block]") {
+    BlockRig r(IoEngine::Async, 64 * 1024);
+    CHECK(r.dev->config().io_engine == IoEngine::Async);
+}
+
+TEST_CASE("blk device: an image that is not whole sectors shows the whole sectors only", "[virtio][block]") {
+    // Firecracker's DiskProperties: nsectors = size >> 9, the tail is invisible (and warned about).
+    const IoEngine engine = GENERATE(IoEngine::Sync, IoEngine::Async);
+    INFO("engine " << engine_name(engine));
+    BlockRig r(engine, 3 * 512 + 100);
+    CHECK(r.config64(0) == 3);
+    r.bring_up();
+    const auto last = r.post(IN, 2, {{512, true}});
+    r.complete_until(1);
+    CHECK(r.status_of(last) == S_OK);
+    CHECK(r.guest(last.data[0], 512) == r.file.contents(2 * 512, 512));
+    const auto tail = r.post(IN, 3, {{512, true}}); // the partial sector is past the end
+    r.complete_until(2);
+    CHECK(r.status_of(tail) == S_IOERR);
+    const auto tail_before = r.file.contents(3 * 512, 100);
+    const auto w = r.post(OUT, 3, {{512, false}});
+    r.fill(w.data[0], pattern(512, 1));
+    r.complete_until(3);
+    CHECK(r.status_of(w) == S_IOERR);
+    CHECK(r.file.contents(3 * 512, 100) == tail_before); // the tail bytes are untouched
 }

@@ -11,6 +11,11 @@ class Ring {
 public:
     // io_uring_queue_init with `entries` submission slots; throws SystemError naming `what`.
     Ring(unsigned entries, const char* what);
+    // Makes every later construction fail with errno `err` as if the kernel refused
+    // io_uring_setup (0 restores normal setup). The environment variable
+    // EMBER_IO_URING_SETUP_ERRNO=<errno> does the same for a whole process, so a test can run
+    // the binary as under a container seccomp profile that blocks io_uring (EPERM, ENOSYS).
+    static void fail_setup_for_testing(int err) noexcept;
     Ring(const Ring&) = delete;
     Ring& operator=(const Ring&) = delete;
     ~Ring();

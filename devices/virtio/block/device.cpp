@@ -11,9 +11,28 @@
 #include <unistd.h>
 
 namespace ember::virtio::block {
+namespace {
+
+// The drive's engine. When io_uring cannot be set up (an old kernel, or a container seccomp
+// profile refusing io_uring_setup with EPERM or ENOSYS), an Async drive runs on the Sync engine
+// with a warning instead of failing the boot, and `cfg.io_engine` records what runs.
+std::unique_ptr<Backend> make_engine(DriveConfig& cfg, int fd) {
+    if (cfg.io_engine == IoEngine::Async) {
+        try {
+            return make_backend(IoEngine::Async, fd, BlockDevice::QUEUE_SIZE, BlockDevice::SEG_MAX);
+        } catch (const SystemError& e) {
+            LOG_WARN("drive %s: io_uring is unavailable (%s); using the Sync I/O engine", cfg.drive_id.c_str(), e.what());
+            cfg.io_engine = IoEngine::Sync;
+        }
+    }
+    return make_backend(cfg.io_engine, fd, BlockDevice::QUEUE_SIZE, BlockDevice::SEG_MAX);
+}
+
+} // namespace
+
 BlockDevice::BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size)
     : VirtioDevice(mem, {QUEUE_SIZE}), cfg_(std::move(cfg)), file_(std::move(file)), size_(size),
-      backend_(make_backend(cfg_.io_engine, file_.get(), QUEUE_SIZE, SEG_MAX)), slots_(QUEUE_SIZE) {
+      backend_(make_engine(cfg_, file_.get())), slots_(QUEUE_SIZE) {
     free_.reserve(QUEUE_SIZE);
     for (std::uint16_t i = QUEUE_SIZE; i > 0; --i) free_.push_back(static_cast<std::uint16_t>(i - 1));
     iov_.reserve(SEG_MAX);

@@ -58,8 +58,9 @@ public:
     static constexpr std::uint16_t QUEUE_SIZE = 256;
     static constexpr std::uint32_t SEG_MAX = QUEUE_SIZE - 2; // header and status take two
 
-    // `file` is the opened image (O_RDONLY for read-only drives) of `size` bytes, a multiple of
-    // 512. Throws SystemError if the I/O engine cannot be set up.
+    // `file` is the opened image (O_RDONLY for read-only drives) of `size` bytes; the guest sees
+    // size / 512 sectors. An Async drive whose io_uring cannot be set up runs on the Sync engine
+    // (config().io_engine says which runs). Throws SystemError if no engine can be set up.
     BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size);
     ~BlockDevice() override;
 
