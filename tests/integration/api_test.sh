@@ -65,6 +65,12 @@ lifecycle)
   expect_status "PUT /machine-config after start" 400 PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
   expect_status "PUT /boot-source after start" 400 PUT /boot-source "{\"kernel_image_path\": \"$K/bzImage\"}"
   expect_status "second InstanceStart" 400 PUT /actions '{"action_type": "InstanceStart"}'
+  # Firecracker 1.16 (rpc_interface.rs) refuses logger, metrics and serial changes after boot.
+  expect_status "PUT /logger after start" 400 PUT /logger "{\"log_path\": \"$T/late.log\"}"
+  [[ $LAST == *'not supported after starting the microVM'* ]] && pass "PUT /logger after start: Firecracker's message" || fail "PUT /logger: $LAST"
+  expect_status "PUT /metrics after start" 400 PUT /metrics "{\"metrics_path\": \"$T/late.json\"}"
+  expect_status "PUT /serial after start" 400 PUT /serial "{\"serial_out_path\": \"$T/late.out\"}"
+  [[ ! -e $T/late.log && ! -e $T/late.json ]] && pass "refused logger/metrics paths were not created" || fail "late logger/metrics files exist"
   expect_status "bad JSON" 400 PUT /actions '{"action_type": '
   t=$(ticks); wait_ticks_above "$t" 30 && pass "VM still running after refused calls" || fail "VM stopped after refused calls"
 
@@ -93,6 +99,8 @@ config_file)
   wait_ticks_above 2 90 && pass "guest from --config-file running" || fail "guest never ticked"
   expect_status "GET /" 200 GET /
   [[ $LAST == *'"state":"Running"'* ]] && pass "state Running" || fail "state: $LAST"
+  # No metrics sink: Firecracker's FlushMetrics writes nothing and answers 204.
+  expect_status "FlushMetrics without metrics configured" 204 PUT /actions '{"action_type": "FlushMetrics"}'
   kill -TERM "$EMBER_PID"
   wait_exit 30
   expect_eq "Ember status after SIGTERM" "$RC" 0
@@ -173,6 +181,34 @@ assert tot("block_scratch", "update_count") == 1, tot("block_scratch", "update_c
 assert tot("block_scratch", "read_bytes") >= 3 * 1024 * 1024, tot("block_scratch", "read_bytes")
 assert tot("block", "read_count") >= tot("block_scratch", "read_count") > 0
 PY
+  ;;
+drive_fallbacks)
+  # io_uring refused (as by a container seccomp profile: EMBER_IO_URING_SETUP_ERRNO=1 is EPERM
+  # from io_uring_setup) on an Async drive whose image is not whole sectors: the boot goes on
+  # with the Sync engine and a warning; the guest sees the whole sectors only (Firecracker).
+  head -c $((3 * 1024 * 1024 + 100)) /dev/urandom > "$T/odd.img"
+  export EMBER_IO_URING_SETUP_ERRNO=1
+  start_ember
+  unset EMBER_IO_URING_SETUP_ERRNO
+  expect_status "PUT /boot-source" 204 PUT /boot-source "{\"kernel_image_path\": \"$K/vmlinux\", \"initrd_path\": \"$EMBER_ROOTFS_DIR/initrd.cpio.gz\", \"boot_args\": \"$BASE_ARGS -- echo SIZE=\$(cat /sys/block/vda/size); echo MD5=\$(md5sum /dev/vda | cut -c1-32); $TICK_CMD\"}"
+  expect_status "PUT /drives/data (Async by default)" 204 PUT /drives/data \
+    "{\"drive_id\": \"data\", \"path_on_host\": \"$T/odd.img\", \"is_root_device\": false, \"is_read_only\": true}"
+  expect_status "GET /vm/config before start" 200 GET /vm/config
+  [[ $LAST == *'"io_engine":"Async"'* ]] && pass "before start: Ember's default engine shown (Async)" || fail "vm/config: $LAST"
+  expect_status "InstanceStart with io_uring refused" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  wait_ticks_above 1 120 && pass "guest boots with io_uring refused" || fail "guest never ticked"
+  OUT=$T/console.out
+  expect_eq "guest sees the whole sectors of a 3 MiB + 100 B image" "$(guest_value SIZE)" 6144
+  expect_eq "guest reads the image through the Sync engine" "$(guest_value MD5)" "$(head -c $((3 * 1024 * 1024)) "$T/odd.img" | md5sum | cut -c1-32)"
+  expect_status "GET /vm/config after start" 200 GET /vm/config
+  [[ $LAST == *'"io_engine":"Sync"'* ]] && pass "after start: the engine that runs is shown (Sync)" || fail "vm/config: $LAST"
+  grep -q 'drive data: io_uring is unavailable (.*Operation not permitted); using the Sync I/O engine' "$T/ember.log" \
+    && pass "io_uring fallback logged" || fail "no fallback warning: $(tail -n 5 "$T/ember.log")"
+  grep -q 'odd.img: disk size 3145828 is not a multiple of sector size 512' "$T/ember.log" \
+    && pass "partial sector warned about" || fail "no size warning: $(tail -n 5 "$T/ember.log")"
+  kill -TERM "$EMBER_PID"
+  wait_exit 30
+  expect_eq "Ember status after SIGTERM" "$RC" 0
   ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
