@@ -153,7 +153,7 @@ DriveConfig parse_drive(const json& j) {
     if (d.path_on_host.empty()) throw ConfigError(w + ".path_on_host must not be empty");
     if (const json* ro = field(j, "is_read_only"); ro && !ro->is_null()) d.is_read_only = get_bool(*ro, w + ".is_read_only");
     if (const json* pu = field(j, "partuuid"); pu && !pu->is_null()) d.partuuid = get_string(*pu, w + ".partuuid");
-    if (const json* c = field(j, "cache_type"); c && !c->is_null()) {
+    if (const json* c = field(j, "cache_type")) { // CacheType has a serde default, so null is refused
         const std::string t = get_string(*c, w + ".cache_type");
         if (t == "Unsafe") d.cache_type = DriveCacheType::Unsafe;
         else if (t == "Writeback") d.cache_type = DriveCacheType::Writeback;

@@ -241,18 +241,20 @@ void Controller::init_metrics(const std::string& path) {
 }
 
 Response Controller::set_logger(const LoggerConfig& c) {
-    log::Options o;
+    // Firecracker's Logger::update (vmm/src/logger/logging.rs): the level becomes the given one
+    // or Info; the other settings change only when given.
+    log::Options o = log::current_options();
     o.instance_id = id_;
-    o.level = log::Level::Info; // Firecracker's default for an API-configured logger
+    o.level = log::Level::Info;
     if (c.level) {
         auto l = log::parse_level(*c.level);
         if (!l) return Response::bad_request("invalid log level \"" + *c.level + "\"");
         o.level = *l;
     }
-    o.show_level = c.show_level.value_or(false);
-    o.show_origin = c.show_log_origin.value_or(false);
-    o.path = c.log_path.value_or("");
-    o.module = c.module.value_or("");
+    if (c.show_level) o.show_level = *c.show_level;
+    if (c.show_log_origin) o.show_origin = *c.show_log_origin;
+    if (c.log_path) o.path = *c.log_path;
+    if (c.module) o.module = *c.module;
     try {
         log::configure(o);
     } catch (const std::exception& e) {

@@ -221,6 +221,8 @@ TEST_CASE("config: bad drives are refused with the field named") {
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": "yes"}])")), "is_root_device");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "cache_type": "None"}])")), "cache_type");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "io_engine": 1}])")), "io_engine");
+    // CacheType has a serde default in Firecracker, so null is a type error there too.
+    CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "cache_type": null}])")), "cache_type");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "socket": "/s", "is_root_device": false}])")), "vhost-user");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "rate_limiter": {}}])")), "rate_limiter");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "bogus": 1}])")), "unknown field \"bogus\"");

@@ -3,6 +3,7 @@
 
 #include "api/controller.hpp"
 #include "api/routes.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
@@ -168,4 +169,22 @@ TEST_CASE("controller: GET /vm/config has Firecracker's full shape before boot")
     TempFile m("");
     CHECK(r.call("PUT", "/metrics", json{{"metrics_path", m.path}}.dump()).status == 204);
     CHECK(json::parse(r.call("GET", "/vm/config").body).at("metrics").is_null());
+}
+
+TEST_CASE("controller: PUT /logger changes only what it is given; the level defaults to Info") {
+    const log::Options saved = log::current_options();
+    Rig r;
+    TempFile logfile("");
+    CHECK(r.call("PUT", "/logger", json{{"log_path", logfile.path}, {"level", "Warning"}, {"show_level", true}, {"module", "api/"}}.dump())
+              .status == 204);
+    CHECK(r.call("PUT", "/logger", R"({"show_log_origin": true})").status == 204);
+    log::Options o = log::current_options();
+    CHECK(o.path == logfile.path); // Firecracker keeps the target when log_path is not given
+    CHECK(o.show_level);
+    CHECK(o.show_origin);
+    CHECK(o.module == "api/");
+    CHECK(o.level == log::Level::Info); // Firecracker: the given level or DEFAULT_LEVEL (Info)
+    CHECK_THAT(fault(r.call("PUT", "/logger", R"({"level": "Loud"})")), Catch::Contains("Loud"));
+    CHECK(log::current_options().path == logfile.path); // a refused update changes nothing
+    log::configure(saved);
 }

@@ -78,6 +78,12 @@ void configure(const Options& o) {
     s.level = static_cast<int>(o.level);
 }
 
+Options current_options() {
+    auto& s = state();
+    std::lock_guard lk(s.mu);
+    return s.opts;
+}
+
 bool enabled(Level l) noexcept { return static_cast<int>(l) <= state().level.load(std::memory_order_relaxed); }
 
 namespace {

@@ -27,6 +27,8 @@ struct Options {
 
 // Reconfigures the process-wide logger; throws SystemError when the path cannot be opened.
 void configure(const Options& o);
+// The options configure() last applied (the defaults before any).
+Options current_options();
 bool enabled(Level l) noexcept;
 void write(Level l, const char* file, int line, const char* fmt, ...) noexcept __attribute__((format(printf, 4, 5)));
 
