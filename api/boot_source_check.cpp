@@ -12,9 +12,10 @@
 namespace ember {
 namespace {
 
-// Opens `path` for reading and closes it again; "" on success, else strerror.
+// Opens `path` for reading and closes it again; "" on success, else strerror. O_NONBLOCK: a
+// named pipe given as a kernel must not block the VMM thread here (it fails at InstanceStart).
 std::string open_error(const std::string& path) {
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
     return fd.valid() ? std::string() : std::string(std::strerror(errno));
 }
 

@@ -1,7 +1,8 @@
 // libFuzzer target: API routing and the configuration schema behind it.
 // Input: first byte picks the method, then the target up to '\n', then the body.
 // Invariants checked: no crash, no sanitizer report, every refusal is a 400 whose body is JSON
-// with a fault_message, and every accepted machine-config stays within its documented bounds.
+// with a fault_message, every accepted machine-config stays within its documented bounds, and
+// every accepted config file round-trips through its GET /vm/config rendering.
 
 #include "api/config.hpp"
 #include "api/routes.hpp"
@@ -39,9 +40,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         } catch (const ember::ConfigError&) {
         }
     }
+    // An accepted --config-file document renders (GET /vm/config's shape) to a document that
+    // parses back to the same rendering.
+    nlohmann::json rendered;
     try {
-        (void)ember::parse_config_file(body, 4096);
+        rendered = ember::to_json(ember::parse_config_file(body, 4096));
     } catch (const ember::ConfigError&) {
+        return 0;
     }
+    std::string text;
+    try {
+        text = rendered.dump();
+    } catch (const nlohmann::json::exception&) {
+        return 0; // invalid UTF-8 in a string: the API renders it lossily, so no round trip
+    }
+    if (ember::to_json(ember::parse_config_file(text, 4096)) != rendered) std::abort();
     return 0;
 }
