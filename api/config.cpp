@@ -1,9 +1,11 @@
 #include "api/config.hpp"
 
+#include "api/cpu_config.hpp"
 #include "vmm/base/error.hpp"
 
 #include <cctype>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <unistd.h>
 
@@ -43,6 +45,21 @@ std::uint64_t get_uint(const json& v, const std::string& where) {
         throw ConfigError(where + " must be a non-negative integer, not " +
                           (v.is_number_integer() ? std::string("negative") : type_name(v)));
     return v.get<std::uint64_t>();
+}
+
+// The config file's "cpu-config": Firecracker's is the path of a template file; Ember also
+// takes the template inline (the shape GET /vm/config returns).
+CustomCpuTemplate parse_cpu_config_section(const json& v) {
+    if (v.is_object()) return parse_cpu_config(v);
+    const std::string path = get_string(v, "cpu-config");
+    std::ifstream f(path);
+    if (!f) throw ConfigError("cpu-config: cannot read the CPU template file " + path);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    try {
+        return parse_cpu_config_text(text);
+    } catch (const ConfigError& e) {
+        throw ConfigError("cpu-config " + path + ": " + e.what());
+    }
 }
 
 } // namespace
@@ -95,9 +112,10 @@ MachineConfig parse_machine_config(const json& j, std::uint64_t host_mem_mib) {
         m.huge_pages = get_string(*h, w + ".huge_pages");
         if (m.huge_pages != "None") throw ConfigError(w + ".huge_pages \"" + m.huge_pages + "\" is not supported yet (only \"None\")");
     }
+    // Absent or null leaves the caller's template in place (Controller keeps it, as Firecracker's
+    // MachineConfigUpdate); "None" clears it.
     if (const json* c = field(j, "cpu_template"); c && !c->is_null()) {
-        const std::string t = get_string(*c, w + ".cpu_template");
-        if (t != "None") throw ConfigError(w + ".cpu_template \"" + t + "\" is not supported (only \"None\")");
+        if (auto t = parse_static_cpu_template(get_string(*c, w + ".cpu_template"), w + ".cpu_template")) m.cpu_template = *t;
     }
     return m;
 }
@@ -270,9 +288,10 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
         throw ConfigError(std::string("config file is not valid JSON: ") + e.what());
     }
     require_object(j, "config file");
-    static const std::set<std::string> later = {"cpu-config", "balloon", "vsock", "mmds-config", "entropy"};
+    static const std::set<std::string> later = {"balloon", "vsock", "mmds-config", "entropy"};
     ConfigFile doc;
     VmConfig& c = doc.vm;
+    std::optional<CustomCpuTemplate> custom_template;
     for (auto it = j.begin(); it != j.end(); ++it) {
         const std::string& k = it.key();
         if (k == "boot-source") {
@@ -304,12 +323,16 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
             if (!it->is_null()) doc.logger = parse_logger(*it);
         } else if (k == "metrics") {
             if (!it->is_null()) doc.metrics_path = parse_metrics(*it);
+        } else if (k == "cpu-config") {
+            if (!it->is_null()) custom_template = parse_cpu_config_section(*it);
         } else if (later.count(k)) {
             throw ConfigError("config file section \"" + k + "\" is not supported by this Ember version yet");
         } else {
             throw ConfigError("config file: unknown section \"" + k + "\"");
         }
     }
+    // Firecracker applies cpu-config after machine-config (VmResources::from_json): it wins.
+    if (custom_template) c.machine.cpu_template = std::move(*custom_template);
     if (!c.boot_source) throw ConfigError("config file: missing required section \"boot-source\"");
     return doc;
 }
@@ -322,11 +345,14 @@ json to_json(const BootSourceConfig& b) {
 }
 
 json to_json(const MachineConfig& m) {
-    return {{"vcpu_count", m.vcpu_count},
+    json j = {{"vcpu_count", m.vcpu_count},
             {"mem_size_mib", m.mem_size_mib},
             {"smt", m.smt},
             {"track_dirty_pages", m.track_dirty_pages},
             {"huge_pages", m.huge_pages}};
+    // Firecracker shows cpu_template only for a static template (MachineConfig's skip_serializing_if).
+    if (const auto* t = std::get_if<StaticCpuTemplate>(&m.cpu_template)) j["cpu_template"] = to_string(*t);
+    return j;
 }
 
 json to_json(const DriveConfig& d) {
@@ -361,6 +387,9 @@ json to_json(const VmConfig& c) {
     if (c.console.serial_out_path) j["serial"] = {{"serial_out_path", *c.console.serial_out_path}, {"rate_limiter", nullptr}};
     // Ember's own section, shown only when it differs from Firecracker's behaviour.
     if (c.console.device != ConsoleDevice::Serial) j["console"] = {{"device", to_string(c.console.device)}};
+    // Ember's: the custom template inline (Firecracker returns no cpu-config; its config file names
+    // a template file, which Ember's accepts too).
+    if (const auto* t = std::get_if<CustomCpuTemplate>(&c.machine.cpu_template)) j["cpu-config"] = to_json(*t);
     return j;
 }
 

@@ -53,6 +53,7 @@ private:
     Response pre_boot(const PutNet& a);
     Response pre_boot(const PutSerial& a);
     Response pre_boot(const PutConsole& a);
+    Response pre_boot(const PutCpuConfig& a);
     Response pre_boot(const InstanceStart& a);
     Response runtime(const PatchDrive& a);
     Response runtime(const SendCtrlAltDel& a);
