@@ -144,18 +144,19 @@ CustomCpuTemplate static_template_modifiers(StaticCpuTemplate t) {
     case StaticCpuTemplate::T2S:
         add_rows(out, T2_FAMILY);
         add_rows(out, T2_EXT);
-        // IA32_ARCH_CAPABILITIES as on a Skylake (t2s.rs): RSBA, SKIP_L1DFL_VMENTRY, IF_PSCHANGE_MC_NO,
-        // MISC_PACKAGE_CTLS, ENERGY_FILTERING_CTL set, every other bit clear, so a snapshot moves
-        // between Skylake and Cascade Lake hosts without a guest dropping a mitigation.
-        out.msr_modifiers.push_back({MSR_IA32_ARCH_CAPABILITIES, {~std::uint64_t{0}, 0xc4c}});
+        // IA32_ARCH_CAPABILITIES fixed (t2s.rs): RSBA, SKIP_L1DFL_VMENTRY, IF_PSCHANGE_MC_NO,
+        // MISC_PACKAGE_CTLS, ENERGY_FILTERING_CTL, RRSBA and GDS_NO set, every other bit clear, so a
+        // snapshot moves between Skylake and Cascade Lake hosts without a guest dropping a mitigation.
+        out.msr_modifiers.push_back({MSR_IA32_ARCH_CAPABILITIES, {~std::uint64_t{0}, 0x0408'0c4c}});
         break;
     case StaticCpuTemplate::T2CL:
         add_rows(out, T2_FAMILY);
         add_rows(out, T2CL_EXT);
         // IA32_ARCH_CAPABILITIES (t2cl.rs): the *_NO and mitigation bits KVM passes through are kept;
         // MCU_CONTROL, MISC_PACKAGE_CTLS, ENERGY_FILTERING_CTL, DOITM, FB_CLEAR_CTRL, BHI_NO,
-        // XAPIC_DISABLE_STATUS, OVERCLOCKING_STATUS, GDS_CTRL and the reserved bits are cleared.
-        out.msr_modifiers.push_back({MSR_IA32_ARCH_CAPABILITIES, {0xffff'ffff'f2f5'1e00, 0}});
+        // XAPIC_DISABLE_STATUS, OVERCLOCKING_STATUS, GDS_CTRL and bits 29-63 are cleared (bits up to
+        // RFDS_CLEAR, 28, pass).
+        out.msr_modifiers.push_back({MSR_IA32_ARCH_CAPABILITIES, {0xffff'ffff'e2f5'1e00, 0}});
         break;
     case StaticCpuTemplate::T2A:
         add_rows(out, T2_FAMILY);
