@@ -1,9 +1,11 @@
 #include "api/config.hpp"
 
+#include "api/cpu_config.hpp"
 #include "vmm/base/error.hpp"
 
 #include <cctype>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <string_view>
 #include <utility>
@@ -66,6 +68,21 @@ const std::vector<std::pair<const char*, const char*>>& unsupported_config_secti
     return v;
 }
 
+// The config file's "cpu-config": Firecracker's is the path of a template file; Ember also
+// takes the template inline (the shape GET /vm/config returns).
+CustomCpuTemplate parse_cpu_config_section(const json& v) {
+    if (v.is_object()) return parse_cpu_config(v);
+    const std::string path = get_string(v, "cpu-config");
+    std::ifstream f(path);
+    if (!f) throw ConfigError("cpu-config: cannot read the CPU template file " + path);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    try {
+        return parse_cpu_config_text(text);
+    } catch (const ConfigError& e) {
+        throw ConfigError("cpu-config " + path + ": " + e.what());
+    }
+}
+
 } // namespace
 
 void reject_unknown(const json& j, const std::string& where, std::initializer_list<const char*> known) {
@@ -116,9 +133,10 @@ MachineConfig parse_machine_config(const json& j, std::uint64_t host_mem_mib) {
         m.huge_pages = get_string(*h, w + ".huge_pages");
         if (m.huge_pages != "None") throw ConfigError(w + ".huge_pages \"" + m.huge_pages + "\" is not supported yet (only \"None\")");
     }
+    // Absent or null leaves the caller's template in place (Controller keeps it, as Firecracker's
+    // MachineConfigUpdate); "None" clears it.
     if (const json* c = field(j, "cpu_template"); c && !c->is_null()) {
-        const std::string t = get_string(*c, w + ".cpu_template");
-        if (t != "None") throw ConfigError(w + ".cpu_template \"" + t + "\" is not supported (only \"None\")");
+        if (auto t = parse_static_cpu_template(get_string(*c, w + ".cpu_template"), w + ".cpu_template")) m.cpu_template = *t;
     }
     return m;
 }
@@ -313,7 +331,8 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
     if (const json* s = section("logger")) doc.logger = parse_logger(*s);
     if (const json* s = section("metrics")) doc.metrics_path = parse_metrics(*s);
     if (const json* s = section("machine-config")) c.machine = parse_machine_config(*s, host_mem_mib);
-    if (section("cpu-config")) throw ConfigError("config file section \"cpu-config\" is not supported by this Ember version yet");
+    std::optional<CustomCpuTemplate> custom_template;
+    if (const json* s = section("cpu-config")) custom_template = parse_cpu_config_section(*s);
     const auto bs = j.find("boot-source");
     if (bs == j.end()) throw ConfigError("config file: missing required section \"boot-source\"");
     c.boot_source = parse_boot_source(*bs);
@@ -337,6 +356,8 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
             throw ConfigError(std::string("config file section \"") + name + "\" is not supported yet: Ember has no " + device);
     if (const json* s = section("serial")) c.console.serial_out_path = parse_serial(*s);
     if (const json* s = section("console")) c.console.device = parse_console(*s);
+    // Firecracker applies cpu-config after machine-config (VmResources::from_json): it wins.
+    if (custom_template) c.machine.cpu_template = std::move(*custom_template);
     return doc;
 }
 
@@ -348,11 +369,14 @@ json to_json(const BootSourceConfig& b) {
 }
 
 json to_json(const MachineConfig& m) {
-    return {{"vcpu_count", m.vcpu_count},
+    json j = {{"vcpu_count", m.vcpu_count},
             {"mem_size_mib", m.mem_size_mib},
             {"smt", m.smt},
             {"track_dirty_pages", m.track_dirty_pages},
             {"huge_pages", m.huge_pages}};
+    // Firecracker shows cpu_template only for a static template (MachineConfig's skip_serializing_if).
+    if (const auto* t = std::get_if<StaticCpuTemplate>(&m.cpu_template)) j["cpu_template"] = to_string(*t);
+    return j;
 }
 
 json to_json(const DriveConfig& d) {
@@ -400,6 +424,9 @@ json to_json(const VmConfig& c) {
     // this document) and the console device when it differs from Firecracker's behaviour.
     if (c.console.serial_out_path) j["serial"] = {{"serial_out_path", *c.console.serial_out_path}, {"rate_limiter", nullptr}};
     if (c.console.device != ConsoleDevice::Serial) j["console"] = {{"device", to_string(c.console.device)}};
+    // Ember's: the custom template inline (Firecracker returns no cpu-config; its config file names
+    // a template file, which Ember's accepts too).
+    if (const auto* t = std::get_if<CustomCpuTemplate>(&c.machine.cpu_template)) j["cpu-config"] = to_json(*t);
     return j;
 }
 

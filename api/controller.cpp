@@ -49,6 +49,7 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
     else if (path == "/vm") what = "vm";
     else if (path == "/serial") what = "serial";
     else if (path == "/console") what = "console";
+    else if (path == "/cpu-config") what = "cpu_cfg";
     if (what.empty()) return;
     if (m == Method::Put) count("put_api_requests", what + "_fails");
     if (m == Method::Patch) count("patch_api_requests", what + "_fails");
@@ -109,15 +110,30 @@ Response Controller::any_time(const GetVmConfig&) {
     return Response::ok_json(to_json(shown));
 }
 
+namespace {
+// A request without cpu_template (or with null) keeps the current template, static or custom
+// (Firecracker's MachineConfigUpdate).
+MachineConfig keep_cpu_template(MachineConfig m, const json& body, const MachineConfig& old) {
+    auto it = body.find("cpu_template");
+    if (it == body.end() || it->is_null()) m.cpu_template = old.cpu_template;
+    return m;
+}
+} // namespace
+
 Response Controller::pre_boot(const PutMachineConfig& p) {
-    cfg_.machine = parse_machine_config(p.body, host_mem_mib_);
+    cfg_.machine = keep_cpu_template(parse_machine_config(p.body, host_mem_mib_), p.body, cfg_.machine);
     return Response::no_content();
 }
 
 Response Controller::pre_boot(const PatchMachineConfig& p) {
     json merged = to_json(cfg_.machine);
     for (auto it = p.body.begin(); it != p.body.end(); ++it) merged[it.key()] = it.value();
-    cfg_.machine = parse_machine_config(merged, host_mem_mib_);
+    cfg_.machine = keep_cpu_template(parse_machine_config(merged, host_mem_mib_), p.body, cfg_.machine);
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PutCpuConfig& p) {
+    cfg_.machine.cpu_template = p.config; // replaces a static cpu_template, as Firecracker's
     return Response::no_content();
 }
 

@@ -1,6 +1,7 @@
 #include "api/routes.hpp"
 
 #include "api/config.hpp"
+#include "api/cpu_config.hpp"
 #include "vmm/base/error.hpp"
 
 #include <cctype>
@@ -145,8 +146,12 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         return PutConsole{parse_console(parse_body(body))};
     }
+    if (path == "/cpu-config") {
+        if (m != Method::Put) throw invalid();
+        return PutCpuConfig{parse_cpu_config(parse_body(body))};
+    }
     static const char* later[] = {"/vsock", "/entropy", "/balloon", "/mmds", "/snapshot/",
-                                  "/cpu-config", "/hotplug/", "/pmem/"};
+                                  "/hotplug/", "/pmem/"};
     for (const char* p : later)
         if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
     throw invalid();
@@ -195,6 +200,7 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutNet&) const { return "network"; }
         const char* operator()(const PutSerial&) const { return "serial"; }
         const char* operator()(const PutConsole&) const { return "console"; }
+        const char* operator()(const PutCpuConfig&) const { return "cpu_cfg"; }
     };
     return std::visit(V{}, a);
 }
@@ -219,6 +225,7 @@ Method action_method(const Action& a) {
         Method operator()(const PutNet&) const { return Method::Put; }
         Method operator()(const PutSerial&) const { return Method::Put; }
         Method operator()(const PutConsole&) const { return Method::Put; }
+        Method operator()(const PutCpuConfig&) const { return Method::Put; }
     };
     return std::visit(V{}, a);
 }

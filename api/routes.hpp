@@ -36,10 +36,13 @@ struct PatchDrive {
 struct PutNet { NetConfig config; };
 struct PutSerial { std::optional<std::string> serial_out_path; };
 struct PutConsole { ConsoleDevice device; };
+// PUT /cpu-config: Firecracker's custom CPU template (pre-boot).
+struct PutCpuConfig { CustomCpuTemplate config; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
-                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PutSerial, PutConsole>;
+                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PutSerial, PutConsole,
+                            PutCpuConfig>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

@@ -6,6 +6,7 @@
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
+#include "vmm/arch/x86_64/cpu_template.hpp"
 #include "vmm/arch/x86_64/kernel_loader.hpp"
 #include "vmm/arch/x86_64/layout.hpp"
 #include "vmm/arch/x86_64/mptable.hpp"
@@ -13,6 +14,7 @@
 #include "vmm/arch/x86_64/x86_cpu.hpp"
 #include "vmm/base/console_output.hpp"
 #include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 #include "vmm/drives.hpp"
 #include "vmm/host_console.hpp"
 
@@ -65,6 +67,14 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
         throw ConfigError("vcpu_count must be from 1 to " + std::to_string(MAX_VCPUS));
     if (m.mem_size_mib == 0) throw ConfigError("mem_size_mib must be at least 1");
     const auto& bs = *cfg.boot_source;
+    // Firecracker resolves the template (and refuses a static one for the other CPU vendor)
+    // before it creates the VM.
+    const HostCpu host = host_cpu();
+    const CustomCpuTemplate cpu_template = resolve_cpu_template(m.cpu_template, host);
+    if (const auto* st = std::get_if<StaticCpuTemplate>(&m.cpu_template); st && !cpu_model_listed(*st, host.signature))
+        LOG_WARN("CPU template %s: this CPU (CPUID.1:EAX %#x) is not a model Firecracker lists for it; "
+                 "Firecracker refuses it (InvalidCpuModel), Ember applies it",
+                 to_string(*st), host.signature);
 
     // Host resources first: every one that is missing or busy is a configuration error.
     std::vector<OpenedDrive> drives = open_drives(cfg.drives); // root drive first: it becomes vda
@@ -120,16 +130,18 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     write_mptable(vm->mem_, m.vcpu_count);
 
     // KVM last.
-    vm->kvm_.emplace(Kvm::open(opts.kvm_path));
+    vm->kvm_.emplace(Kvm::open(opts.kvm_path, added_kvm_caps(cpu_template), removed_kvm_caps(cpu_template)));
     vm->vm_fd_.emplace(*vm->kvm_);
     vm->vm_fd_->setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
     vm->vm_fd_->register_memory(vm->mem_);
     dm.register_with(*vm->vm_fd_);
-    const auto cpuid = vm->kvm_->supported_cpuid();
+    // The template shapes KVM's table first; cpuid_for_vcpu() then sets topology, APIC ids and the
+    // bits Ember needs on top (Firecracker: apply_template, then normalize in KvmVcpu::configure).
+    const auto cpuid = apply_cpuid_modifiers(vm->kvm_->supported_cpuid(), cpu_template);
     const CpuTopology topo{m.vcpu_count, m.smt};
     for (unsigned i = 0; i < m.vcpu_count; ++i) {
         auto vcpu = std::make_unique<Vcpu>(VcpuFd(*vm->kvm_, *vm->vm_fd_, i), dm.pio(), dm.mmio(), *vm);
-        vcpu->configure(cpuid, topo, i == 0 ? &kernel : nullptr);
+        vcpu->configure(cpuid, topo, i == 0 ? &kernel : nullptr, cpu_template.msr_modifiers);
         vm->vcpus_.push_back(std::move(vcpu));
     }
     return vm;

@@ -1,8 +1,10 @@
 #include "vmm/vcpu.hpp"
 
 #include "vmm/base/bus.hpp"
+#include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -30,9 +32,33 @@ Vcpu::~Vcpu() {
     join();
 }
 
-void Vcpu::configure(const std::vector<kvm_cpuid_entry2>& supported, const CpuTopology& topo, const KernelImage* boot) {
+void Vcpu::configure(const std::vector<kvm_cpuid_entry2>& supported, const CpuTopology& topo, const KernelImage* boot,
+                     const std::vector<MsrModifier>& msr_mods) {
     fd_.set_cpuid(cpuid_for_vcpu(supported, topo, fd_.index()));
     fd_.set_msrs(boot_msrs());
+    if (!msr_mods.empty()) {
+        // Firecracker reads the template's MSRs from the vCPU and refuses one KVM cannot read
+        // (CpuConfigurationError::MsrNotSupported).
+        std::vector<std::uint32_t> indices;
+        for (const auto& m : msr_mods)
+            if (std::find(indices.begin(), indices.end(), m.addr) == indices.end()) indices.push_back(m.addr);
+        std::vector<kvm_msr_entry> current;
+        try {
+            current = fd_.get_msrs(indices);
+        } catch (const ConfigError&) {
+            for (std::uint32_t i : indices) {
+                try {
+                    (void)fd_.get_msrs({i});
+                } catch (const ConfigError&) {
+                    char buf[96];
+                    std::snprintf(buf, sizeof buf, "Template changes an MSR entry not supported by KVM: Register Address: %x", i);
+                    throw ConfigError(buf);
+                }
+            }
+            throw;
+        }
+        fd_.set_msrs(apply_msr_modifiers(std::move(current), msr_mods));
+    }
     fd_.set_fpu(boot_fpu());
     auto lapic = fd_.get_lapic();
     configure_lapic_lints(lapic);

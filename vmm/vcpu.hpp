@@ -3,6 +3,7 @@
 // buses. The loop never throws; how a vCPU ends is reported to the VM through ExitSink.
 
 #include "vmm/kvm/kvm.hpp"
+#include "vmm/arch/x86_64/cpu_template.hpp"
 #include "vmm/arch/x86_64/x86_cpu.hpp"
 
 #include <atomic>
@@ -45,7 +46,9 @@ public:
     Vcpu& operator=(const Vcpu&) = delete;
 
     // CPUID, MSRs, FPU and LAPIC for every vCPU; registers too for the boot vCPU (`boot` set).
-    void configure(const std::vector<kvm_cpuid_entry2>& supported, const CpuTopology& topo, const KernelImage* boot);
+    // `msr_mods`: a CPU template's MSR modifiers, applied to this vCPU's values after the boot MSRs.
+    void configure(const std::vector<kvm_cpuid_entry2>& supported, const CpuTopology& topo, const KernelImage* boot,
+                   const std::vector<MsrModifier>& msr_mods = {});
 
     void start();
     // Makes KVM_RUN return (immediate_exit + a signal) and the loop end; safe from any thread.

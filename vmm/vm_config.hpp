@@ -4,6 +4,7 @@
 
 #include "devices/virtio/block/config.hpp"
 #include "devices/virtio/net/config.hpp"
+#include "vmm/arch/x86_64/cpu_template.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -30,6 +31,9 @@ struct MachineConfig {
     bool smt = false;
     bool track_dirty_pages = false;
     std::string huge_pages = "None";
+    // machine-config.cpu_template or PUT /cpu-config, whichever came last (Firecracker keeps both
+    // in MachineConfig::cpu_template).
+    CpuTemplateChoice cpu_template;
 };
 
 // Which device carries the guest's interactive console (host stdin goes there). The 16550 UART

@@ -172,8 +172,9 @@ TEST_CASE("config: smt, huge_pages, cpu_template and track_dirty_pages errors") 
     }
     CHECK_CONFIG_ERROR(parse(with_machine("huge_pages", "\"2M\"")), "huge_pages");
     CHECK_CONFIG_ERROR(parse(with_machine("huge_pages", "null")), "huge_pages");
-    CHECK_CONFIG_ERROR(parse(with_machine("cpu_template", "\"T2\"")), "cpu_template");
-    CHECK_CONFIG_ERROR(parse(with_machine("cpu_template", "\"T2\"")), "T2");
+    CHECK_CONFIG_ERROR(parse(with_machine("cpu_template", "\"V1N1\"")), "cpu_template");
+    CHECK_CONFIG_ERROR(parse(with_machine("cpu_template", "\"V1N1\"")), "aarch64");
+    CHECK_CONFIG_ERROR(parse(with_machine("cpu_template", "\"t2\"")), "unknown variant");
     CHECK_CONFIG_ERROR(parse(with_machine("cpu_template", "7")), "cpu_template");
     CHECK_CONFIG_ERROR(parse(with_machine("track_dirty_pages", "\"yes\"")), "track_dirty_pages");
 }

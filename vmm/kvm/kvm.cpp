@@ -104,7 +104,9 @@ const std::vector<Kvm::Cap>& Kvm::required_caps() {
     return caps;
 }
 
-Kvm Kvm::open(const std::string& path) {
+Kvm Kvm::open(const std::string& path) { return open(path, {}, {}); }
+
+Kvm Kvm::open(const std::string& path, const std::vector<std::uint32_t>& add, const std::vector<std::uint32_t>& remove) {
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         int err = errno;
@@ -116,9 +118,14 @@ Kvm Kvm::open(const std::string& path) {
     if (version != KVM_API_VERSION)
         throw ConfigError("KVM API version " + std::to_string(version) + " is not the expected " +
                           std::to_string(KVM_API_VERSION));
+    auto removed = [&](long id) { return std::find(remove.begin(), remove.end(), static_cast<std::uint32_t>(id)) != remove.end(); };
     for (const auto& cap : required_caps())
-        if (kvm.check_extension(cap.id) <= 0)
+        if (!removed(cap.id) && kvm.check_extension(cap.id) <= 0)
             throw ConfigError(std::string("KVM lacks a required capability: ") + cap.name);
+    std::string missing;
+    for (std::uint32_t cap : add)
+        if (kvm.check_extension(static_cast<long>(cap)) <= 0) missing += (missing.empty() ? "" : ", ") + std::to_string(cap);
+    if (!missing.empty()) throw ConfigError("Missing KVM capabilities: " + missing);
     // A /dev/kvm node can exist on a host without VT-x/AMD-V (seen on our CI machines): the
     // API answers, but CPUID and VM entry do not work. Probe it, so the error says so.
     try {

@@ -55,6 +55,10 @@ public:
     // Opens /dev/kvm, checks API version 12 and every capability Ember relies on. Throws
     // ConfigError with one line naming scripts/nested-kvm when /dev/kvm is absent or unusable.
     static Kvm open(const std::string& path = "/dev/kvm");
+    // As open(), with a CPU template's kvm_capabilities (Firecracker's KvmCapability): `add` are
+    // checked as well, `remove` are left unchecked. A missing one fails with Firecracker's
+    // "Missing KVM capabilities".
+    static Kvm open(const std::string& path, const std::vector<std::uint32_t>& add, const std::vector<std::uint32_t>& remove);
 
     int fd() const noexcept { return fd_.get(); }
     int check_extension(long cap) const noexcept;
