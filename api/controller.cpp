@@ -299,6 +299,12 @@ void Controller::arm_metrics_timer() {
 
 std::string Controller::metrics_line() {
     auto snapshot = counters_;
+    // Firecracker writes these groups in every line, whatever was configured (FirecrackerMetrics
+    // and the block/net serialize proxies, whose aggregate group is always there). Ember's
+    // counters appear on first use: an empty group means nothing was counted yet.
+    for (const char* g : {"get_api_requests", "put_api_requests", "patch_api_requests", "latencies_us", "block", "net",
+                          "uart", "vcpu", "vmm", "logger", "api_server"})
+        snapshot[g];
     snapshot["api_server"]["process_startup_time_us"] = startup_us_;
     snapshot["api_server"]["process_startup_time_cpu_us"] = startup_cpu_us_;
     // Firecracker's LoggerSystemMetrics; missed_metrics_count and metrics_fails are counted

@@ -74,7 +74,9 @@ TEST_CASE("controller: pre-boot actions configure, GETs read back") {
     CHECK(mt.at("patch_api_requests").at("machine_cfg_count") == 1);
     CHECK(mt.at("get_api_requests").at("machine_cfg_count") == 1);
     CHECK(mt.at("get_api_requests").at("instance_info_count") == 1);
-    CHECK_FALSE(mt.contains("block")); // no VM, no device groups
+    // No VM: no per-device groups, and Firecracker's always-present aggregate "block" is empty.
+    CHECK(mt.at("block").empty());
+    for (const auto& [group, values] : mt.items()) CHECK_FALSE(group.rfind("block_", 0) == 0);
 }
 
 TEST_CASE("controller: runtime actions before boot are refused and counted as failures") {
@@ -187,4 +189,16 @@ TEST_CASE("controller: PUT /logger changes only what it is given; the level defa
     CHECK_THAT(fault(r.call("PUT", "/logger", R"({"level": "Loud"})")), Catch::Contains("Loud"));
     CHECK(log::current_options().path == logfile.path); // a refused update changes nothing
     log::configure(saved);
+}
+
+TEST_CASE("controller: every metrics line has the groups Firecracker always writes") {
+    Rig r; // nothing configured, nothing counted: no drive, no network interface, no request
+    const json mt = r.metrics();
+    for (const char* g : {"get_api_requests", "put_api_requests", "patch_api_requests", "latencies_us", "block", "net",
+                          "uart", "vcpu", "vmm", "logger", "api_server"}) {
+        INFO(g);
+        CHECK(mt.contains(g));
+        CHECK(mt.at(g).is_object());
+    }
+    CHECK(mt.at("utc_timestamp_ms").is_number_integer());
 }
