@@ -33,9 +33,9 @@ OpenedDrive open_drive(const DriveConfig& cfg) {
     } else {
         throw ConfigError(what + " is not a regular file or block device");
     }
-    if (d.size == 0) throw ConfigError(what + " is empty");
-    // As Firecracker's DiskProperties (devices/virtio/block/virtio/device.rs): a warning, and
-    // the guest sees the whole sectors only.
+    // As Firecracker's DiskProperties (devices/virtio/block/virtio/device.rs): an empty image is
+    // a disk of 0 sectors (its docs/api_requests/patch-block.md attaches one to PATCH in later);
+    // a size that is not whole sectors is a warning, and the guest sees the whole sectors only.
     if (d.size % 512 != 0)
         LOG_WARN("%s: disk size %llu is not a multiple of sector size 512; the remainder will not be visible to the guest.",
                  what.c_str(), static_cast<unsigned long long>(d.size));
