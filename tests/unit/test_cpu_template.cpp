@@ -287,7 +287,7 @@ TEST_CASE("cpu template: machine-config, PUT /cpu-config and GET /vm/config") {
     CHECK(call("PUT", "/machine-config", R"({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2A"})").status == 204);
     CHECK(get("/machine-config").at("cpu_template") == "T2A");
     CHECK(get("/vm/config").at("machine-config").at("cpu_template") == "T2A");
-    CHECK_FALSE(get("/vm/config").contains("cpu-config"));
+    CHECK(get("/vm/config").at("cpu-config").is_null());
     // A later machine-config without cpu_template keeps it; "None" clears it.
     CHECK(call("PATCH", "/machine-config", R"({"vcpu_count": 2})").status == 204);
     CHECK(get("/machine-config").at("cpu_template") == "T2A");
@@ -304,7 +304,7 @@ TEST_CASE("cpu template: machine-config, PUT /cpu-config and GET /vm/config") {
     CHECK(r.status == 400);
     CHECK_THAT(json::parse(r.body).at("fault_message").get<std::string>(), Catch::Contains("Invalid CPUID register"));
     CHECK(call("GET", "/cpu-config").status == 400);
-    CHECK_FALSE(get("/vm/config").contains("cpu-config"));
+    CHECK(get("/vm/config").at("cpu-config").is_null());
 
     // A custom template replaces the static one (and the other way round), as in Firecracker.
     CHECK(call("PUT", "/machine-config", R"({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "T2"})").status == 204);
@@ -315,9 +315,9 @@ TEST_CASE("cpu template: machine-config, PUT /cpu-config and GET /vm/config") {
     const json vc = get("/vm/config");
     CHECK(parse_cpu_config(vc.at("cpu-config")) == parse_cpu_config_text(custom));
     CHECK(call("PATCH", "/machine-config", R"({"mem_size_mib": 256})").status == 204);
-    CHECK(get("/vm/config").contains("cpu-config"));
+    CHECK(get("/vm/config").at("cpu-config").is_object());
     CHECK(call("PATCH", "/machine-config", R"({"cpu_template": "C3"})").status == 204);
-    CHECK_FALSE(get("/vm/config").contains("cpu-config"));
+    CHECK(get("/vm/config").at("cpu-config").is_null());
     CHECK(get("/machine-config").at("cpu_template") == "C3");
 
     // The vendor rule applies at InstanceStart, before anything is opened.
