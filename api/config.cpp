@@ -1,5 +1,7 @@
 #include "api/config.hpp"
 
+#include "api/rate_limiter_config.hpp"
+
 #include "vmm/base/error.hpp"
 
 #include <cctype>
@@ -144,8 +146,7 @@ DriveConfig parse_drive(const json& j) {
         else if (t == "Async") d.io_engine = DriveIoEngine::Async;
         else throw ConfigError(w + ".io_engine \"" + t + "\" is not Sync or Async");
     }
-    if (const json* r = field(j, "rate_limiter"); r && !r->is_null())
-        throw ConfigError(w + ".rate_limiter is not supported by this Ember version yet");
+    if (const json* r = field(j, "rate_limiter")) d.rate_limiter = parse_rate_limiter(*r, w + ".rate_limiter");
     return d;
 }
 
@@ -175,9 +176,8 @@ NetConfig parse_net(const json& j) {
         if (mtu < 68 || mtu > 65535) throw ConfigError(w + ".mtu must be from 68 to 65535, not " + std::to_string(mtu));
         n.mtu = static_cast<std::uint16_t>(mtu);
     }
-    for (const char* rl : {"rx_rate_limiter", "tx_rate_limiter"})
-        if (const json* r = field(j, rl); r && !r->is_null())
-            throw ConfigError(w + "." + rl + " is not supported by this Ember version yet");
+    if (const json* r = field(j, "rx_rate_limiter")) n.rx_rate_limiter = parse_rate_limiter(*r, w + ".rx_rate_limiter");
+    if (const json* r = field(j, "tx_rate_limiter")) n.tx_rate_limiter = parse_rate_limiter(*r, w + ".tx_rate_limiter");
     return n;
 }
 
@@ -336,7 +336,7 @@ json to_json(const DriveConfig& d) {
             {"cache_type", d.cache_type == DriveCacheType::Writeback ? "Writeback" : "Unsafe"},
             {"is_read_only", d.is_read_only},
             {"path_on_host", d.path_on_host},
-            {"rate_limiter", nullptr},
+            {"rate_limiter", to_json(d.rate_limiter)},
             {"io_engine", d.io_engine == DriveIoEngine::Sync ? "Sync" : "Async"},
             {"socket", nullptr}};
 }
@@ -346,8 +346,8 @@ json to_json(const NetConfig& n) {
             {"host_dev_name", n.host_dev_name},
             {"guest_mac", n.guest_mac ? json(n.guest_mac->to_string()) : json(nullptr)},
             {"mtu", n.mtu ? json(*n.mtu) : json(nullptr)},
-            {"rx_rate_limiter", nullptr},
-            {"tx_rate_limiter", nullptr}};
+            {"rx_rate_limiter", to_json(n.rx_rate_limiter)},
+            {"tx_rate_limiter", to_json(n.tx_rate_limiter)}};
 }
 
 json to_json(const VmConfig& c) {

@@ -41,7 +41,7 @@ DriveConfig parse_drive(const nlohmann::json& j);
 // Adds a drive to the list, or replaces the one with the same id (PUT /drives/{id} semantics).
 // Throws ConfigError if another drive is already the root device.
 void add_drive(std::vector<DriveConfig>& drives, DriveConfig d);
-// Firecracker's NetworkInterface (rate limiters are refused for now).
+// Firecracker's NetworkInterface.
 NetConfig parse_net(const nlohmann::json& j);
 // Adds an interface or replaces the one with the same id (PUT /network-interfaces/{id}).
 void add_net(std::vector<NetConfig>& nets, NetConfig n);

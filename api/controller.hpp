@@ -55,6 +55,7 @@ private:
     Response pre_boot(const PutConsole& a);
     Response pre_boot(const InstanceStart& a);
     Response runtime(const PatchDrive& a);
+    Response runtime(const PatchNet& a);
     Response runtime(const SendCtrlAltDel& a);
     Response runtime(const PatchVmState& a);
     Response any_time(const GetInstanceInfo& a);

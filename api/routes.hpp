@@ -31,6 +31,12 @@ struct PutDrive { DriveConfig config; };
 struct PatchDrive {
     std::string drive_id;
     std::optional<std::string> path_on_host;
+    std::optional<RateLimiterUpdate> rate_limiter;
+};
+// PATCH /network-interfaces/{id}: Firecracker's PartialNetworkInterface (rate limiter updates).
+struct PatchNet {
+    std::string iface_id;
+    RateLimiterUpdate rx_rate_limiter, tx_rate_limiter;
 };
 
 struct PutNet { NetConfig config; };
@@ -39,7 +45,7 @@ struct PutConsole { ConsoleDevice device; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
-                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PutSerial, PutConsole>;
+                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PatchNet, PutSerial, PutConsole>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

@@ -13,7 +13,8 @@
 namespace ember::virtio::block {
 BlockDevice::BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size)
     : VirtioDevice(mem, {QUEUE_SIZE}), cfg_(std::move(cfg)), file_(std::move(file)), size_(size),
-      backend_(make_backend(cfg_.io_engine, file_.get(), QUEUE_SIZE, SEG_MAX)), slots_(QUEUE_SIZE) {
+      backend_(make_backend(cfg_.io_engine, file_.get(), QUEUE_SIZE, SEG_MAX)), slots_(QUEUE_SIZE),
+      limiter_(io, cfg_.rate_limiter, [this] { on_limiter_expiry(); }) {
     free_.reserve(QUEUE_SIZE);
     for (std::uint16_t i = QUEUE_SIZE; i > 0; --i) free_.push_back(static_cast<std::uint16_t>(i - 1));
     iov_.reserve(SEG_MAX);
@@ -83,15 +84,35 @@ void BlockDevice::reset_device() noexcept {
 
 void BlockDevice::process_queue(std::size_t) noexcept {
     bump(metrics_.queue_event_count);
+    // As Firecracker's process_queue_event: a blocked limiter leaves the queue to its timer.
+    if (limiter_.blocked()) {
+        bump(metrics_.rate_limiter_throttled_events);
+        return;
+    }
     pump();
+}
+
+void BlockDevice::on_limiter_expiry() noexcept {
+    std::lock_guard lk(mutex());
+    limiter_.unblock();
+    bump(metrics_.rate_limiter_event_count);
+    if (running() && queues()[0].active()) pump();
+}
+
+std::optional<RateLimiterConfig> BlockDevice::update_rate_limiter(const RateLimiterUpdate& u) noexcept {
+    std::lock_guard lk(mutex());
+    limiter_.update(u);
+    cfg_.rate_limiter = limiter_.config();
+    return cfg_.rate_limiter;
 }
 
 void BlockDevice::pump() noexcept {
     Queue& q = queues()[0];
     bool used = false;
+    bool throttled = false;
     for (;;) {
         bool popped = false;
-        while (!free_.empty()) {
+        while (!free_.empty() && !limiter_.blocked()) {
             const Queue::PopResult r = q.pop();
             if (r.status == Queue::PopStatus::Empty) break;
             if (r.status == Queue::PopStatus::Broken) {
@@ -107,10 +128,19 @@ void BlockDevice::pump() noexcept {
                 used = true;
                 continue;
             }
-            used |= start(r.head, r.descs);
+            const Started st = start(r.head, r.descs);
+            if (st == Started::Throttled) {
+                // Back to the available ring, untouched; the limiter's timer resumes the queue.
+                q.undo_pop(1);
+                bump(metrics_.rate_limiter_throttled_events);
+                throttled = true;
+                break;
+            }
+            used |= st == Started::Done;
         }
         backend_->kick();
         if (complete_finished() > 0) used = true;
+        if (throttled || limiter_.blocked()) break; // resumed by on_limiter_expiry()
         if (free_.empty()) {
             bump(metrics_.no_avail_buffer);
             break; // resumed by the completion handler
@@ -121,8 +151,7 @@ void BlockDevice::pump() noexcept {
     if (used) signal_used(q);
 }
 
-// Starts one request; true if it already completed (used ring written).
-bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) noexcept {
+BlockDevice::Started BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) noexcept {
     Queue& q = queues()[0];
     const ParseResult p = parse_request(chain, geometry());
     if (p.error != RequestError::None) {
@@ -130,9 +159,12 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
         LOG_DEBUG("virtio %s: request refused: %s", name().c_str(), to_string(p.error));
         if (p.status) (void)mem_.write_obj(*p.status, std::byte{p.status_value()});
         q.add_used(head, p.status ? 1 : 0);
-        return true;
+        return Started::Done;
     }
     const Request& req = p.request;
+    // Firecracker's rate_limit_request: one op for every request, bytes for reads and writes.
+    const bool transfer = req.type == RequestType::In || req.type == RequestType::Out;
+    if (!limiter_.admit(transfer ? req.data_len : 0)) return Started::Throttled;
     switch (req.type) {
     case RequestType::GetId: {
         // §5.2.6: up to 20 bytes, zero-padded; the drive id serves as the serial number.
@@ -143,14 +175,14 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
         }
         (void)mem_.write_obj(*p.status, std::byte{S_OK});
         q.add_used(head, written + 1);
-        return true;
+        return Started::Done;
     }
     case RequestType::Flush:
         bump(metrics_.flush_count);
         if (cfg_.cache_type == DriveCacheType::Unsafe) { // nothing promised: as Firecracker, a no-op
             (void)mem_.write_obj(*p.status, std::byte{S_OK});
             q.add_used(head, 1);
-            return true;
+            return Started::Done;
         }
         break;
     case RequestType::In:
@@ -163,7 +195,7 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
     for (const auto& d : req.data) iov_.push_back(iovec{d.host, d.len});
     const Op op = req.type == RequestType::In ? Op::Read : req.type == RequestType::Out ? Op::Write : Op::Flush;
     backend_->submit(tag, op, req.sector * SECTOR_SIZE, iov_);
-    return false;
+    return Started::Submitted;
 }
 
 std::size_t BlockDevice::complete_finished() noexcept {
