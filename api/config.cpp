@@ -235,8 +235,7 @@ std::string parse_metrics(const json& j) {
 std::optional<std::string> parse_serial(const json& j) {
     require_object(j, "serial");
     reject_unknown(j, "serial", {"serial_out_path", "rate_limiter"});
-    if (const json* r = field(j, "rate_limiter"); r && !r->is_null())
-        throw ConfigError("serial.rate_limiter is not supported by this Ember version yet");
+    (void)parse_serial_rate_limiter(j); // validated here; read with parse_serial_rate_limiter()
     const json* p = field(j, "serial_out_path");
     if (!p || p->is_null()) return std::nullopt;
     std::string path = get_string(*p, "serial.serial_out_path");
@@ -298,6 +297,7 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
             }
         } else if (k == "serial") {
             if (!it->is_null()) c.console.serial_out_path = parse_serial(*it);
+            if (!it->is_null()) c.console.serial_rate_limiter = parse_serial_rate_limiter(*it);
         } else if (k == "console") {
             if (!it->is_null()) c.console.device = parse_console(*it);
         } else if (k == "logger") {
@@ -358,7 +358,9 @@ json to_json(const VmConfig& c) {
     for (const auto& d : c.drives) j["drives"].push_back(to_json(d));
     j["network-interfaces"] = json::array();
     for (const auto& n : c.net) j["network-interfaces"].push_back(to_json(n));
-    if (c.console.serial_out_path) j["serial"] = {{"serial_out_path", *c.console.serial_out_path}, {"rate_limiter", nullptr}};
+    if (c.console.serial_out_path || c.console.serial_rate_limiter)
+        j["serial"] = {{"serial_out_path", c.console.serial_out_path ? json(*c.console.serial_out_path) : json(nullptr)},
+                       {"rate_limiter", c.console.serial_rate_limiter ? to_json(*c.console.serial_rate_limiter) : json(nullptr)}};
     // Ember's own section, shown only when it differs from Firecracker's behaviour.
     if (c.console.device != ConsoleDevice::Serial) j["console"] = {{"device", to_string(c.console.device)}};
     return j;

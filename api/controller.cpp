@@ -138,6 +138,7 @@ Response Controller::pre_boot(const PutNet& p) {
 Response Controller::pre_boot(const PutSerial& p) {
     // The file is opened when the VM is built (a FIFO needs no reader: open_output).
     cfg_.console.serial_out_path = p.serial_out_path;
+    cfg_.console.serial_rate_limiter = p.rate_limiter;
     return Response::no_content();
 }
 

@@ -65,6 +65,15 @@ RateLimiterUpdate parse_rate_limiter_update(const json* j, const std::string& wh
     return RateLimiterUpdate{c.bandwidth, c.ops};
 }
 
+std::optional<TokenBucketConfig> parse_serial_rate_limiter(const json& j) {
+    if (!j.is_object()) return std::nullopt; // parse_serial refuses it
+    auto it = j.find("rate_limiter");
+    if (it == j.end() || it->is_null()) return std::nullopt;
+    const TokenBucketConfig b = parse_token_bucket(*it, "serial.rate_limiter");
+    if (!b.limits()) return std::nullopt;
+    return b;
+}
+
 json to_json(const TokenBucketConfig& b) {
     return {{"size", b.size},
             {"one_time_burst", b.one_time_burst ? json(b.one_time_burst) : json(nullptr)},

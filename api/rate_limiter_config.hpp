@@ -27,6 +27,10 @@ std::optional<RateLimiterConfig> parse_rate_limiter(const nlohmann::json& j, con
 // refill_time 0 is removed; any other replaces the bucket (full again).
 RateLimiterUpdate parse_rate_limiter_update(const nlohmann::json* j, const std::string& where);
 
+// Firecracker 1.16's SerialDevice.rate_limiter (a TokenBucket or null) in the serial object `j`:
+// nullopt when absent, null, or a bucket that limits nothing.
+std::optional<TokenBucketConfig> parse_serial_rate_limiter(const nlohmann::json& j);
+
 // GET /vm/config: null when nothing is limited, else both keys (a missing bucket is null).
 nlohmann::json to_json(const std::optional<RateLimiterConfig>& c);
 nlohmann::json to_json(const TokenBucketConfig& b);

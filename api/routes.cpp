@@ -148,7 +148,9 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
     }
     if (path == "/serial") {
         if (m != Method::Put) throw invalid();
-        return PutSerial{parse_serial(parse_body(body))};
+        const json j = parse_body(body);
+        std::optional<std::string> out = parse_serial(j);
+        return PutSerial{std::move(out), parse_serial_rate_limiter(j)};
     }
     if (path == "/console") { // Ember's own: which device carries the interactive console
         if (m != Method::Put) throw invalid();

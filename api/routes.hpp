@@ -40,7 +40,10 @@ struct PatchNet {
 };
 
 struct PutNet { NetConfig config; };
-struct PutSerial { std::optional<std::string> serial_out_path; };
+struct PutSerial {
+    std::optional<std::string> serial_out_path;
+    std::optional<TokenBucketConfig> rate_limiter;
+};
 struct PutConsole { ConsoleDevice device; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,

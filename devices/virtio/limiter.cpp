@@ -5,13 +5,8 @@
 
 namespace ember::virtio {
 
-std::uint64_t QueueLimiter::now_ns() noexcept {
-    return static_cast<std::uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
-}
-
 QueueLimiter::QueueLimiter(boost::asio::io_context& io, const std::optional<RateLimiterConfig>& cfg, std::function<void()> on_expiry)
-    : limiter_(cfg ? RateLimiter(*cfg, now_ns()) : RateLimiter()), timer_(io), on_expiry_(std::move(on_expiry)),
+    : limiter_(cfg ? RateLimiter(*cfg, monotonic_ns()) : RateLimiter()), timer_(io), on_expiry_(std::move(on_expiry)),
       self_(std::make_shared<QueueLimiter*>(this)) {}
 
 QueueLimiter::~QueueLimiter() {
@@ -20,7 +15,7 @@ QueueLimiter::~QueueLimiter() {
 }
 
 bool QueueLimiter::admit(std::uint64_t bytes) noexcept {
-    const std::uint64_t now = now_ns();
+    const std::uint64_t now = monotonic_ns();
     bool ok = limiter_.consume(1, TokenType::Ops, now);
     if (ok && !limiter_.consume(bytes, TokenType::Bytes, now)) {
         limiter_.replenish(1, TokenType::Ops);
@@ -35,7 +30,7 @@ void QueueLimiter::refund(std::uint64_t bytes) noexcept {
     limiter_.replenish(bytes, TokenType::Bytes);
 }
 
-void QueueLimiter::update(const RateLimiterUpdate& u) noexcept { limiter_.update(u, now_ns()); }
+void QueueLimiter::update(const RateLimiterUpdate& u) noexcept { limiter_.update(u, monotonic_ns()); }
 
 void QueueLimiter::arm() noexcept {
     const std::uint64_t ns = limiter_.take_timer_ns();

@@ -35,8 +35,6 @@ public:
     void update(const RateLimiterUpdate& u) noexcept;
     std::optional<RateLimiterConfig> config() const noexcept { return limiter_.config(); }
 
-    static std::uint64_t now_ns() noexcept;
-
 private:
     void arm() noexcept;
 

@@ -1,6 +1,7 @@
 #include "vmm/base/rate_limiter.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 
 namespace ember {
@@ -8,6 +9,11 @@ namespace {
 using u128 = unsigned __int128;
 constexpr std::uint64_t NS_PER_MS = 1'000'000;
 } // namespace
+
+std::uint64_t monotonic_ns() noexcept {
+    return static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
 
 std::optional<RateLimiterConfig> effective(const RateLimiterConfig& c) noexcept {
     RateLimiterConfig r;

@@ -42,6 +42,9 @@ struct RateLimiterUpdate {
     std::optional<TokenBucketConfig> ops;
 };
 
+// steady_clock in nanoseconds: the clock devices run their limiters on.
+std::uint64_t monotonic_ns() noexcept;
+
 // Drops the buckets that limit nothing; nullopt if none is left.
 std::optional<RateLimiterConfig> effective(const RateLimiterConfig& c) noexcept;
 // The largest refill_time (ms) whose nanoseconds fit in 64 bits (Firecracker's TokenBucket::new
