@@ -72,6 +72,9 @@ TEST_CASE("token bucket: a request larger than the bucket goes through and repor
     CHECK(r.excess == 190); // 60 were in the bucket
     CHECK(b.budget() == 0);
     CHECK(b.refill_ns(190) == 1900 * MS);
+    // Nothing refills until the excess has been repaid.
+    CHECK(b.reduce(1, T0 + 1900 * MS).kind == R::Failure);
+    CHECK(b.reduce(1, T0 + 1910 * MS).kind == R::Success);
     // Also past a partly used one-time burst.
     TokenBucket c({100, 30, 1000}, T0);
     const auto r2 = c.reduce(330, T0);
@@ -129,7 +132,22 @@ TEST_CASE("rate limiter: an over-consumption is admitted and blocks for the exce
     CHECK(l.take_timer_ns() == 3000 * MS);
     CHECK_FALSE(l.consume(1, TokenType::Bytes, T0 + 1000 * MS));
     l.unblock();
-    CHECK(l.consume(1, TokenType::Bytes, T0 + 3000 * MS));
+    // The block repaid the excess: the bucket is empty when it ends, and refills from then on.
+    CHECK_FALSE(l.consume(1, TokenType::Bytes, T0 + 3000 * MS));
+    l.unblock();
+    CHECK(l.consume(1048, TokenType::Bytes, T0 + 3001 * MS));
+    CHECK_FALSE(l.consume(1, TokenType::Bytes, T0 + 3001 * MS));
+}
+
+TEST_CASE("rate limiter: an idle bucket gives one bucketful, not two (unlike Firecracker)") {
+    // Created long before use: 1 MiB at once, then 1 MiB/s.
+    RateLimiter l({TokenBucketConfig{1 << 20, 0, 1000}, std::nullopt}, T0);
+    const std::uint64_t later = T0 + 60'000 * MS;
+    CHECK(l.consume(1 << 20, TokenType::Bytes, later));
+    CHECK_FALSE(l.consume(64 << 10, TokenType::Bytes, later));
+    l.unblock();
+    CHECK(l.consume(104857, TokenType::Bytes, later + 100 * MS)); // 0.1 s of 1 MiB/s, rounded down
+    CHECK_FALSE(l.consume(1, TokenType::Bytes, later + 100 * MS));
 }
 
 TEST_CASE("rate limiter: 4 MiB in 1 MiB requests through a full 1 MiB/s bucket takes 3 s") {

@@ -64,17 +64,22 @@ TokenBucket::Result TokenBucket::reduce(std::uint64_t tokens, std::uint64_t now_
         tokens -= burst_;
         burst_ = 0;
     }
-    if (tokens > budget_) {
-        auto_replenish(now_ns);
-        if (tokens > cfg_.size) {
-            // Larger than the bucket can ever hold: let it through, empty the bucket and report
-            // the excess, for which the caller must stay blocked.
-            const std::uint64_t excess = tokens - budget_;
-            budget_ = 0;
-            return {Reduction::OverConsumption, excess};
-        }
-        if (tokens > budget_) return {Reduction::Failure, 0};
+    // Unlike Firecracker, which refills only when a request finds the budget short (so a bucket
+    // idle for a refill_time gives a second full bucket on top of the first), the budget is
+    // brought up to date on every request: never more than `size` tokens in any refill_time.
+    auto_replenish(now_ns);
+    if (tokens > cfg_.size) {
+        // Larger than the bucket can ever hold: let it through, empty the bucket and report
+        // the excess, for which the caller must stay blocked. The excess is a debt: the refill
+        // clock moves past the block, so the tokens of the block are not credited again.
+        const std::uint64_t excess = tokens - budget_;
+        budget_ = 0;
+        const std::uint64_t base = std::max(last_update_, now_ns);
+        const std::uint64_t debt = refill_ns(excess);
+        last_update_ = debt > UINT64_MAX - base ? UINT64_MAX : base + debt;
+        return {Reduction::OverConsumption, excess};
     }
+    if (tokens > budget_) return {Reduction::Failure, 0};
     budget_ -= tokens;
     return {Reduction::Success, 0};
 }

@@ -5,6 +5,11 @@
 //  - `one_time_burst` tokens are spent before the bucket's own and never come back;
 //  - a request larger than the bucket is let through (an "over-consumption"): it empties the
 //    bucket and blocks the limiter for as long as refilling the excess takes;
+// Two differences make Ember's bucket stricter, never looser, than Firecracker's: the budget is
+// refilled on every request (Firecracker refills only when a request finds it short, so after
+// an idle refill_time it hands out up to twice `size` at once), and an over-consumption's
+// excess is repaid (Firecracker credits the tokens of the block time again afterwards). So a
+// 1 MiB/s bucket of 1 MiB serves 4 MiB in 3 s after any idle time, as one would expect.
 //  - a request that does not fit the current budget fails and blocks the limiter for 100 ms,
 //    after which the caller retries (tokens accrue meanwhile).
 // A blocked limiter refuses every request until the caller's timer fires and calls unblock().

@@ -42,7 +42,7 @@ void BlockDevice::watch_completions() {
             const bool freed = complete_finished() > 0;
             if (freed) signal_used(queues()[0]);
             // Chains left waiting for a free slot are started now.
-            if (freed && running() && queues()[0].active()) pump();
+            if (freed && running() && queues()[0].active() && !limiter_.blocked()) pump();
         }
         watch_completions();
     });
@@ -112,7 +112,7 @@ void BlockDevice::pump() noexcept {
     bool throttled = false;
     for (;;) {
         bool popped = false;
-        while (!free_.empty() && !limiter_.blocked()) {
+        while (!free_.empty()) {
             const Queue::PopResult r = q.pop();
             if (r.status == Queue::PopStatus::Empty) break;
             if (r.status == Queue::PopStatus::Broken) {
