@@ -32,6 +32,7 @@ public:
     void refund(std::uint64_t bytes) noexcept;
     bool blocked() const noexcept { return limiter_.blocked(); }
     void unblock() noexcept { limiter_.unblock(); }
+    // See RateLimiter::update: a changing update ends a block, so the caller serves its queue.
     void update(const RateLimiterUpdate& u) noexcept;
     std::optional<RateLimiterConfig> config() const noexcept { return limiter_.config(); }
 

@@ -198,13 +198,17 @@ TEST_CASE("rate limiter: updates replace, remove or keep each bucket") {
     CHECK_FALSE(l.ops());
     CHECK_FALSE(l.config());
     CHECK(l.consume(UINT64_MAX, TokenType::Bytes, T0));
-    // A pending block is not lifted by an update (Firecracker's update_buckets): it ends with the timer.
+    // A changing update ends a pending block at once (Firecracker keeps it until its timer),
+    // here one of an hour's over-consumption; an empty update leaves it.
     RateLimiter b({TokenBucketConfig{1, 0, 1000}, std::nullopt}, T0);
-    REQUIRE(b.consume(1, TokenType::Bytes, T0));
-    REQUIRE_FALSE(b.consume(1, TokenType::Bytes, T0));
-    b.update({TokenBucketConfig{0, 0, 0}, std::nullopt}, T0);
+    REQUIRE(b.consume(3601, TokenType::Bytes, T0));
+    REQUIRE(b.take_timer_ns() == 3600'000 * MS);
+    b.update({}, T0);
     CHECK_FALSE(b.consume(1, TokenType::Bytes, T0));
-    b.unblock();
+    b.update({TokenBucketConfig{0, 0, 0}, std::nullopt}, T0);
+    CHECK_FALSE(b.blocked());
+    CHECK(b.consume(1, TokenType::Bytes, T0));
+    b.unblock(); // the old timer firing later changes nothing
     CHECK(b.consume(1, TokenType::Bytes, T0));
 }
 

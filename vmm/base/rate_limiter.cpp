@@ -130,6 +130,7 @@ void RateLimiter::update(const RateLimiterUpdate& u, std::uint64_t now_ns) noexc
     };
     apply(bandwidth_, u.bandwidth);
     apply(ops_, u.ops);
+    if (u.bandwidth || u.ops) blocked_ = false;
 }
 
 std::optional<RateLimiterConfig> RateLimiter::config() const noexcept {

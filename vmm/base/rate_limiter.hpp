@@ -116,8 +116,10 @@ public:
     }
     // The caller's timer fired: requests may be tried again.
     void unblock() noexcept { blocked_ = false; }
-    // Firecracker's update_buckets: a new bucket starts full; a pending block stays until its
-    // timer fires.
+    // Firecracker's update_buckets: a new bucket starts full. Unlike Firecracker, an update that
+    // changes a bucket also ends a pending block (imposed by the old buckets, possibly for a
+    // long over-consumption): lifting a limit takes effect at once. The caller's timer may
+    // still fire; unblock() is then a no-op.
     void update(const RateLimiterUpdate& u, std::uint64_t now_ns) noexcept;
     // The buckets in force (as configured, not as currently filled).
     std::optional<RateLimiterConfig> config() const noexcept;

@@ -103,6 +103,7 @@ std::optional<RateLimiterConfig> BlockDevice::update_rate_limiter(const RateLimi
     std::lock_guard lk(mutex());
     limiter_.update(u);
     cfg_.rate_limiter = limiter_.config();
+    if (running() && queues()[0].active()) pump(); // requests held back by the old limits
     return cfg_.rate_limiter;
 }
 

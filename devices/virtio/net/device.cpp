@@ -111,6 +111,9 @@ void NetDevice::update_rate_limiters(const RateLimiterUpdate& rx, const RateLimi
     tx_limiter_.update(tx);
     cfg_.rx_rate_limiter = rx_limiter_.config();
     cfg_.tx_rate_limiter = tx_limiter_.config();
+    // Frames held back by the old limits go now (each loop stops again if still limited).
+    if (running() && queues()[RX].active()) rx_loop();
+    if (running() && queues()[TX].active()) tx_loop();
 }
 
 void NetDevice::arm_rx() noexcept {
