@@ -1,6 +1,8 @@
 #include "api/config.hpp"
 
 #include "api/cpu_config.hpp"
+#include "api/rate_limiter_config.hpp"
+
 #include "vmm/base/error.hpp"
 
 #include <cctype>
@@ -183,8 +185,7 @@ DriveConfig parse_drive(const json& j) {
         else if (t == "Async") d.io_engine = DriveIoEngine::Async;
         else throw ConfigError(w + ".io_engine \"" + t + "\" is not Sync or Async");
     }
-    if (const json* r = field(j, "rate_limiter"); r && !r->is_null())
-        throw ConfigError(w + ".rate_limiter is not supported by this Ember version yet");
+    if (const json* r = field(j, "rate_limiter")) d.rate_limiter = parse_rate_limiter(*r, w + ".rate_limiter");
     return d;
 }
 
@@ -214,9 +215,8 @@ NetConfig parse_net(const json& j) {
         if (mtu < 68 || mtu > 65535) throw ConfigError(w + ".mtu must be from 68 to 65535, not " + std::to_string(mtu));
         n.mtu = static_cast<std::uint16_t>(mtu);
     }
-    for (const char* rl : {"rx_rate_limiter", "tx_rate_limiter"})
-        if (const json* r = field(j, rl); r && !r->is_null())
-            throw ConfigError(w + "." + rl + " is not supported by this Ember version yet");
+    if (const json* r = field(j, "rx_rate_limiter")) n.rx_rate_limiter = parse_rate_limiter(*r, w + ".rx_rate_limiter");
+    if (const json* r = field(j, "tx_rate_limiter")) n.tx_rate_limiter = parse_rate_limiter(*r, w + ".tx_rate_limiter");
     return n;
 }
 
@@ -274,8 +274,7 @@ std::string parse_metrics(const json& j) {
 std::optional<std::string> parse_serial(const json& j) {
     require_object(j, "serial");
     reject_unknown(j, "serial", {"serial_out_path", "rate_limiter"});
-    if (const json* r = field(j, "rate_limiter"); r && !r->is_null())
-        throw ConfigError("serial.rate_limiter is not supported by this Ember version yet");
+    (void)parse_serial_rate_limiter(j); // validated here; read with parse_serial_rate_limiter()
     const json* p = field(j, "serial_out_path");
     if (!p || p->is_null()) return std::nullopt;
     std::string path = get_string(*p, "serial.serial_out_path");
@@ -354,7 +353,10 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
     for (const auto& [name, device] : unsupported_config_sections())
         if (const json* s = section(name); s && !(std::string_view(name) == "pmem" && s->is_array() && s->empty()))
             throw ConfigError(std::string("config file section \"") + name + "\" is not supported yet: Ember has no " + device);
-    if (const json* s = section("serial")) c.console.serial_out_path = parse_serial(*s);
+    if (const json* s = section("serial")) {
+        c.console.serial_out_path = parse_serial(*s);
+        c.console.serial_rate_limiter = parse_serial_rate_limiter(*s);
+    }
     if (const json* s = section("console")) c.console.device = parse_console(*s);
     // Firecracker applies cpu-config after machine-config (VmResources::from_json): it wins.
     if (custom_template) c.machine.cpu_template = std::move(*custom_template);
@@ -386,7 +388,7 @@ json to_json(const DriveConfig& d) {
             {"cache_type", d.cache_type == DriveCacheType::Writeback ? "Writeback" : "Unsafe"},
             {"is_read_only", d.is_read_only},
             {"path_on_host", d.path_on_host},
-            {"rate_limiter", nullptr},
+            {"rate_limiter", to_json(d.rate_limiter)},
             {"io_engine", d.io_engine == DriveIoEngine::Sync ? "Sync" : "Async"},
             {"socket", nullptr}};
 }
@@ -396,8 +398,8 @@ json to_json(const NetConfig& n) {
             {"host_dev_name", n.host_dev_name},
             {"guest_mac", n.guest_mac ? json(n.guest_mac->to_string()) : json(nullptr)},
             {"mtu", n.mtu ? json(*n.mtu) : json(nullptr)},
-            {"rx_rate_limiter", nullptr},
-            {"tx_rate_limiter", nullptr}};
+            {"rx_rate_limiter", to_json(n.rx_rate_limiter)},
+            {"tx_rate_limiter", to_json(n.tx_rate_limiter)}};
 }
 
 json to_json(const VmConfig& c) {
@@ -420,9 +422,11 @@ json to_json(const VmConfig& c) {
     j["entropy"] = nullptr;
     j["pmem"] = json::array();
     j["memory-hotplug"] = nullptr;
-    // Ember's additions, shown only when set: the serial output path (Firecracker keeps it out of
-    // this document) and the console device when it differs from Firecracker's behaviour.
-    if (c.console.serial_out_path) j["serial"] = {{"serial_out_path", *c.console.serial_out_path}, {"rate_limiter", nullptr}};
+    // Ember's additions, shown only when set: the serial output and its limiter (Firecracker keeps
+    // serial out of this document) and the console device when it differs from Firecracker's.
+    if (c.console.serial_out_path || c.console.serial_rate_limiter)
+        j["serial"] = {{"serial_out_path", c.console.serial_out_path ? json(*c.console.serial_out_path) : json(nullptr)},
+                       {"rate_limiter", c.console.serial_rate_limiter ? to_json(*c.console.serial_rate_limiter) : json(nullptr)}};
     if (c.console.device != ConsoleDevice::Serial) j["console"] = {{"device", to_string(c.console.device)}};
     // Ember's: the custom template inline (Firecracker returns no cpu-config; its config file names
     // a template file, which Ember's accepts too).

@@ -45,11 +45,12 @@ DriveConfig parse_drive(const nlohmann::json& j);
 // Adds a drive to the list, or replaces the one with the same id (PUT /drives/{id} semantics).
 // Throws ConfigError if another drive is already the root device.
 void add_drive(std::vector<DriveConfig>& drives, DriveConfig d);
-// Firecracker's NetworkInterface (rate limiters are refused for now).
+// Firecracker's NetworkInterface.
 NetConfig parse_net(const nlohmann::json& j);
 // Adds an interface or replaces the one with the same id (PUT /network-interfaces/{id}).
 void add_net(std::vector<NetConfig>& nets, NetConfig n);
-// Firecracker's SerialDevice ({"serial_out_path": ...}); a rate limiter is refused for now.
+// Firecracker's SerialDevice ({"serial_out_path": ..., "rate_limiter": ...}): the path; the
+// rate limiter is checked here and read with parse_serial_rate_limiter (rate_limiter_config.hpp).
 std::optional<std::string> parse_serial(const nlohmann::json& j);
 // Ember's console switch ({"device": "serial" | "virtio"}), in the config file and PUT /console.
 ConsoleDevice parse_console(const nlohmann::json& j);

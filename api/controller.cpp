@@ -4,6 +4,7 @@
 #include "api/config.hpp"
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/net/backend.hpp"
+#include "devices/virtio/net/device.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
 #include "vmm/base/output_file.hpp"
@@ -162,6 +163,7 @@ Response Controller::pre_boot(const PutNet& p) {
 Response Controller::pre_boot(const PutSerial& p) {
     // The file is opened when the VM is built (a FIFO needs no reader: open_output).
     cfg_.console.serial_out_path = p.serial_out_path;
+    cfg_.console.serial_rate_limiter = p.rate_limiter;
     return Response::no_content();
 }
 
@@ -207,15 +209,33 @@ bool Controller::write_metrics() { return metrics_.valid() && flush_metrics().st
 Response Controller::runtime(const PatchDrive& p) {
     auto blk = vm_->devices().find<virtio::block::BlockDevice>(p.drive_id);
     if (!blk) return Response::bad_request("Invalid block device ID: " + p.drive_id);
-    if (!p.path_on_host) return Response::no_content(); // nothing to change (rate limiters come later)
-    DriveConfig updated = blk->config();
-    updated.path_on_host = *p.path_on_host;
-    OpenedDrive d = open_drive(updated); // throws ConfigError: the drive keeps its old image
-    blk->replace_file(std::move(d.fd), d.size, updated.path_on_host);
-    for (auto& c : cfg_.drives)
-        if (c.drive_id == p.drive_id) c.path_on_host = updated.path_on_host;
-    LOG_INFO("drive %s now uses %s (%llu bytes)", p.drive_id.c_str(), updated.path_on_host.c_str(),
-             static_cast<unsigned long long>(d.size));
+    if (p.path_on_host) {
+        DriveConfig updated = blk->config();
+        updated.path_on_host = *p.path_on_host;
+        OpenedDrive d = open_drive(updated); // throws ConfigError: the drive keeps its old image
+        blk->replace_file(std::move(d.fd), d.size, updated.path_on_host);
+        for (auto& c : cfg_.drives)
+            if (c.drive_id == p.drive_id) c.path_on_host = updated.path_on_host;
+        LOG_INFO("drive %s now uses %s (%llu bytes)", p.drive_id.c_str(), updated.path_on_host.c_str(),
+                 static_cast<unsigned long long>(d.size));
+    }
+    if (p.rate_limiter) { // after the image: a refused path changes nothing at all
+        const auto now = blk->update_rate_limiter(*p.rate_limiter);
+        for (auto& c : cfg_.drives)
+            if (c.drive_id == p.drive_id) c.rate_limiter = now;
+    }
+    return Response::no_content();
+}
+
+Response Controller::runtime(const PatchNet& p) {
+    auto net = vm_->devices().find<virtio::net::NetDevice>(p.iface_id);
+    if (!net) return Response::bad_request("Invalid network interface ID: " + p.iface_id);
+    net->update_rate_limiters(p.rx_rate_limiter, p.tx_rate_limiter);
+    for (auto& c : cfg_.net)
+        if (c.iface_id == p.iface_id) {
+            c.rx_rate_limiter = net->config().rx_rate_limiter;
+            c.tx_rate_limiter = net->config().tx_rate_limiter;
+        }
     return Response::no_content();
 }
 

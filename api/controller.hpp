@@ -64,6 +64,7 @@ private:
     // ... and FlushMetrics before it.
     Response runtime(const FlushMetrics& a);
     Response runtime(const PatchDrive& a);
+    Response runtime(const PatchNet& a);
     Response runtime(const SendCtrlAltDel& a);
     Response runtime(const PatchVmState& a);
     Response any_time(const GetInstanceInfo& a);

@@ -2,6 +2,7 @@
 
 #include "api/config.hpp"
 #include "api/cpu_config.hpp"
+#include "api/rate_limiter_config.hpp"
 #include "vmm/base/error.hpp"
 
 #include <cctype>
@@ -116,14 +117,14 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
             return PutDrive{std::move(d)};
         }
         reject_unknown(j, "drive", {"drive_id", "path_on_host", "rate_limiter"});
-        PatchDrive p{string_field(j, "drive_id", true), std::nullopt};
+        PatchDrive p{string_field(j, "drive_id", true), std::nullopt, std::nullopt};
         if (p.drive_id != id) throw ConfigError("The id from the path does not match the id from the body!");
         if (j.contains("path_on_host")) {
             p.path_on_host = string_field(j, "path_on_host", true);
             if (p.path_on_host->empty()) throw ConfigError("drive " + id + ".path_on_host must not be empty");
         }
         if (auto r = j.find("rate_limiter"); r != j.end() && !r->is_null())
-            throw ConfigError("drive " + id + ".rate_limiter is not supported by this Ember version yet");
+            p.rate_limiter = parse_rate_limiter_update(&*r, "drive " + id + ".rate_limiter");
         return p;
     }
     if (path.rfind("/network-interfaces/", 0) == 0) {
@@ -132,15 +133,25 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (!valid_resource_id(id)) throw ConfigError("invalid network interface id \"" + id + "\"");
         json j = parse_body(body);
         require_object(j);
-        if (m == Method::Patch) // PartialNetworkInterface only carries rate limiters
-            throw ConfigError("network interface rate limiters (PATCH /network-interfaces)" + std::string(kNotSupported));
+        if (m == Method::Patch) { // PartialNetworkInterface: rate limiter updates
+            reject_unknown(j, "network-interface", {"iface_id", "rx_rate_limiter", "tx_rate_limiter"});
+            PatchNet p{string_field(j, "iface_id", true), {}, {}};
+            if (p.iface_id != id) throw ConfigError("The id from the path does not match the id from the body!");
+            const std::string w = "network interface " + id;
+            auto field = [&j](const char* k) { auto it = j.find(k); return it == j.end() ? nullptr : &*it; };
+            p.rx_rate_limiter = parse_rate_limiter_update(field("rx_rate_limiter"), w + ".rx_rate_limiter");
+            p.tx_rate_limiter = parse_rate_limiter_update(field("tx_rate_limiter"), w + ".tx_rate_limiter");
+            return p;
+        }
         NetConfig n = parse_net(j);
         if (n.iface_id != id) throw ConfigError("The id from the path does not match the id from the body!");
         return PutNet{std::move(n)};
     }
     if (path == "/serial") {
         if (m != Method::Put) throw invalid();
-        return PutSerial{parse_serial(parse_body(body))};
+        const json j = parse_body(body);
+        std::optional<std::string> out = parse_serial(j);
+        return PutSerial{std::move(out), parse_serial_rate_limiter(j)};
     }
     if (path == "/console") { // Ember's own: which device carries the interactive console
         if (m != Method::Put) throw invalid();
@@ -198,6 +209,7 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutDrive&) const { return "drive"; }
         const char* operator()(const PatchDrive&) const { return "drive"; }
         const char* operator()(const PutNet&) const { return "network"; }
+        const char* operator()(const PatchNet&) const { return "network"; }
         const char* operator()(const PutSerial&) const { return "serial"; }
         const char* operator()(const PutConsole&) const { return "console"; }
         const char* operator()(const PutCpuConfig&) const { return "cpu_cfg"; }
@@ -223,6 +235,7 @@ Method action_method(const Action& a) {
         Method operator()(const PutDrive&) const { return Method::Put; }
         Method operator()(const PatchDrive&) const { return Method::Patch; }
         Method operator()(const PutNet&) const { return Method::Put; }
+        Method operator()(const PatchNet&) const { return Method::Patch; }
         Method operator()(const PutSerial&) const { return Method::Put; }
         Method operator()(const PutConsole&) const { return Method::Put; }
         Method operator()(const PutCpuConfig&) const { return Method::Put; }

@@ -31,17 +31,26 @@ struct PutDrive { DriveConfig config; };
 struct PatchDrive {
     std::string drive_id;
     std::optional<std::string> path_on_host;
+    std::optional<RateLimiterUpdate> rate_limiter;
+};
+// PATCH /network-interfaces/{id}: Firecracker's PartialNetworkInterface (rate limiter updates).
+struct PatchNet {
+    std::string iface_id;
+    RateLimiterUpdate rx_rate_limiter, tx_rate_limiter;
 };
 
 struct PutNet { NetConfig config; };
-struct PutSerial { std::optional<std::string> serial_out_path; };
+struct PutSerial {
+    std::optional<std::string> serial_out_path;
+    std::optional<TokenBucketConfig> rate_limiter;
+};
 struct PutConsole { ConsoleDevice device; };
 // PUT /cpu-config: Firecracker's custom CPU template (pre-boot).
 struct PutCpuConfig { CustomCpuTemplate config; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
-                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PutSerial, PutConsole,
+                            PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PatchNet, PutSerial, PutConsole,
                             PutCpuConfig>;
 
 struct Response {

@@ -99,6 +99,7 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     vm->console_out_ = std::make_shared<ConsoleOutput>(io, std::move(console_fd));
     vm->serial_ = std::make_shared<Serial>(dm.irq_line(layout::IRQ_SERIAL),
                                            [out = vm->console_out_](std::span<const std::uint8_t> b) { return out->write(b) == b.size(); });
+    if (cfg.console.serial_rate_limiter) vm->serial_->set_output_limit(*cfg.console.serial_rate_limiter);
     dm.attach_pio(layout::PORT_COM1, 8, vm->serial_, "serial");
     vm->i8042_ = std::make_shared<I8042>(dm.irq_line(layout::IRQ_I8042),
                                          [v] { v->request_exit(VmExitKind::GuestReset, "guest reset through the i8042"); });

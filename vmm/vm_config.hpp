@@ -45,6 +45,7 @@ enum class ConsoleDevice { Serial, Virtio };
 struct ConsoleConfig {
     ConsoleDevice device = ConsoleDevice::Serial;
     std::optional<std::string> serial_out_path;
+    std::optional<TokenBucketConfig> serial_rate_limiter; // Firecracker's serial.rate_limiter (limits())
 };
 
 struct VmConfig {

@@ -74,6 +74,8 @@ void Serial::write_reg(std::uint64_t off, std::uint8_t v) noexcept {
         counters_.write_count.fetch_add(1, std::memory_order_relaxed);
         if (loopback()) {
             (void)st_.rx.push_back(v); // dropped when the FIFO is full
+        } else if (out_limit_ && out_limit_->reduce(1, monotonic_ns()).kind == TokenBucket::Reduction::Failure) {
+            counters_.rate_limiter_dropped_bytes.fetch_add(1, std::memory_order_relaxed);
         } else if (!sink_(std::span(&v, 1))) {
             counters_.missed_write_count.fetch_add(1, std::memory_order_relaxed);
         }
@@ -99,6 +101,11 @@ void Serial::write_reg(std::uint64_t off, std::uint8_t v) noexcept {
     case SCR: st_.scr = v; return;
     default: return; // LSR and MSR are read-only
     }
+}
+
+void Serial::set_output_limit(const TokenBucketConfig& b) {
+    std::lock_guard lk(mu_);
+    out_limit_.emplace(b, monotonic_ns());
 }
 
 bool Serial::rx_just_drained(bool had_rx) noexcept {

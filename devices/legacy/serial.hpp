@@ -8,11 +8,13 @@
 #include "devices/legacy/byte_fifo.hpp"
 #include "vmm/base/bus.hpp"
 #include "vmm/base/metrics.hpp"
+#include "vmm/base/rate_limiter.hpp"
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <type_traits>
 
@@ -42,6 +44,7 @@ struct SerialCounters {
     std::atomic<std::uint64_t> missed_read_count{0};  // RBR read with an empty FIFO
     std::atomic<std::uint64_t> missed_write_count{0}; // output the sink could not take
     std::atomic<std::uint64_t> error_count{0};
+    std::atomic<std::uint64_t> rate_limiter_dropped_bytes{0}; // output over the serial rate limit
     // Firecracker's SerialDeviceMetrics; flush_count stays 0: output is never buffered here.
     MetricValues values() const {
         return {{"read_count", value_of(read_count)},
@@ -49,7 +52,8 @@ struct SerialCounters {
                 {"missed_read_count", value_of(missed_read_count)},
                 {"missed_write_count", value_of(missed_write_count)},
                 {"error_count", value_of(error_count)},
-                {"flush_count", 0}};
+                {"flush_count", 0},
+                {"rate_limiter_dropped_bytes", value_of(rate_limiter_dropped_bytes)}};
     }
 };
 
@@ -71,6 +75,10 @@ public:
     std::size_t enqueue_input(std::span<const std::uint8_t> bytes) noexcept;
     // Called (from a vCPU thread) when the guest empties a FIFO that had refused input.
     void set_rx_drained_callback(std::function<void()> cb) { rx_drained_ = std::move(cb); }
+    // Firecracker 1.16's serial rate_limiter: each byte written to THR takes a token from this
+    // bucket (a TokenBucket, no retry timer); a byte that finds none is dropped and counted in
+    // rate_limiter_dropped_bytes. Set before the vCPUs run; `b.limits()`.
+    void set_output_limit(const TokenBucketConfig& b);
 
     SerialState save() const;
     // Replaces the register state (checked as by the restoring constructor). The line is
@@ -99,6 +107,7 @@ private:
     SerialState st_;
     bool rx_refused_ = false;
     SerialCounters counters_;
+    std::optional<TokenBucket> out_limit_; // under mu_
 };
 
 } // namespace ember

@@ -2,15 +2,41 @@
 // Input: first byte picks the method, then the target up to '\n', then the body.
 // Invariants checked: no crash, no sanitizer report, every refusal is a 400 whose body is JSON
 // with a fault_message, every accepted machine-config stays within its documented bounds, and
-// every accepted config file round-trips through its GET /vm/config rendering.
+// every accepted config file round-trips through its GET /vm/config rendering, and every accepted
+// rate limiter (drives, network interfaces, their PATCH updates) renders back to the same
+// configuration and runs its buckets through extreme token counts and times without a sanitizer
+// report.
 
 #include "api/config.hpp"
+#include "api/rate_limiter_config.hpp"
 #include "api/routes.hpp"
 #include "vmm/base/error.hpp"
+#include "vmm/base/rate_limiter.hpp"
 
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+
+namespace {
+// Drives a limiter with token counts and times taken from its own configuration.
+void exercise(const std::optional<ember::RateLimiterConfig>& c) {
+    if (!c) return;
+    if (ember::parse_rate_limiter(ember::to_json(c), "fuzz") != c) std::abort();
+    const std::uint64_t sizes[] = {0, 1, c->bandwidth ? c->bandwidth->size : 7, c->ops ? c->ops->size + 1 : 3, UINT64_MAX};
+    const std::uint64_t times[] = {0, 1, 999'999, 1'000'000'000, UINT64_MAX / 2, UINT64_MAX};
+    ember::RateLimiter l(*c, 0);
+    for (std::uint64_t t : times)
+        for (std::uint64_t n : sizes) {
+            (void)l.consume(n, ember::TokenType::Bytes, t);
+            (void)l.consume(n, ember::TokenType::Ops, t);
+            (void)l.take_timer_ns();
+            l.unblock();
+            l.replenish(n, ember::TokenType::Bytes);
+        }
+    l.update({c->ops, c->bandwidth}, UINT64_MAX);
+    (void)l.consume(UINT64_MAX, ember::TokenType::Bytes, UINT64_MAX);
+}
+} // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size == 0) return 0;
@@ -28,6 +54,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         return 0;
     }
     const auto& action = std::get<ember::api::Action>(r);
+    if (auto* p = std::get_if<ember::api::PutDrive>(&action)) exercise(p->config.rate_limiter);
+    if (auto* p = std::get_if<ember::api::PutNet>(&action)) {
+        exercise(p->config.rx_rate_limiter);
+        exercise(p->config.tx_rate_limiter);
+    }
+    if (auto* p = std::get_if<ember::api::PatchDrive>(&action); p && p->rate_limiter) {
+        ember::RateLimiter l;
+        l.update(*p->rate_limiter, 1);
+        exercise(l.config());
+    }
+    if (auto* p = std::get_if<ember::api::PatchNet>(&action)) {
+        for (const auto* u : {&p->rx_rate_limiter, &p->tx_rate_limiter}) {
+            ember::RateLimiter l;
+            l.update(*u, 1);
+            exercise(l.config());
+        }
+    }
     const nlohmann::json* mc = nullptr;
     if (auto* p = std::get_if<ember::api::PutMachineConfig>(&action)) mc = &p->body;
     if (auto* p = std::get_if<ember::api::PatchMachineConfig>(&action)) mc = &p->body;

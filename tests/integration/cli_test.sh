@@ -257,17 +257,19 @@ expect_error drive_bad_id 'must be 1-64 characters' --no-api --config-file "$(dc
 expect_error drive_cache 'cache_type "Fast" is not Unsafe or Writeback' --no-api --config-file "$(dcfg dcache "$(drv a "$T/disk.img" false false '"cache_type": "Fast"')")"
 expect_error drive_engine 'io_engine "Uring" is not Sync or Async' --no-api --config-file "$(dcfg deng "$(drv a "$T/disk.img" false false '"io_engine": "Uring"')")"
 expect_error drive_socket 'vhost-user' --no-api --config-file "$(dcfg dsock "$(drv a "$T/disk.img" false false '"socket": "/tmp/x"')")"
-expect_error drive_rate_limiter 'rate_limiter is not supported' --no-api --config-file "$(dcfg drl "$(drv a "$T/disk.img" false false '"rate_limiter": {}')")"
+expect_error drive_rate_limiter 'drive a.rate_limiter.bandwidth: missing required field "refill_time"' --no-api --config-file "$(dcfg drl "$(drv a "$T/disk.img" false false '"rate_limiter": {"bandwidth": {"size": 1}}')")"
+expect_error drive_rate_limiter_field 'drive a.rate_limiter: unknown field "iops"' --no-api --config-file "$(dcfg drlf "$(drv a "$T/disk.img" false false '"rate_limiter": {"iops": null}')")"
 expect_error drive_unknown_field 'unknown field "readonly"' --no-api --config-file "$(dcfg dunk "$(drv a "$T/disk.img" false false '"readonly": true')")"
 net() { cfg "$1" "{$(bs "$KERNEL"), $(mc 1 64), \"network-interfaces\": [$2]}"; }
 expect_error net_no_tap 'network interface eth0: TAP embernotap0: (no such TAP device|cannot open /dev/net/tun)' --no-api --config-file "$(net nonet '{"iface_id": "eth0", "host_dev_name": "embernotap0"}')"
 expect_error net_bad_mac 'guest_mac "06:00:ac:10:00" is not a unicast MAC' --no-api --config-file "$(net nmac '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00"}')"
 expect_error net_same_tap 'host device name tap0 is already in use' --no-api --config-file "$(net ntap '{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "b", "host_dev_name": "tap0"}')"
 expect_error net_mtu 'mtu must be from 68 to 65535' --no-api --config-file "$(net nmtu '{"iface_id": "a", "host_dev_name": "tap0", "mtu": 65536}')"
+expect_error net_rate_limiter 'network interface a.tx_rate_limiter.ops.size must be a non-negative integer, not negative' --no-api --config-file "$(net nrl '{"iface_id": "a", "host_dev_name": "tap0", "tx_rate_limiter": {"ops": {"size": -1, "refill_time": 100}}}')"
 con() { cfg "$1" "{$(bs "$KERNEL"), $(mc 1 64), $2}"; }
 expect_error console_bad_device 'console.device must be "serial" or "virtio", not "pci"' --no-api --config-file "$(con cdev '"console": {"device": "pci"}')"
 expect_error console_unknown_field 'console: unknown field "speed"' --no-api --config-file "$(con cunk '"console": {"device": "virtio", "speed": 9600}')"
-expect_error serial_rate_limiter 'serial.rate_limiter is not supported' --no-api --config-file "$(con srl "\"serial\": {\"serial_out_path\": \"$T/s.out\", \"rate_limiter\": {}}")"
+expect_error serial_rate_limiter 'serial.rate_limiter: unknown field "bandwidth"' --no-api --config-file "$(con srl "\"serial\": {\"serial_out_path\": \"$T/s.out\", \"rate_limiter\": {\"bandwidth\": {\"size\": 1, \"refill_time\": 1}}}")"
 # A serial FIFO nobody reads yet is accepted (as the logger's and metrics'): the boot goes on to
 # the kernel, which is garbage here.
 mkfifo "$T/noreader.fifo"

@@ -225,7 +225,10 @@ TEST_CASE("config: bad drives are refused with the field named") {
     // CacheType has a serde default in Firecracker, so null is a type error there too.
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "cache_type": null}])")), "cache_type");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "socket": "/s", "is_root_device": false}])")), "vhost-user");
-    CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "rate_limiter": {}}])")), "rate_limiter");
+    CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "rate_limiter": {"ops": {"size": 1}}}])")),
+                       "drive a.rate_limiter.ops: missing required field \"refill_time\"");
+    CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "rate_limiter": 5}])")),
+                       "drive a.rate_limiter must be a JSON object or null");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": false, "bogus": 1}])")), "unknown field \"bogus\"");
     CHECK_CONFIG_ERROR(parse(with_drives(R"([{"drive_id": "a", "path_on_host": "x", "is_root_device": true},
                                              {"drive_id": "b", "path_on_host": "y", "is_root_device": true}])")), "root block device already exists");
@@ -258,13 +261,13 @@ TEST_CASE("config: network interfaces") {
 
 TEST_CASE("config: add_drive replaces a drive with the same id, as PUT /drives does") {
     std::vector<DriveConfig> drives;
-    DriveConfig a{"a", "a.img", true, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async};
+    DriveConfig a{"a", "a.img", true, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async, std::nullopt};
     add_drive(drives, a);
     a.path_on_host = "other.img";
     add_drive(drives, a);
     REQUIRE(drives.size() == 1);
     CHECK(drives[0].path_on_host == "other.img");
-    DriveConfig b{"b", "b.img", true, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async};
+    DriveConfig b{"b", "b.img", true, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async, std::nullopt};
     CHECK_CONFIG_ERROR(add_drive(drives, b), "root block device already exists");
     CHECK(drives.size() == 1);
 }
@@ -328,8 +331,16 @@ TEST_CASE("config: serial and console sections") {
     j["console"] = json::parse(R"({"device": 1})");
     CHECK_CONFIG_ERROR(parse(j.dump()), "console.device");
     j.erase("console");
+    // Firecracker 1.16: the serial rate_limiter is a bare TokenBucket.
     j["serial"] = json::parse(R"({"serial_out_path": "/x", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}})");
-    CHECK_CONFIG_ERROR(parse(j.dump()), "serial.rate_limiter is not supported");
+    CHECK_CONFIG_ERROR(parse(j.dump()), "serial.rate_limiter: unknown field \"bandwidth\"");
+    j["serial"] = json::parse(R"({"serial_out_path": "/x", "rate_limiter": {"size": 64, "one_time_burst": 4096, "refill_time": 100}})");
+    const VmConfig limited = parse(j.dump());
+    REQUIRE(limited.console.serial_rate_limiter);
+    CHECK(*limited.console.serial_rate_limiter == TokenBucketConfig{64, 4096, 100});
+    CHECK(to_json(limited)["serial"]["rate_limiter"] == json::parse(R"({"size": 64, "one_time_burst": 4096, "refill_time": 100})"));
+    j["serial"] = json::parse(R"({"rate_limiter": {"size": 0, "refill_time": 100}})"); // limits nothing
+    CHECK_FALSE(parse(j.dump()).console.serial_rate_limiter);
     j["serial"] = json::parse(R"({"serial_out_path": ""})");
     CHECK_CONFIG_ERROR(parse(j.dump()), "must not be empty");
 }

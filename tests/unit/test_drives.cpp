@@ -25,7 +25,7 @@ struct TempImage {
     std::string path;
 };
 DriveConfig drive(std::string id, std::string path, bool root = false, bool ro = false) {
-    return DriveConfig{std::move(id), std::move(path), root, ro, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async};
+    return DriveConfig{std::move(id), std::move(path), root, ro, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async, std::nullopt};
 }
 } // namespace
 

@@ -107,8 +107,19 @@ TEST_CASE("routes: drives") {
     CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "x"})")), Catch::Contains("does not match"));
     CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "is_read_only": true})")),
                Catch::Contains("unknown field \"is_read_only\""));
+    CHECK_FALSE(as<PatchDrive>(patch_rl).rate_limiter);
     CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "rate_limiter": {"bandwidth": {}}})")),
-               Catch::Contains("not supported"));
+               Catch::Contains("drive scratch.rate_limiter.bandwidth: missing required field \"size\""));
+    CHECK_THAT(fault(route("PATCH", "/drives/scratch", R"({"drive_id": "scratch", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1, "x": 1}}})")),
+               Catch::Contains("unknown field \"x\""));
+    // Firecracker's RateLimiterUpdate: an absent or null bucket stays, a zero one is removed.
+    const auto patch_upd = route("PATCH", "/drives/scratch",
+                                 R"({"drive_id": "scratch", "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}, "ops": null}})");
+    const auto& upd = as<PatchDrive>(patch_upd);
+    REQUIRE(upd.rate_limiter);
+    REQUIRE(upd.rate_limiter->bandwidth);
+    CHECK_FALSE(upd.rate_limiter->bandwidth->limits());
+    CHECK_FALSE(upd.rate_limiter->ops);
     CHECK_THAT(fault(route("GET", "/drives/scratch", "")), Catch::Contains("Invalid request method"));
 }
 
@@ -131,9 +142,29 @@ TEST_CASE("routes: network interfaces") {
                Catch::Contains("mtu must be from 68 to 65535"));
     CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "a_name_too_long_for_linux"})")),
                Catch::Contains("1-15 characters"));
-    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {}})")),
-               Catch::Contains("not supported"));
-    CHECK_THAT(fault(route("PATCH", "/network-interfaces/eth0", R"({"iface_id": "eth0"})")), Catch::Contains("not supported"));
+    const auto put_rl = route("PUT", "/network-interfaces/eth0",
+                              R"({"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {},
+                                  "tx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 10}, "ops": {"size": 5, "one_time_burst": 7, "refill_time": 20}}})");
+    const auto& rl = as<PutNet>(put_rl).config;
+    CHECK_FALSE(rl.rx_rate_limiter); // a RateLimiter with no bucket limits nothing
+    REQUIRE(rl.tx_rate_limiter);
+    CHECK(rl.tx_rate_limiter->bandwidth == ember::TokenBucketConfig{1000, 0, 10});
+    CHECK(rl.tx_rate_limiter->ops == ember::TokenBucketConfig{5, 7, 20});
+    CHECK_THAT(fault(route("PUT", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {"ops": {"size": 1.5, "refill_time": 1}}})")),
+               Catch::Contains("network interface eth0.rx_rate_limiter.ops.size must be a non-negative integer"));
+    const auto patch_net = route("PATCH", "/network-interfaces/eth0", R"({"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}})");
+    const auto& pn = as<PatchNet>(patch_net);
+    CHECK(pn.iface_id == "eth0");
+    CHECK_FALSE(pn.rx_rate_limiter.bandwidth);
+    CHECK_FALSE(pn.rx_rate_limiter.ops);
+    CHECK_FALSE(pn.tx_rate_limiter.bandwidth);
+    CHECK(pn.tx_rate_limiter.ops == ember::TokenBucketConfig{10, 0, 1000});
+    as<PatchNet>(route("PATCH", "/network-interfaces/eth0", R"({"iface_id": "eth0"})"));
+    CHECK_THAT(fault(route("PATCH", "/network-interfaces/eth0", R"({"iface_id": "eth1"})")), Catch::Contains("does not match"));
+    CHECK_THAT(fault(route("PATCH", "/network-interfaces/eth0", R"({"iface_id": "eth0", "host_dev_name": "tap1"})")),
+               Catch::Contains("unknown field \"host_dev_name\""));
+    CHECK_THAT(fault(route("PATCH", "/network-interfaces/eth0", R"({"iface_id": "eth0", "rx_rate_limiter": []})")),
+               Catch::Contains("rx_rate_limiter must be a JSON object or null"));
     CHECK_THAT(fault(route("GET", "/network-interfaces/eth0", "")), Catch::Contains("Invalid request method"));
 }
 
@@ -143,7 +174,9 @@ TEST_CASE("routes: serial and console") {
     CHECK_FALSE(as<PutSerial>(route("PUT", "/serial", R"({"serial_out_path": null})")).serial_out_path.has_value());
     CHECK_THAT(fault(route("PUT", "/serial", R"({"serial_out_path": ""})")), Catch::Contains("must not be empty"));
     CHECK_THAT(fault(route("PUT", "/serial", R"({"serial_out_path": 3})")), Catch::Contains("serial.serial_out_path"));
-    CHECK_THAT(fault(route("PUT", "/serial", R"({"serial_out_path": "/x", "rate_limiter": {}})")), Catch::Contains("not supported"));
+    CHECK_THAT(fault(route("PUT", "/serial", R"({"serial_out_path": "/x", "rate_limiter": {}})")), Catch::Contains("serial.rate_limiter: missing required field \"size\""));
+    const auto serial_rl = route("PUT", "/serial", R"({"rate_limiter": {"size": 100, "refill_time": 1000}})");
+    CHECK(as<PutSerial>(serial_rl).rate_limiter == ember::TokenBucketConfig{100, 0, 1000});
     CHECK_THAT(fault(route("PUT", "/serial", R"({"path": "/x"})")), Catch::Contains("unknown field \"path\""));
     CHECK_THAT(fault(route("PUT", "/serial", "[]")), Catch::Contains("object"));
     CHECK_THAT(fault(route("PATCH", "/serial", R"({})")), Catch::Contains("Invalid request method"));

@@ -1,6 +1,8 @@
 #pragma once
 // A drive as configured (Firecracker's Drive, PUT /drives/{id}): plain values, independent of JSON.
 
+#include "vmm/base/rate_limiter.hpp"
+
 #include <optional>
 #include <string>
 
@@ -20,6 +22,7 @@ struct DriveConfig {
     std::optional<std::string> partuuid;
     DriveCacheType cache_type = DriveCacheType::Unsafe;
     DriveIoEngine io_engine = DriveIoEngine::Async;
+    std::optional<RateLimiterConfig> rate_limiter; // only buckets that limit (effective())
 };
 
 } // namespace ember

@@ -32,7 +32,8 @@ std::unique_ptr<Backend> make_engine(DriveConfig& cfg, int fd) {
 
 BlockDevice::BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size)
     : VirtioDevice(mem, {QUEUE_SIZE}), cfg_(std::move(cfg)), file_(std::move(file)), size_(size),
-      backend_(make_engine(cfg_, file_.get())), slots_(QUEUE_SIZE) {
+      backend_(make_engine(cfg_, file_.get())), slots_(QUEUE_SIZE),
+      limiter_(io, cfg_.rate_limiter, [this] { on_limiter_expiry(); }) {
     free_.reserve(QUEUE_SIZE);
     for (std::uint16_t i = QUEUE_SIZE; i > 0; --i) free_.push_back(static_cast<std::uint16_t>(i - 1));
     iov_.reserve(SEG_MAX);
@@ -60,7 +61,7 @@ void BlockDevice::watch_completions() {
             const bool freed = complete_finished() > 0;
             if (freed) signal_used(queues()[0]);
             // Chains left waiting for a free slot are started now.
-            if (freed && running() && queues()[0].active()) pump();
+            if (freed && running() && queues()[0].active() && !limiter_.blocked()) pump();
         }
         watch_completions();
     });
@@ -102,12 +103,33 @@ void BlockDevice::reset_device() noexcept {
 
 void BlockDevice::process_queue(std::size_t) noexcept {
     bump(metrics_.queue_event_count);
+    // As Firecracker's process_queue_event: a blocked limiter leaves the queue to its timer.
+    if (limiter_.blocked()) {
+        bump(metrics_.rate_limiter_throttled_events);
+        return;
+    }
     pump();
+}
+
+void BlockDevice::on_limiter_expiry() noexcept {
+    std::lock_guard lk(mutex());
+    limiter_.unblock();
+    bump(metrics_.rate_limiter_event_count);
+    if (running() && queues()[0].active()) pump();
+}
+
+std::optional<RateLimiterConfig> BlockDevice::update_rate_limiter(const RateLimiterUpdate& u) noexcept {
+    std::lock_guard lk(mutex());
+    limiter_.update(u);
+    cfg_.rate_limiter = limiter_.config();
+    if (running() && queues()[0].active()) pump(); // requests held back by the old limits
+    return cfg_.rate_limiter;
 }
 
 void BlockDevice::pump() noexcept {
     Queue& q = queues()[0];
     bool used = false;
+    bool throttled = false;
     for (;;) {
         bool popped = false;
         while (!free_.empty()) {
@@ -126,10 +148,19 @@ void BlockDevice::pump() noexcept {
                 used = true;
                 continue;
             }
-            used |= start(r.head, r.descs);
+            const Started st = start(r.head, r.descs);
+            if (st == Started::Throttled) {
+                // Back to the available ring, untouched; the limiter's timer resumes the queue.
+                q.undo_pop(1);
+                bump(metrics_.rate_limiter_throttled_events);
+                throttled = true;
+                break;
+            }
+            used |= st == Started::Done;
         }
         backend_->kick();
         if (complete_finished() > 0) used = true;
+        if (throttled || limiter_.blocked()) break; // resumed by on_limiter_expiry()
         if (free_.empty()) {
             bump(metrics_.no_avail_buffer);
             break; // resumed by the completion handler
@@ -140,8 +171,7 @@ void BlockDevice::pump() noexcept {
     if (used) signal_used(q);
 }
 
-// Starts one request; true if it already completed (used ring written).
-bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) noexcept {
+BlockDevice::Started BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) noexcept {
     Queue& q = queues()[0];
     const ParseResult p = parse_request(chain, geometry());
     if (p.error != RequestError::None) {
@@ -149,9 +179,12 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
         LOG_DEBUG("virtio %s: request refused: %s", name().c_str(), to_string(p.error));
         if (p.status) (void)mem_.write_obj(*p.status, std::byte{p.status_value()});
         q.add_used(head, p.status ? 1 : 0);
-        return true;
+        return Started::Done;
     }
     const Request& req = p.request;
+    // Firecracker's rate_limit_request: one op for every request, bytes for reads and writes.
+    const bool transfer = req.type == RequestType::In || req.type == RequestType::Out;
+    if (!limiter_.admit(transfer ? req.data_len : 0)) return Started::Throttled;
     switch (req.type) {
     case RequestType::GetId: {
         // §5.2.6: up to 20 bytes, zero-padded; the drive id serves as the serial number.
@@ -162,14 +195,14 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
         }
         (void)mem_.write_obj(*p.status, std::byte{S_OK});
         q.add_used(head, written + 1);
-        return true;
+        return Started::Done;
     }
     case RequestType::Flush:
         bump(metrics_.flush_count);
         if (cfg_.cache_type == DriveCacheType::Unsafe) { // nothing promised: as Firecracker, a no-op
             (void)mem_.write_obj(*p.status, std::byte{S_OK});
             q.add_used(head, 1);
-            return true;
+            return Started::Done;
         }
         break;
     case RequestType::In:
@@ -182,7 +215,7 @@ bool BlockDevice::start(std::uint16_t head, std::span<const Descriptor> chain) n
     for (const auto& d : req.data) iov_.push_back(iovec{d.host, d.len});
     const Op op = req.type == RequestType::In ? Op::Read : req.type == RequestType::Out ? Op::Write : Op::Flush;
     backend_->submit(tag, op, req.sector * SECTOR_SIZE, iov_);
-    return false;
+    return Started::Submitted;
 }
 
 std::size_t BlockDevice::complete_finished() noexcept {

@@ -5,6 +5,7 @@
 #include "devices/virtio/block/backend.hpp"
 #include "devices/virtio/block/request.hpp"
 #include "devices/virtio/device.hpp"
+#include "devices/virtio/limiter.hpp"
 #include "devices/virtio/block/config.hpp"
 
 #include <atomic>
@@ -24,7 +25,8 @@ inline constexpr unsigned F_FLUSH = 9;
 struct BlockMetrics {
     std::atomic<std::uint64_t> activate_fails{0}, cfg_fails{0}, event_fails{0}, execute_fails{0}, invalid_reqs_count{0},
         flush_count{0}, queue_event_count{0}, read_bytes{0}, write_bytes{0}, read_count{0}, write_count{0},
-        update_count{0}, update_fails{0}, no_avail_buffer{0};
+        update_count{0}, update_fails{0}, no_avail_buffer{0}, rate_limiter_event_count{0},
+        rate_limiter_throttled_events{0};
     MetricValues values() const {
         return {
                 {"activate_fails", value_of(activate_fails)},
@@ -40,7 +42,9 @@ struct BlockMetrics {
                 {"write_count", value_of(write_count)},
                 {"update_count", value_of(update_count)},
                 {"update_fails", value_of(update_fails)},
-                {"no_avail_buffer", value_of(no_avail_buffer)}};
+                {"no_avail_buffer", value_of(no_avail_buffer)},
+                {"rate_limiter_event_count", value_of(rate_limiter_event_count)},
+                {"rate_limiter_throttled_events", value_of(rate_limiter_throttled_events)}};
     }
 };
 
@@ -87,6 +91,10 @@ public:
     // in-flight I/O, swaps the file and raises a configuration change for the new capacity.
     void replace_file(UniqueFd file, std::uint64_t size, std::string path) noexcept;
 
+    // PATCH /drives/{id} rate_limiter (Firecracker's update semantics: RateLimiterUpdate).
+    // Returns the limiter now in force.
+    std::optional<RateLimiterConfig> update_rate_limiter(const RateLimiterUpdate& u) noexcept;
+
     const DriveConfig& config() const noexcept { return cfg_; }
     const BlockMetrics& metrics() const noexcept { return metrics_; }
     DiskGeometry geometry() const noexcept;
@@ -101,7 +109,11 @@ private:
     };
     void quiesce_locked() noexcept;
     void pump() noexcept;
-    bool start(std::uint16_t head, std::span<const Descriptor> chain) noexcept;
+    enum class Started { Done, Submitted, Throttled };
+    // Starts one request: Done if it already completed (used ring written), Throttled if the
+    // rate limiter refused it (nothing was done; the caller puts the chain back).
+    Started start(std::uint16_t head, std::span<const Descriptor> chain) noexcept;
+    void on_limiter_expiry() noexcept;
     std::size_t complete_finished() noexcept;
     void complete(const Completion& c) noexcept;
     void watch_completions();
@@ -116,6 +128,7 @@ private:
     std::vector<iovec> iov_;
     std::vector<Completion> done_;
     BlockMetrics metrics_;
+    QueueLimiter limiter_; // last: its timer handler uses the members above
 };
 
 } // namespace ember::virtio::block

@@ -3,6 +3,7 @@
 // /network-interfaces/{id}): plain values, independent of JSON.
 
 #include "vmm/base/mac_addr.hpp"
+#include "vmm/base/rate_limiter.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -10,12 +11,13 @@
 
 namespace ember {
 
-// Firecracker's NetworkInterface (rate limiters come later).
+// Firecracker's NetworkInterface.
 struct NetConfig {
     std::string iface_id;
     std::string host_dev_name;
     std::optional<MacAddr> guest_mac;
     std::optional<std::uint16_t> mtu; // 68..65535
+    std::optional<RateLimiterConfig> rx_rate_limiter, tx_rate_limiter; // as DriveConfig::rate_limiter
 };
 
 } // namespace ember

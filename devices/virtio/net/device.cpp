@@ -10,7 +10,9 @@
 
 namespace ember::virtio::net {
 NetDevice::NetDevice(const GuestMemory& mem, boost::asio::io_context& io, NetConfig cfg, std::unique_ptr<Tap> tap)
-    : VirtioDevice(mem, {QUEUE_SIZE, QUEUE_SIZE}), cfg_(std::move(cfg)), tap_(std::move(tap)), frame_(MAX_FRAME_WITH_HDR) {
+    : VirtioDevice(mem, {QUEUE_SIZE, QUEUE_SIZE}), cfg_(std::move(cfg)), tap_(std::move(tap)), frame_(MAX_FRAME_WITH_HDR),
+      rx_limiter_(io, cfg_.rx_rate_limiter, [this] { on_rx_limiter_expiry(); }),
+      tx_limiter_(io, cfg_.tx_rate_limiter, [this] { on_tx_limiter_expiry(); }) {
     const int fd = ::dup(tap_->fd());
     if (fd < 0) throw SystemError("virtio-net: dup of the TAP fd", errno);
     tap_sd_ = std::make_unique<boost::asio::posix::stream_descriptor>(io, fd);
@@ -89,6 +91,31 @@ void NetDevice::process_queue(std::size_t index) noexcept {
     }
 }
 
+void NetDevice::on_rx_limiter_expiry() noexcept {
+    std::lock_guard lk(mutex());
+    rx_limiter_.unblock();
+    bump(metrics_.rx_event_rate_limiter_count);
+    if (running() && queues()[RX].active()) rx_loop();
+}
+
+void NetDevice::on_tx_limiter_expiry() noexcept {
+    std::lock_guard lk(mutex());
+    tx_limiter_.unblock();
+    bump(metrics_.tx_rate_limiter_event_count);
+    if (running() && queues()[TX].active()) tx_loop();
+}
+
+void NetDevice::update_rate_limiters(const RateLimiterUpdate& rx, const RateLimiterUpdate& tx) noexcept {
+    std::lock_guard lk(mutex());
+    rx_limiter_.update(rx);
+    tx_limiter_.update(tx);
+    cfg_.rx_rate_limiter = rx_limiter_.config();
+    cfg_.tx_rate_limiter = tx_limiter_.config();
+    // Frames held back by the old limits go now (each loop stops again if still limited).
+    if (running() && queues()[RX].active()) rx_loop();
+    if (running() && queues()[TX].active()) tx_loop();
+}
+
 void NetDevice::arm_rx() noexcept {
     if (rx_armed_) return;
     rx_armed_ = true;
@@ -131,7 +158,14 @@ void NetDevice::rx_loop() noexcept {
             }
             frame_len_ = static_cast<std::size_t>(n);
         }
+        // Firecracker's rate_limited_rx_single_frame: one op and the frame's bytes, given back
+        // if the frame cannot be delivered yet. Refused: the frame waits for the timer.
+        if (!rx_limiter_.admit(frame_len_)) {
+            bump(metrics_.rx_rate_limiter_throttled);
+            break;
+        }
         if (!deliver()) {
+            rx_limiter_.refund(frame_len_);
             // Too few buffers: keep the frame and stop reading the TAP until the driver adds
             // more (its notification calls rx_loop again). Retry at once only if it already
             // has: the buffers deliver() gave back are still available, and retrying on them
@@ -216,6 +250,10 @@ bool NetDevice::deliver() noexcept {
 void NetDevice::tx_loop() noexcept {
     Queue& q = queues()[TX];
     if (!q.active()) return;
+    if (tx_limiter_.blocked()) { // the limiter's timer resumes the queue
+        bump(metrics_.tx_rate_limiter_throttled);
+        return;
+    }
     bool used = false;
     for (;;) {
         bool popped = false;
@@ -237,9 +275,17 @@ void NetDevice::tx_loop() noexcept {
                 used = true;
                 continue;
             }
+            if (!tx_limiter_.admit(total)) {
+                // Firecracker's process_tx: the chain goes back; the limiter's timer resumes.
+                q.undo_pop(1);
+                bump(metrics_.tx_rate_limiter_throttled);
+                if (used) signal_used(q);
+                return;
+            }
             const ssize_t n = ::writev(tap_->fd(), iov_.data(), static_cast<int>(iov_.size()));
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 // The TAP is full: retry this chain when it drains.
+                tx_limiter_.refund(total);
                 q.undo_pop(1);
                 arm_tx();
                 if (used) signal_used(q);

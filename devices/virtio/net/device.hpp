@@ -4,6 +4,7 @@
 // driver posts some; frames are dropped only when they can never fit, and then counted.
 
 #include "devices/virtio/device.hpp"
+#include "devices/virtio/limiter.hpp"
 #include "devices/virtio/net/backend.hpp"
 #include "devices/virtio/net/request.hpp"
 #include "devices/virtio/net/config.hpp"
@@ -33,7 +34,8 @@ struct NetMetrics {
     std::atomic<std::uint64_t> activate_fails{0}, event_fails{0}, no_rx_avail_buffer{0}, rx_queue_event_count{0},
         rx_tap_event_count{0}, rx_bytes_count{0}, rx_packets_count{0}, rx_fails{0}, rx_count{0}, tap_read_fails{0},
         tap_write_fails{0}, tx_bytes_count{0}, tx_malformed_frames{0}, tx_fails{0}, tx_count{0}, tx_packets_count{0},
-        tx_queue_event_count{0};
+        tx_queue_event_count{0}, rx_event_rate_limiter_count{0}, rx_rate_limiter_throttled{0}, tx_rate_limiter_event_count{0},
+        tx_rate_limiter_throttled{0};
     MetricValues values() const {
         return {
                 {"activate_fails", value_of(activate_fails)},
@@ -52,7 +54,11 @@ struct NetMetrics {
                 {"tx_fails", value_of(tx_fails)},
                 {"tx_count", value_of(tx_count)},
                 {"tx_packets_count", value_of(tx_packets_count)},
-                {"tx_queue_event_count", value_of(tx_queue_event_count)}};
+                {"tx_queue_event_count", value_of(tx_queue_event_count)},
+                {"rx_event_rate_limiter_count", value_of(rx_event_rate_limiter_count)},
+                {"rx_rate_limiter_throttled", value_of(rx_rate_limiter_throttled)},
+                {"tx_rate_limiter_event_count", value_of(tx_rate_limiter_event_count)},
+                {"tx_rate_limiter_throttled", value_of(tx_rate_limiter_throttled)}};
     }
 };
 
@@ -92,6 +98,10 @@ public:
     void process_queue(std::size_t index) noexcept override;
     std::string name() const override { return "net " + cfg_.iface_id; }
 
+    // PATCH /network-interfaces/{id} (Firecracker's RateLimiterUpdate for each direction; an
+    // absent update changes nothing). Updates config() to the limiters now in force.
+    void update_rate_limiters(const RateLimiterUpdate& rx, const RateLimiterUpdate& tx) noexcept;
+
     const NetConfig& config() const noexcept { return cfg_; }
     const NetMetrics& metrics() const noexcept { return metrics_; }
 
@@ -103,6 +113,8 @@ private:
     void tx_loop() noexcept;
     void arm_rx() noexcept;
     void arm_tx() noexcept;
+    void on_rx_limiter_expiry() noexcept;
+    void on_tx_limiter_expiry() noexcept;
 
     NetConfig cfg_;
     std::unique_ptr<Tap> tap_;
@@ -118,6 +130,10 @@ private:
     };
     std::vector<Used> used_;
     NetMetrics metrics_;
+    // Last: their timer handlers use the members above. A frame the receive limiter refuses
+    // stays staged in frame_ (the TAP is not read) until its timer fires; a transmit chain it
+    // refuses goes back to the available ring.
+    QueueLimiter rx_limiter_, tx_limiter_;
 };
 
 } // namespace ember::virtio::net
