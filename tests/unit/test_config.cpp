@@ -525,7 +525,7 @@ TEST_CASE("config: to_json has every key of Firecracker's FullVmConfiguration") 
     CHECK(to_json(none).at("boot-source") == json{{"kernel_image_path", ""}, {"initrd_path", nullptr}});
     // Drives show every field with its default: Ember's io_engine default (Async) is visible.
     VmConfig withdrive = parse(VALID);
-    withdrive.drives.push_back(DriveConfig{"d", "d.img", false, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async});
+    withdrive.drives.push_back(DriveConfig{"d", "d.img", false, false, std::nullopt, DriveCacheType::Unsafe, DriveIoEngine::Async, std::nullopt});
     const json d = to_json(withdrive).at("drives").at(0);
     CHECK(d == json{{"drive_id", "d"}, {"partuuid", nullptr}, {"is_root_device", false}, {"cache_type", "Unsafe"},
                     {"is_read_only", false}, {"path_on_host", "d.img"}, {"rate_limiter", nullptr}, {"io_engine", "Async"},
