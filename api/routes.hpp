@@ -4,6 +4,7 @@
 // the VMM thread, and the unit tests call it directly.
 
 #include "api/config.hpp"
+#include "api/entropy_config.hpp"
 #include "vmm/vm_config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -38,11 +39,13 @@ struct PutSerial { std::optional<std::string> serial_out_path; };
 struct PutConsole { ConsoleDevice device; };
 // PUT /cpu-config: Firecracker's custom CPU template (pre-boot).
 struct PutCpuConfig { CustomCpuTemplate config; };
+// PUT /entropy: Firecracker's EntropyDevice (pre-boot).
+struct PutEntropy { EntropyConfig config; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
                             PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PutSerial, PutConsole,
-                            PutCpuConfig>;
+                            PutCpuConfig, PutEntropy>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}
