@@ -283,9 +283,10 @@ TEST_CASE("rng device: malformed chains (a loop, a buffer outside RAM, a bad nex
     r.drv.bring_up();
     DriverRings& q = r.drv.rings(0);
     // Descriptors 8-11 (post() below takes them from 0).
-    q.set_desc(8, kDataAddr, 64, desc_flag::WRITE | desc_flag::NEXT, 8);    // loops onto itself
+    constexpr std::uint64_t buf = kDataAddr + 0x80000; // far from what post() allocates
+    q.set_desc(8, buf, 64, desc_flag::WRITE | desc_flag::NEXT, 8);          // loops onto itself
     q.set_desc(9, kRamBytes - 16, 64, desc_flag::WRITE);                    // runs past RAM
-    q.set_desc(10, kDataAddr, 64, desc_flag::WRITE | desc_flag::NEXT, 999); // next beyond the table
+    q.set_desc(10, buf, 64, desc_flag::WRITE | desc_flag::NEXT, 999);       // next beyond the table
     q.set_desc(11, UINT64_MAX - 8, 64, desc_flag::WRITE);                   // wraps the address space
     for (std::uint16_t h = 8; h < 12; ++h) q.publish(h);
     const Chain good = r.drv.post(EntropyDevice::REQUESTQ, {writable(8)});
@@ -294,7 +295,7 @@ TEST_CASE("rng device: malformed chains (a loop, a buffer outside RAM, a bad nex
     for (std::uint16_t i = 0; i < 4; ++i) CHECK(q.nth_used(i) == std::pair<std::uint32_t, std::uint32_t>{8u + i, 0});
     CHECK(q.nth_used(4) == std::pair<std::uint32_t, std::uint32_t>{good.head, 8});
     CHECK(r.m().entropy_event_fails == 4);
-    CHECK(all_zero(r.drv.guest(kDataAddr, 64)));
+    CHECK(all_zero(r.drv.guest(buf, 64)));
     CHECK_FALSE(r.needs_reset());
 }
 
