@@ -9,8 +9,9 @@ case_name=${1:?usage: entropy_test.sh CASE}
 
 # The guest side: hw_random's current source, then 64 KiB from it (head loops over the short
 # reads /dev/hwrng may give). Random bytes take all 256 values and do not compress; zeros would
-# give 1 value and ~100 bytes of gzip.
-RNG_CMD='echo RNG=$(cat /sys/class/misc/hw_random/rng_current); head -c 65536 /dev/hwrng > /tmp/r; echo SIZE=$(wc -c < /tmp/r); echo DISTINCT=$(od -An -v -tu1 -w1 /tmp/r | sort -u | wc -l); echo GZ=$(gzip -c /tmp/r | wc -c)'
+# give 1 value and ~100 bytes of gzip. Written densely: the kernel passes init at most 32
+# arguments, split at spaces.
+RNG_CMD='cd /tmp;head -c 65536 /dev/hwrng >r;echo RNG=$(cat /sys/class/misc/hw_random/rng_current);echo SIZE=$(wc -c <r);echo DISTINCT=$(od -An -v -tu1 -w1 r|sort -u|wc -l);echo GZ=$(gzip -c r|wc -c)'
 
 # with_sections FILE KEY=JSON...: adds top-level sections to a config file.
 with_sections() {
