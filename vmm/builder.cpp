@@ -123,7 +123,7 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
         dm.attach_virtio(console, "", "virtio_console");
     }
     vm->host_console_ = std::make_unique<HostConsole>(io, *vm->serial_, console, console_on_stdout);
-    // Firecracker's entropy device, after the other virtio devices (its attach_entropy_device).
+    // virtio-rng (Firecracker's attach_entropy_device), on the slot after the devices above.
     if (cfg.entropy) dm.attach_virtio(std::make_shared<virtio::rng::EntropyDevice>(vm->mem_, *cfg.entropy), "", "entropy");
 
     std::string device_args = root_args(drives);
