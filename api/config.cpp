@@ -1,6 +1,7 @@
 #include "api/config.hpp"
 
 #include "api/cpu_config.hpp"
+#include "api/entropy_config.hpp"
 #include "api/rate_limiter_config.hpp"
 
 #include "vmm/base/error.hpp"
@@ -65,7 +66,7 @@ const std::set<std::string>& config_file_sections() {
 // "pmem" list) is accepted as absent; anything else is refused.
 const std::vector<std::pair<const char*, const char*>>& unsupported_config_sections() {
     static const std::vector<std::pair<const char*, const char*>> v = {
-        {"vsock", "vsock device"}, {"balloon", "balloon device"}, {"mmds-config", "MMDS"}, {"entropy", "entropy device"},
+        {"vsock", "vsock device"}, {"balloon", "balloon device"}, {"mmds-config", "MMDS"},
         {"pmem", "virtio-pmem device"}, {"memory-hotplug", "memory hotplug (virtio-mem)"}};
     return v;
 }
@@ -358,6 +359,7 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
         c.console.serial_rate_limiter = parse_serial_rate_limiter(*s);
     }
     if (const json* s = section("console")) c.console.device = parse_console(*s);
+    if (const json* s = section("entropy")) c.entropy = parse_entropy(*s);
     // Firecracker applies cpu-config after machine-config (VmResources::from_json): it wins.
     if (custom_template) c.machine.cpu_template = std::move(*custom_template);
     return doc;
@@ -419,7 +421,7 @@ json to_json(const VmConfig& c) {
     j["network-interfaces"] = json::array();
     for (const auto& n : c.net) j["network-interfaces"].push_back(to_json(n));
     j["vsock"] = nullptr;
-    j["entropy"] = nullptr;
+    j["entropy"] = c.entropy ? to_json(*c.entropy) : json(nullptr);
     j["pmem"] = json::array();
     j["memory-hotplug"] = nullptr;
     // Ember's additions, shown only when set: the serial output and its limiter (Firecracker keeps

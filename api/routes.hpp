@@ -4,6 +4,7 @@
 // the VMM thread, and the unit tests call it directly.
 
 #include "api/config.hpp"
+#include "api/entropy_config.hpp"
 #include "vmm/vm_config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -47,11 +48,13 @@ struct PutSerial {
 struct PutConsole { ConsoleDevice device; };
 // PUT /cpu-config: Firecracker's custom CPU template (pre-boot).
 struct PutCpuConfig { CustomCpuTemplate config; };
+// PUT /entropy: Firecracker's EntropyDevice (pre-boot).
+struct PutEntropy { EntropyConfig config; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
                             PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PatchNet, PutSerial, PutConsole,
-                            PutCpuConfig>;
+                            PutCpuConfig, PutEntropy>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

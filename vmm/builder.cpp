@@ -6,6 +6,7 @@
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
+#include "devices/virtio/rng/device.hpp"
 #include "vmm/arch/x86_64/cpu_template.hpp"
 #include "vmm/arch/x86_64/kernel_loader.hpp"
 #include "vmm/arch/x86_64/layout.hpp"
@@ -123,6 +124,8 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
         dm.attach_virtio(console, "", "virtio_console");
     }
     vm->host_console_ = std::make_unique<HostConsole>(io, *vm->serial_, console, console_on_stdout);
+    // virtio-rng (Firecracker's attach_entropy_device), on the slot after the devices above.
+    if (cfg.entropy) dm.attach_virtio(std::make_shared<virtio::rng::EntropyDevice>(vm->mem_, *cfg.entropy), "", "entropy");
 
     std::string device_args = root_args(drives);
     if (!dm.kernel_args().empty()) device_args += (device_args.empty() ? "" : " ") + dm.kernel_args();

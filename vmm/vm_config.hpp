@@ -4,6 +4,7 @@
 
 #include "devices/virtio/block/config.hpp"
 #include "devices/virtio/net/config.hpp"
+#include "devices/virtio/rng/config.hpp"
 #include "vmm/arch/x86_64/cpu_template.hpp"
 
 #include <cstdint>
@@ -54,6 +55,7 @@ struct VmConfig {
     std::vector<DriveConfig> drives; // in the order they were configured
     std::vector<NetConfig> net;      // likewise
     ConsoleConfig console;
+    std::optional<EntropyConfig> entropy; // PUT /entropy: a virtio-rng device
 };
 
 // Firecracker's --no-seccomp / --seccomp-filter. Recorded only: Ember installs no seccomp

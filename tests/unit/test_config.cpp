@@ -290,7 +290,7 @@ TEST_CASE("config: logger and metrics sections; sections not supported yet") {
     j["logger"] = json::parse(R"({"show_level": 1})");
     CHECK_CONFIG_ERROR(parse(j.dump()), "logger.show_level");
 
-    for (const char* section : {"vsock", "balloon", "entropy", "mmds-config"}) {
+    for (const char* section : {"vsock", "balloon", "mmds-config"}) {
         CAPTURE(section);
         json k = json::parse(VALID);
         k[section] = json::array();
@@ -490,7 +490,6 @@ TEST_CASE("config: sections for devices Ember lacks are refused by name unless n
         {"vsock", R"({"guest_cid": 3, "uds_path": "/tmp/v.sock"})"},
         {"balloon", R"({"amount_mib": 0, "deflate_on_oom": false})"},
         {"mmds-config", R"({"network_interfaces": ["net0"]})"},
-        {"entropy", R"({})"},
         {"pmem", R"([{"id": "p", "path_on_host": "/tmp/p", "root_device": false}])"},
         {"memory-hotplug", R"({"total_size_mib": 1024})"},
     };
