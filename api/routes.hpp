@@ -36,13 +36,14 @@ struct PatchDrive {
 struct PutNet { NetConfig config; };
 struct PutSerial { std::optional<std::string> serial_out_path; };
 struct PutConsole { ConsoleDevice device; };
+struct PutVsock { VsockConfig config; };
 // PUT /cpu-config: Firecracker's custom CPU template (pre-boot).
 struct PutCpuConfig { CustomCpuTemplate config; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
                             PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PutSerial, PutConsole,
-                            PutCpuConfig>;
+                            PutCpuConfig, PutVsock>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

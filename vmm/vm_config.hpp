@@ -2,6 +2,7 @@
 // The VM's configuration as plain values, independent of JSON: api/config parses Firecracker's
 // schema into these and renders them back for GET /vm/config.
 
+#include "devices/virtio/vsock/config.hpp"
 #include "devices/virtio/block/config.hpp"
 #include "devices/virtio/net/config.hpp"
 #include "vmm/arch/x86_64/cpu_template.hpp"
@@ -53,6 +54,7 @@ struct VmConfig {
     std::vector<DriveConfig> drives; // in the order they were configured
     std::vector<NetConfig> net;      // likewise
     ConsoleConfig console;
+    std::optional<VsockConfig> vsock; // PUT /vsock, config-file "vsock"
 };
 
 // Firecracker's --no-seccomp / --seccomp-filter. Recorded only: Ember installs no seccomp

@@ -57,9 +57,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::uint64_t used = (avail + 6 + 2 * std::uint64_t{qsize} + 3) & ~std::uint64_t{3};
     Queue q(256);
     q.set_size(qsize);
-    q.set_desc_addr(GuestAddr(0), false);
-    q.set_avail_addr(GuestAddr(avail), false);
-    q.set_used_addr(GuestAddr(used), false);
+    q.set_desc_addr(0, false);
+    q.set_avail_addr(avail, false);
+    q.set_used_addr(used, false);
     q.set_ready(true);
     if (!q.activate(mem, flags & 1, flags & 2).empty()) return 0;
     const auto published = static_cast<std::uint16_t>(flags >> 2);
