@@ -53,6 +53,8 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 PY
   ECHO_PID=$!
+  for _ in $(seq 1 150); do [[ -S "$UDS"_5000 ]] && break; sleep 0.2; done
+  [[ -S "$UDS"_5000 ]] || { fail "host echo server did not start"; finish; }
   cat > "$T/vm.json" <<JSON
 {
   "boot-source": {"kernel_image_path": "$K/vmlinux", "boot_args": "$BASE_ARGS -- sh /t.sh"},
@@ -63,7 +65,7 @@ PY
 }
 JSON
   : > "$T/metrics.json"
-  "$EMBER_BIN" --no-api --config-file "$T/vm.json" --level Info < /dev/null > "$T/console.out" 2> "$T/ember.err" &
+  "$EMBER_BIN" --no-api --config-file "$T/vm.json" --level Debug < /dev/null > "$T/console.out" 2> "$T/ember.err" &
   EMBER_PID=$!
   OUT=$T/console.out
   wait_line GUEST_READY 180 || { fail "guest did not start its listener"; give_up; }
