@@ -121,7 +121,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             check(back.size() == HDR_LEN && decode(std::span<const std::byte, HDR_LEN>(back.data(), HDR_LEN)) == h);
             credit.tx_cnt += len;
         } else {
-            check(room == 0 && te != TxError::None);
+            check(room == 0 && to_string(re)[0] != '?');
         }
         q.add_used(r.head, used_len);
     }
