@@ -426,3 +426,33 @@ TEST_CASE("vsock device: a device reset drops every connection", "[vsock]") {
     char c;
     CHECK(::recv(host.get(), &c, 1, 0) == 0);
 }
+
+TEST_CASE("vsock device: saved state restores into a device that tells the driver TRANSPORT_RESET", "[vsock][state]") {
+    TempDir d;
+    GuestMemory mem = make_test_ram();
+    boost::asio::io_context io;
+    auto dev = std::make_shared<VsockDevice>(mem, io, VsockConfig{std::nullopt, kCid, d.path + "/a.sock"});
+    VirtioDriver drv(mem, *dev, {{64, 0x1000, 0x2000, 0x3000}, {64, 0x4000, 0x5000, 0x6000}, {16, 0x7000, 0x8000, 0x9000}});
+    drv.bring_up();
+    const Chain ev = drv.post(VsockDevice::EVT, {writable(8)});
+    const std::uint8_t ff[4] = {0xff, 0xff, 0xff, 0xff};
+    REQUIRE(mem.write(GuestAddr(ev.addrs[0]), std::as_bytes(std::span(ff))));
+    drv.notify(VsockDevice::EVT);
+    CHECK(drv.rings(VsockDevice::EVT).used_idx() == 0); // kept for an event
+    const VsockState s = dev->save();
+    CHECK(s.guest_cid == kCid);
+    CHECK(s.virtio.queues.size() == 3);
+
+    GuestMemory mem2 = clone_ram(mem);
+    // Another guest_cid than the saved one is refused.
+    CHECK_THROWS_AS(VsockDevice::restore(mem2, io, VsockConfig{std::nullopt, kCid + 1, d.path + "/b.sock"}, s), ConfigError);
+    auto dev2 = VsockDevice::restore(mem2, io, VsockConfig{std::nullopt, kCid, d.path + "/c.sock"}, s);
+    VirtioDriver drv2 = drv.moved_to(mem2, *dev2);
+    REQUIRE(drv2.rings(VsockDevice::EVT).used_idx() == 1);
+    const auto [head, len] = drv2.rings(VsockDevice::EVT).nth_used(0);
+    CHECK(head == ev.head);
+    CHECK(len == EVENT_LEN);
+    CHECK(drv2.guest(ev.addrs[0], 4) == std::vector<std::uint8_t>{0, 0, 0, 0}); // id TRANSPORT_RESET
+    CHECK(drv2.irq_raised());
+    CHECK(dev2->save().virtio.queues[VsockDevice::EVT].next_used == 1);
+}
