@@ -66,7 +66,7 @@ const std::set<std::string>& config_file_sections() {
 // "pmem" list) is accepted as absent; anything else is refused.
 const std::vector<std::pair<const char*, const char*>>& unsupported_config_sections() {
     static const std::vector<std::pair<const char*, const char*>> v = {
-        {"vsock", "vsock device"}, {"balloon", "balloon device"}, {"mmds-config", "MMDS"},
+        {"balloon", "balloon device"}, {"mmds-config", "MMDS"},
         {"pmem", "virtio-pmem device"}, {"memory-hotplug", "memory hotplug (virtio-mem)"}};
     return v;
 }
@@ -296,6 +296,32 @@ ConsoleDevice parse_console(const json& j) {
 
 const char* to_string(ConsoleDevice d) noexcept { return d == ConsoleDevice::Virtio ? "virtio" : "serial"; }
 
+VsockConfig parse_vsock(const json& j) {
+    require_object(j, "vsock");
+    reject_unknown(j, "vsock", {"vsock_id", "guest_cid", "uds_path"});
+    VsockConfig v;
+    if (const json* id = field(j, "vsock_id"); id && !id->is_null()) v.vsock_id = get_string(*id, "vsock.vsock_id");
+    const json* cid = field(j, "guest_cid");
+    if (!cid) throw ConfigError("vsock: missing required field \"guest_cid\"");
+    v.guest_cid = get_uint(*cid, "vsock.guest_cid");
+    // Firecracker's guest_cid is a u32; 0-2 are reserved (virtio 1.2 §5.10.4), as is 2^32-1 (VMADDR_CID_ANY).
+    if (v.guest_cid < 3 || v.guest_cid > 0xfffffffeu)
+        throw ConfigError("vsock.guest_cid must be from 3 to 4294967294, not " + std::to_string(v.guest_cid));
+    const json* uds = field(j, "uds_path");
+    if (!uds) throw ConfigError("vsock: missing required field \"uds_path\"");
+    v.uds_path = get_string(*uds, "vsock.uds_path");
+    // sockaddr_un.sun_path holds 107 bytes and a NUL; guest-initiated connections add "_<port>".
+    if (v.uds_path.empty() || v.uds_path.size() > 107)
+        throw ConfigError("vsock.uds_path must be 1-107 bytes (a unix socket path), not " + std::to_string(v.uds_path.size()));
+    return v;
+}
+
+json to_json(const VsockConfig& v) {
+    json j = {{"guest_cid", v.guest_cid}, {"uds_path", v.uds_path}};
+    if (v.vsock_id) j["vsock_id"] = *v.vsock_id;
+    return j;
+}
+
 VmConfig parse_config_file(const std::string& text, std::uint64_t host_mem_mib) {
     return parse_config_document(text, host_mem_mib).vm;
 }
@@ -354,6 +380,7 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
     for (const auto& [name, device] : unsupported_config_sections())
         if (const json* s = section(name); s && !(std::string_view(name) == "pmem" && s->is_array() && s->empty()))
             throw ConfigError(std::string("config file section \"") + name + "\" is not supported yet: Ember has no " + device);
+    if (const json* s = section("vsock")) c.vsock = parse_vsock(*s);
     if (const json* s = section("serial")) {
         c.console.serial_out_path = parse_serial(*s);
         c.console.serial_rate_limiter = parse_serial_rate_limiter(*s);
@@ -420,7 +447,7 @@ json to_json(const VmConfig& c) {
     j["mmds-config"] = nullptr;
     j["network-interfaces"] = json::array();
     for (const auto& n : c.net) j["network-interfaces"].push_back(to_json(n));
-    j["vsock"] = nullptr;
+    j["vsock"] = c.vsock ? to_json(*c.vsock) : json(nullptr);
     j["entropy"] = c.entropy ? to_json(*c.entropy) : json(nullptr);
     j["pmem"] = json::array();
     j["memory-hotplug"] = nullptr;

@@ -62,6 +62,9 @@ nlohmann::json to_json(const MachineConfig& m);
 nlohmann::json to_json(const DriveConfig& d);
 nlohmann::json to_json(const NetConfig& n);
 const char* to_string(ConsoleDevice d) noexcept;
+// Firecracker's Vsock: guest_cid (3 to 2^32-2) and uds_path required; vsock_id deprecated, optional.
+VsockConfig parse_vsock(const nlohmann::json& j);
+nlohmann::json to_json(const VsockConfig& v);
 // The --config-file shape (what GET /vm/config returns).
 nlohmann::json to_json(const VmConfig& c);
 

@@ -52,6 +52,7 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
     else if (path == "/console") what = "console";
     else if (path == "/cpu-config") what = "cpu_cfg";
     else if (path == "/entropy") what = "entropy";
+    else if (path == "/vsock") what = "vsock";
     if (what.empty()) return;
     if (m == Method::Put) count("put_api_requests", what + "_fails");
     if (m == Method::Patch) count("patch_api_requests", what + "_fails");
@@ -158,6 +159,13 @@ Response Controller::pre_boot(const PutNet& p) {
     // As Firecracker, the TAP is checked now: a missing or busy one fails this call.
     (void)virtio::net::open_tap(p.config);
     cfg_.net = std::move(updated);
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const PutVsock& p) {
+    // The socket is bound when the VM is built (the device owns it); a later PUT replaces the
+    // configuration, as Firecracker's "Creates/updates a vsock device".
+    cfg_.vsock = p.config;
     return Response::no_content();
 }
 
@@ -330,7 +338,7 @@ std::string Controller::metrics_line() {
     // and the block/net serialize proxies, whose aggregate group is always there). Ember's
     // counters appear on first use: an empty group means nothing was counted yet.
     for (const char* g : {"get_api_requests", "put_api_requests", "patch_api_requests", "latencies_us", "block", "net",
-                          "uart", "vcpu", "vmm", "logger", "api_server"})
+                          "uart", "vsock", "vcpu", "vmm", "logger", "api_server"})
         snapshot[g];
     snapshot["entropy"]; // Firecracker's EntropyMetricsSerializeProxy: in every line, as block and net
     snapshot["api_server"]["process_startup_time_us"] = startup_us_;

@@ -58,6 +58,7 @@ private:
     Response pre_boot(const PutConsole& a);
     Response pre_boot(const PutCpuConfig& a);
     Response pre_boot(const PutEntropy& a);
+    Response pre_boot(const PutVsock& a);
     Response pre_boot(const InstanceStart& a);
     // Firecracker 1.16 (vmm/src/rpc_interface.rs) refuses logger and metrics changes after boot.
     Response pre_boot(const PutLogger& a);

@@ -165,7 +165,11 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         return PutEntropy{parse_entropy(parse_body(body))};
     }
-    static const char* later[] = {"/vsock", "/balloon", "/mmds", "/snapshot/",
+    if (path == "/vsock") {
+        if (m != Method::Put) throw invalid();
+        return PutVsock{parse_vsock(parse_body(body))};
+    }
+    static const char* later[] = {"/balloon", "/mmds", "/snapshot/",
                                   "/hotplug/", "/pmem/"};
     for (const char* p : later)
         if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
@@ -218,6 +222,7 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutConsole&) const { return "console"; }
         const char* operator()(const PutCpuConfig&) const { return "cpu_cfg"; }
         const char* operator()(const PutEntropy&) const { return "entropy"; }
+        const char* operator()(const PutVsock&) const { return "vsock"; }
     };
     return std::visit(V{}, a);
 }
@@ -245,6 +250,7 @@ Method action_method(const Action& a) {
         Method operator()(const PutConsole&) const { return Method::Put; }
         Method operator()(const PutCpuConfig&) const { return Method::Put; }
         Method operator()(const PutEntropy&) const { return Method::Put; }
+        Method operator()(const PutVsock&) const { return Method::Put; }
     };
     return std::visit(V{}, a);
 }

@@ -46,6 +46,7 @@ struct PutSerial {
     std::optional<TokenBucketConfig> rate_limiter;
 };
 struct PutConsole { ConsoleDevice device; };
+struct PutVsock { VsockConfig config; };
 // PUT /cpu-config: Firecracker's custom CPU template (pre-boot).
 struct PutCpuConfig { CustomCpuTemplate config; };
 // PUT /entropy: Firecracker's EntropyDevice (pre-boot).
@@ -54,7 +55,7 @@ struct PutEntropy { EntropyConfig config; };
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
                             PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PatchNet, PutSerial, PutConsole,
-                            PutCpuConfig, PutEntropy>;
+                            PutCpuConfig, PutEntropy, PutVsock>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

@@ -7,6 +7,7 @@
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
 #include "devices/virtio/rng/device.hpp"
+#include "devices/virtio/vsock/device.hpp"
 #include "vmm/arch/x86_64/cpu_template.hpp"
 #include "vmm/arch/x86_64/kernel_loader.hpp"
 #include "vmm/arch/x86_64/layout.hpp"
@@ -117,6 +118,7 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     }
     for (auto& [net_cfg, tap] : taps)
         dm.attach_virtio(std::make_shared<virtio::net::NetDevice>(vm->mem_, io, net_cfg, std::move(tap)), net_cfg.iface_id, "net");
+    if (cfg.vsock) dm.attach_virtio(std::make_shared<virtio::vsock::VsockDevice>(vm->mem_, io, *cfg.vsock), "", "vsock");
     std::shared_ptr<virtio::console::ConsoleDevice> console;
     if (cfg.console.device == ConsoleDevice::Virtio) {
         console = std::make_shared<virtio::console::ConsoleDevice>(

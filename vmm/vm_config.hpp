@@ -2,6 +2,7 @@
 // The VM's configuration as plain values, independent of JSON: api/config parses Firecracker's
 // schema into these and renders them back for GET /vm/config.
 
+#include "devices/virtio/vsock/config.hpp"
 #include "devices/virtio/block/config.hpp"
 #include "devices/virtio/net/config.hpp"
 #include "devices/virtio/rng/config.hpp"
@@ -56,6 +57,7 @@ struct VmConfig {
     std::vector<NetConfig> net;      // likewise
     ConsoleConfig console;
     std::optional<EntropyConfig> entropy; // PUT /entropy: a virtio-rng device
+    std::optional<VsockConfig> vsock; // PUT /vsock, config-file "vsock"
 };
 
 // Firecracker's --no-seccomp / --seccomp-filter. Recorded only: Ember installs no seccomp

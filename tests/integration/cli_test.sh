@@ -299,7 +299,7 @@ else
   fail "Firecracker-shaped config: status $RC, $(cat "$ERR")"
 fi
 # Sections for devices Ember does not have: one line naming the section, Firecracker's status for a bad config.
-for sec in 'vsock|{"guest_cid": 3, "uds_path": "/tmp/v.sock"}|vsock device' 'balloon|{"amount_mib": 0, "deflate_on_oom": false}|balloon device' \
+for sec in 'balloon|{"amount_mib": 0, "deflate_on_oom": false}|balloon device' \
            'mmds-config|{"network_interfaces": ["eth0"]}|MMDS' \
            'pmem|[{"id": "p0", "path_on_host": "/tmp/p"}]|virtio-pmem device' 'memory-hotplug|{"total_size_mib": 1024}|memory hotplug'; do
   IFS='|' read -r name body what <<< "$sec"

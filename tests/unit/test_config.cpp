@@ -290,7 +290,7 @@ TEST_CASE("config: logger and metrics sections; sections not supported yet") {
     j["logger"] = json::parse(R"({"show_level": 1})");
     CHECK_CONFIG_ERROR(parse(j.dump()), "logger.show_level");
 
-    for (const char* section : {"vsock", "balloon", "mmds-config"}) {
+    for (const char* section : {"balloon", "mmds-config"}) {
         CAPTURE(section);
         json k = json::parse(VALID);
         k[section] = json::array();
@@ -487,7 +487,6 @@ TEST_CASE("config: null is absent for every optional section, as in Firecracker"
 
 TEST_CASE("config: sections for devices Ember lacks are refused by name unless null") {
     const std::pair<const char*, const char*> cases[] = {
-        {"vsock", R"({"guest_cid": 3, "uds_path": "/tmp/v.sock"})"},
         {"balloon", R"({"amount_mib": 0, "deflate_on_oom": false})"},
         {"mmds-config", R"({"network_interfaces": ["net0"]})"},
         {"pmem", R"([{"id": "p", "path_on_host": "/tmp/p", "root_device": false}])"},
@@ -529,4 +528,29 @@ TEST_CASE("config: to_json has every key of Firecracker's FullVmConfiguration") 
     CHECK(d == json{{"drive_id", "d"}, {"partuuid", nullptr}, {"is_root_device", false}, {"cache_type", "Unsafe"},
                     {"is_read_only", false}, {"path_on_host", "d.img"}, {"rate_limiter", nullptr}, {"io_engine", "Async"},
                     {"socket", nullptr}});
+}
+
+TEST_CASE("config: the vsock section (Firecracker's Vsock) and its GET /vm/config shape") {
+    json j = json::parse(VALID);
+    j["vsock"] = json::parse(R"({"guest_cid": 3, "uds_path": "/tmp/v.sock"})");
+    VmConfig c = parse(j.dump());
+    REQUIRE(c.vsock);
+    CHECK(c.vsock->guest_cid == 3);
+    CHECK(c.vsock->uds_path == "/tmp/v.sock");
+    CHECK_FALSE(c.vsock->vsock_id);
+    CHECK(to_json(c)["vsock"] == json::parse(R"({"guest_cid": 3, "uds_path": "/tmp/v.sock"})"));
+    j["vsock"]["vsock_id"] = "agent_api"; // deprecated, still accepted and shown
+    c = parse(j.dump());
+    CHECK(to_json(c)["vsock"]["vsock_id"] == "agent_api");
+    for (const char* bad : {R"({"guest_cid": 2, "uds_path": "/tmp/v"})", R"({"guest_cid": 4294967295, "uds_path": "/tmp/v"})",
+                            R"({"guest_cid": -3, "uds_path": "/tmp/v"})", R"({"uds_path": "/tmp/v"})", R"({"guest_cid": 3})",
+                            R"({"guest_cid": 3, "uds_path": ""})", R"({"guest_cid": 3, "uds_path": "/tmp/v", "x": 1})",
+                            R"({"guest_cid": "3", "uds_path": "/tmp/v"})"}) {
+        CAPTURE(bad);
+        j["vsock"] = json::parse(bad);
+        CHECK_CONFIG_ERROR(parse(j.dump()), "vsock");
+    }
+    j["vsock"]["guest_cid"] = 3;
+    j["vsock"]["uds_path"] = std::string(108, 'p');
+    CHECK_CONFIG_ERROR(parse(j.dump()), "uds_path");
 }

@@ -83,7 +83,7 @@ TEST_CASE("routes: logger and metrics") {
 TEST_CASE("routes: devices that do not exist yet are refused by name, never with 204") {
     CHECK_THAT(fault(route("PUT", "/drives/bad id", R"({})")), Catch::Contains("invalid drive id"));
     CHECK_THAT(fault(route("PUT", "/drives/", R"({})")), Catch::Contains("invalid drive id"));
-    for (const char* p : {"/vsock", "/balloon", "/mmds", "/snapshot/create"})
+    for (const char* p : {"/balloon", "/mmds", "/snapshot/create"})
         CHECK_THAT(fault(route("PUT", p, "{}")), Catch::Contains("not supported"));
 }
 
@@ -201,4 +201,18 @@ TEST_CASE("responses never throw on invalid UTF-8") {
     CHECK_NOTHROW(Response::ok_json(json{{"path", std::string("\xc3\x28")}}));
     // A body that is not UTF-8 is a 400, not an exception.
     CHECK(as_error(route("PUT", "/actions", std::string("{\"action_type\": \"\xff\"}"))).status == 400);
+}
+
+TEST_CASE("routes: PUT /vsock") {
+    const auto put = route("PUT", "/vsock", R"({"vsock_id": "agent_api", "guest_cid": 7, "uds_path": "/run/v.sock"})");
+    const auto& v = as<PutVsock>(put);
+    CHECK(v.config.guest_cid == 7);
+    CHECK(v.config.uds_path == "/run/v.sock");
+    CHECK(v.config.vsock_id == std::optional<std::string>("agent_api"));
+    CHECK(as<PutVsock>(route("PUT", "/vsock", R"({"guest_cid": 3, "uds_path": "/v"})")).config.vsock_id == std::nullopt);
+    CHECK_THAT(fault(route("PUT", "/vsock", R"({"guest_cid": 1, "uds_path": "/v"})")), Catch::Contains("guest_cid"));
+    CHECK_THAT(fault(route("PUT", "/vsock", R"({"guest_cid": 3})")), Catch::Contains("uds_path"));
+    CHECK_THAT(fault(route("PUT", "/vsock", R"({"guest_cid": 3, "uds_path": "/v", "cid": 3})")), Catch::Contains("unknown field"));
+    CHECK_THAT(fault(route("PUT", "/vsock", "[]")), Catch::Contains("vsock"));
+    CHECK(fault(route("PATCH", "/vsock", R"({"guest_cid": 3, "uds_path": "/v"})")).size() > 0);
 }
