@@ -21,7 +21,7 @@ template <typename T> T get_le(const std::byte* p) noexcept {
 void read_config(std::uint64_t guest_cid, std::uint64_t offset, std::span<std::uint8_t> data) noexcept {
     for (std::size_t i = 0; i < data.size(); ++i) {
         const std::uint64_t at = offset + i;
-        data[i] = at < CONFIG_SIZE && at >= offset ? static_cast<std::uint8_t>(guest_cid >> (8 * at)) : 0;
+        data[i] = static_cast<std::uint8_t>(at < CONFIG_SIZE && at >= offset ? guest_cid >> (8 * at) : 0);
     }
 }
 
