@@ -5,6 +5,7 @@
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/net/backend.hpp"
 #include "devices/virtio/net/device.hpp"
+#include "devices/virtio/vsock/backend.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
 #include "vmm/base/output_file.hpp"
@@ -163,8 +164,17 @@ Response Controller::pre_boot(const PutNet& p) {
 }
 
 Response Controller::pre_boot(const PutVsock& p) {
-    // The socket is bound when the VM is built (the device owns it); a later PUT replaces the
-    // configuration, as Firecracker's "Creates/updates a vsock device".
+    // Firecracker's VsockBuilder::insert: the socket is bound now (an existing path fails this
+    // call) and waits for the device built at InstanceStart; a later PUT removes the previous
+    // socket file first, then binds the new path (if that fails, no vsock is configured, as in
+    // Firecracker, whose insert() takes the old device out before building the new one).
+    if (cfg_.vsock) {
+        (void)virtio::vsock::take_parked_listener(cfg_.vsock->uds_path);
+        if (::unlink(cfg_.vsock->uds_path.c_str()) != 0 && errno != ENOENT)
+            throw SystemError("vsock: cannot remove the previous uds_path " + cfg_.vsock->uds_path, errno);
+        cfg_.vsock.reset();
+    }
+    virtio::vsock::park_listener(p.config.uds_path, virtio::vsock::bind_uds(p.config.uds_path));
     cfg_.vsock = p.config;
     return Response::no_content();
 }

@@ -118,6 +118,32 @@ public:
         (void)drv_.post(VsockDevice::TX, {readable(bytes)});
         drv_.notify(VsockDevice::TX);
     }
+    // Sends a packet with `n` payload bytes of `fill` from one reused guest buffer (the device
+    // consumes tx chains synchronously on notify, so the buffer and descriptor are free again).
+    void send_big(Header h, std::uint32_t n, char fill) {
+        if (big_addr_ == 0) big_addr_ = drv_.alloc(HDR_LEN + MAX_PAYLOAD);
+        h.src_cid = kCid;
+        h.dst_cid = HOST_CID;
+        h.type = TYPE_STREAM;
+        h.len = n;
+        const auto raw = encode(h);
+        std::vector<std::byte> bytes(raw.begin(), raw.end());
+        bytes.resize(HDR_LEN + n, static_cast<std::byte>(fill));
+        REQUIRE(mem_.write(GuestAddr(big_addr_), std::span<const std::byte>(bytes)));
+        constexpr std::uint16_t kDesc = 63;
+        drv_.rings(VsockDevice::TX).set_desc(kDesc, big_addr_, static_cast<std::uint32_t>(bytes.size()));
+        drv_.rings(VsockDevice::TX).publish(kDesc);
+        drv_.notify(VsockDevice::TX);
+    }
+    // Posts an arbitrary tx chain (a hostile driver's) and returns the used length the device
+    // gave it, or nullopt if the device did not consume it.
+    std::optional<std::uint32_t> send_chain(const std::vector<Seg>& segs) {
+        const std::uint16_t before = drv_.rings(VsockDevice::TX).used_idx();
+        (void)drv_.post(VsockDevice::TX, segs);
+        drv_.notify(VsockDevice::TX);
+        if (drv_.rings(VsockDevice::TX).used_idx() == before) return std::nullopt;
+        return drv_.rings(VsockDevice::TX).nth_used(before).second;
+    }
     // Runs the event loop until a packet reaches the guest (or ~1 s); reposts the rx buffer.
     std::optional<Packet> recv() {
         for (int i = 0; i < 1000; ++i) {
@@ -163,7 +189,13 @@ private:
     VirtioDriver drv_;
     std::map<std::uint16_t, std::uint64_t> rx_addr_;
     std::uint16_t rx_seen_ = 0;
+    std::uint64_t big_addr_ = 0;
 };
+
+std::vector<std::uint8_t> raw_header(const Header& h) {
+    const auto raw = encode(h);
+    return std::vector<std::uint8_t>(reinterpret_cast<const std::uint8_t*>(raw.data()), reinterpret_cast<const std::uint8_t*>(raw.data()) + HDR_LEN);
+}
 
 Header hdr(Op op, std::uint32_t src_port, std::uint32_t dst_port, std::uint32_t buf_alloc = 65536, std::uint32_t fwd_cnt = 0) {
     Header h;
@@ -455,4 +487,225 @@ TEST_CASE("vsock device: saved state restores into a device that tells the drive
     CHECK(drv2.guest(ev.addrs[0], 4) == std::vector<std::uint8_t>{0, 0, 0, 0}); // id TRANSPORT_RESET
     CHECK(drv2.irq_raised());
     CHECK(dev2->save().virtio.queues[VsockDevice::EVT].next_used == 1);
+}
+
+namespace {
+
+// A guest-initiated connection from guest port `gport` to host port `hport`, accepted on the
+// host side by `listener`; returns the host end.
+UniqueFd open_guest_conn(Guest& g, int listener, std::uint32_t gport, std::uint32_t hport) {
+    g.send(hdr(Op::Request, gport, hport));
+    auto resp = g.recv();
+    REQUIRE(resp);
+    REQUIRE(op_of(*resp) == Op::Response);
+    UniqueFd host(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(host.valid());
+    return host;
+}
+
+// A host-initiated connection to guest port `gport`, answered by the guest; returns the host
+// end (its "OK" line read) and the local port.
+std::pair<UniqueFd, std::uint32_t> open_host_conn(Guest& g, const std::string& uds, std::uint32_t gport) {
+    UniqueFd host = unix_connect(uds);
+    const std::string line = "CONNECT " + std::to_string(gport) + "\n";
+    REQUIRE(::write(host.get(), line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+    auto req = g.recv();
+    REQUIRE(req);
+    REQUIRE(op_of(*req) == Op::Request);
+    const std::uint32_t local = req->hdr.src_port;
+    g.send(hdr(Op::Response, gport, local));
+    const std::string ok = "OK " + std::to_string(local) + "\n";
+    REQUIRE(read_some(host.get(), ok.size(), [&] { g.pump(); }) == ok);
+    return {std::move(host), local};
+}
+
+bool at_eof(int fd) {
+    char c;
+    return ::recv(fd, &c, 1, MSG_DONTWAIT) == 0;
+}
+
+} // namespace
+
+TEST_CASE("vsock device: a socket bound by PUT /vsock serves clients that connected before the device existed", "[vsock]") {
+    TempDir d;
+    const std::string uds = d.path + "/v.sock";
+    park_listener(uds, bind_uds(uds));
+    CHECK_THROWS_WITH(bind_uds(uds), Catch::Contains("v.sock")); // the path is taken now
+    UniqueFd early = unix_connect(uds);
+    REQUIRE(::write(early.get(), "CONNECT 77\n", 11) == 11);
+    Guest g(uds); // takes the parked socket instead of binding (which would fail)
+    auto req = g.recv();
+    REQUIRE(req);
+    CHECK(op_of(*req) == Op::Request);
+    CHECK(req->hdr.dst_port == 77);
+    CHECK_FALSE(take_parked_listener(uds).valid());
+}
+
+TEST_CASE("vsock device: a CONNECT the guest never answers is reset after CONN_REQUEST_TIMEOUT", "[vsock]") {
+    TempDir d;
+    const std::string uds = d.path + "/v.sock";
+    Guest g(uds);
+    auto [answered, answered_port] = open_host_conn(g, uds, 10);
+    UniqueFd host = unix_connect(uds);
+    REQUIRE(::write(host.get(), "CONNECT 11\n", 11) == 11);
+    auto req = g.recv();
+    REQUIRE(req);
+    REQUIRE(op_of(*req) == Op::Request);
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(g.quiet()); // nothing owed to the guest before the timeout
+    std::optional<Packet> rst;
+    while (!rst && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) rst = g.recv();
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    REQUIRE(rst);
+    CHECK(op_of(*rst) == Op::Rst);
+    CHECK(rst->hdr.src_port == req->hdr.src_port);
+    CHECK(rst->hdr.dst_port == 11);
+    CHECK(waited >= CONN_REQUEST_TIMEOUT - std::chrono::milliseconds(200));
+    CHECK(waited < CONN_REQUEST_TIMEOUT + std::chrono::milliseconds(1500));
+    // The host end is closed without an "OK" line.
+    CHECK(read_some(host.get(), 10, [&] { g.pump(); }).empty());
+    CHECK(at_eof(host.get()));
+    // The answered connection is untouched and still carries data.
+    CHECK(g.dev().connection_count() == 1);
+    REQUIRE(::write(answered.get(), "still", 5) == 5);
+    auto rw = g.recv();
+    REQUIRE(rw);
+    CHECK(op_of(*rw) == Op::Rw);
+    CHECK(rw->hdr.src_port == answered_port);
+    CHECK(rw->data == "still");
+}
+
+TEST_CASE("vsock device: host clients sending junk instead of CONNECT are dropped; other connections go on", "[vsock]") {
+    TempDir d;
+    const std::string uds = d.path + "/v.sock";
+    Guest g(uds);
+    const auto pump = [&] { g.pump(); };
+    auto [live, live_port] = open_host_conn(g, uds, 20);
+    for (const std::string& junk : std::vector<std::string>{"GET / HTTP/1.1\r\n\r\n", std::string(4096, '\0'), "CONNECT 20x\n", "OK 5\n"}) {
+        UniqueFd bad = unix_connect(uds);
+        REQUIRE(::write(bad.get(), junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
+        CHECK(read_some(bad.get(), 10, pump).empty());
+        CHECK(at_eof(bad.get()));
+        CHECK(g.quiet()); // the guest hears nothing of it
+    }
+    { // a client that leaves halfway through its line
+        UniqueFd half = unix_connect(uds);
+        REQUIRE(::write(half.get(), "CONN", 4) == 4);
+    }
+    CHECK(g.quiet());
+    CHECK(g.dev().connection_count() == 1);
+    g.send(hdr(Op::Rw, 20, live_port), "guest->host");
+    CHECK(read_some(live.get(), 11, pump) == "guest->host");
+    REQUIRE(::write(live.get(), "host->guest", 11) == 11);
+    auto rw = g.recv();
+    REQUIRE(rw);
+    CHECK(rw->data == "host->guest");
+}
+
+TEST_CASE("vsock device: a guest overrunning the credit it was given is reset; nothing is buffered past it", "[vsock]") {
+    TempDir d;
+    const std::string uds = d.path + "/v.sock";
+    Guest g(uds);
+    UniqueFd listener = unix_listen(uds + "_6100");
+    UniqueFd host = open_guest_conn(g, listener.get(), 901, 6100); // never read until the end
+    int sndbuf = 0;
+    {
+        UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        socklen_t sl = sizeof sndbuf;
+        REQUIRE(::getsockopt(probe.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) == 0);
+    }
+    // The guest ignores our buf_alloc and keeps sending full packets. What Ember holds is at
+    // most CONN_BUF_ALLOC; the host socket's own buffer takes the rest until it is full.
+    const std::size_t bound = CONN_BUF_ALLOC + 2 * static_cast<std::size_t>(sndbuf) + 2 * MAX_PAYLOAD;
+    std::size_t sent = 0;
+    std::optional<Packet> rst;
+    while (!rst && sent <= bound + MAX_PAYLOAD) {
+        g.send_big(hdr(Op::Rw, 901, 6100), MAX_PAYLOAD, 'o');
+        sent += MAX_PAYLOAD;
+        while (!g.quiet()) {
+            auto p = g.recv();
+            REQUIRE(p);
+            if (op_of(*p) == Op::Rst) rst = p;
+            else CHECK(op_of(*p) == Op::CreditUpdate);
+        }
+    }
+    REQUIRE(rst);
+    CHECK(rst->hdr.src_port == 6100);
+    CHECK(rst->hdr.dst_port == 901);
+    CHECK(sent > CONN_BUF_ALLOC); // it did overrun
+    CHECK(sent <= bound);
+    CHECK(g.dev().connection_count() == 0);
+    CHECK(g.dev().running());
+    // The host end got a prefix of the stream (all 'o') and then EOF.
+    const std::string got = read_some(host.get(), sent, [&] { g.pump(); });
+    CHECK(got.size() < sent);
+    CHECK(got.find_first_not_of('o') == std::string::npos);
+    CHECK(at_eof(host.get()));
+    // Ember goes on: a new connection works.
+    UniqueFd again = open_guest_conn(g, listener.get(), 902, 6100);
+    g.send(hdr(Op::Rw, 902, 6100), "fine");
+    CHECK(read_some(again.get(), 4, [&] { g.pump(); }) == "fine");
+}
+
+TEST_CASE("vsock device: a hostile driver's packets are dropped or reset their connection; the device goes on", "[vsock]") {
+    TempDir d;
+    const std::string uds = d.path + "/v.sock";
+    Guest g(uds);
+    const auto pump = [&] { g.pump(); };
+    UniqueFd listener = unix_listen(uds + "_7100");
+    UniqueFd host = open_guest_conn(g, listener.get(), 5, 7100);
+    Header h = hdr(Op::Rw, 5, 7100);
+    h.src_cid = kCid;
+    h.dst_cid = HOST_CID;
+    h.type = TYPE_STREAM;
+
+    // Malformed chains are consumed (used length 0) and deliver nothing (Firecracker's
+    // process_tx drops a packet it cannot parse).
+    std::vector<std::uint8_t> bytes = raw_header(h);
+    bytes.resize(20);
+    CHECK(g.send_chain({readable(bytes)}) == 0u); // shorter than a header
+    h.len = MAX_PAYLOAD + 1;
+    bytes = raw_header(h);
+    bytes.resize(HDR_LEN + 16, 'x');
+    CHECK(g.send_chain({readable(bytes)}) == 0u); // len above 64 KiB
+    h.len = 100;
+    bytes = raw_header(h);
+    bytes.resize(HDR_LEN + 10, 'x');
+    CHECK(g.send_chain({readable(bytes)}) == 0u); // len past the chain
+    CHECK(g.send_chain({readable(raw_header(h)), readable(std::string(10, 'x'))}) == 0u); // same, split
+    CHECK(g.send_chain({writable(HDR_LEN + 8)}) == 0u); // a device-writable tx buffer
+    CHECK(g.send_chain({readable(raw_header(h)), writable(100)}) == 0u); // payload the device may write
+    // Spoofed or misdirected addresses are dropped without a word.
+    h.len = 5;
+    Header spoof = h;
+    spoof.src_cid = kCid + 1;
+    bytes = raw_header(spoof);
+    bytes.insert(bytes.end(), {'s', 'p', 'o', 'o', 'f'});
+    CHECK(g.send_chain({readable(bytes)}) == 0u);
+    Header elsewhere = h;
+    elsewhere.dst_cid = 7;
+    bytes = raw_header(elsewhere);
+    bytes.insert(bytes.end(), {'a', 'w', 'a', 'y', '!'});
+    CHECK(g.send_chain({readable(bytes)}) == 0u);
+    CHECK(g.quiet());
+    CHECK(g.dev().running());
+    CHECK(g.dev().connection_count() == 1);
+    // None of it reached the host: the next real bytes are the first it reads.
+    g.send(hdr(Op::Rw, 5, 7100), "real");
+    CHECK(read_some(host.get(), 100, pump) == "real");
+
+    // A type other than stream on the live connection resets it.
+    Header dgram = hdr(Op::Rw, 5, 7100);
+    dgram.src_cid = kCid;
+    dgram.dst_cid = HOST_CID;
+    dgram.type = 2; // VIRTIO_VSOCK_TYPE_SEQPACKET
+    CHECK(g.send_chain({readable(raw_header(dgram))}) == 0u);
+    auto rst = g.recv();
+    REQUIRE(rst);
+    CHECK(op_of(*rst) == Op::Rst);
+    CHECK(rst->hdr.src_port == 7100);
+    CHECK(g.dev().connection_count() == 0);
+    CHECK(read_some(host.get(), 10, pump).empty());
+    CHECK(at_eof(host.get()));
+    CHECK(g.dev().running());
 }

@@ -47,16 +47,54 @@ std::size_t iov_total(std::span<const iovec> iov) noexcept {
     return n;
 }
 
+// Sockets bound by PUT /vsock before the device exists, by path.
+std::mutex parked_mu;
+std::map<std::string, UniqueFd>& parked() {
+    static std::map<std::string, UniqueFd> m;
+    return m;
+}
+
 } // namespace
+
+UniqueFd bind_uds(const std::string& path) {
+    sockaddr_un sa;
+    socklen_t len = 0;
+    if (!fill_sockaddr(path, sa, len)) throw ConfigError("vsock: uds_path '" + path + "' is empty or too long for a unix socket");
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd.valid()) throw SystemError("vsock: socket for " + path, errno);
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&sa), len) != 0) throw SystemError("vsock: cannot bind uds_path " + path, errno);
+    if (::listen(fd.get(), 128) != 0) {
+        const int err = errno;
+        ::unlink(path.c_str());
+        throw SystemError("vsock: listen " + path, err);
+    }
+    return fd;
+}
+
+void park_listener(const std::string& path, UniqueFd fd) {
+    std::lock_guard lk(parked_mu);
+    parked()[path] = std::move(fd);
+}
+
+UniqueFd take_parked_listener(const std::string& path) noexcept {
+    std::lock_guard lk(parked_mu);
+    auto it = parked().find(path);
+    if (it == parked().end()) return UniqueFd();
+    UniqueFd fd = std::move(it->second);
+    parked().erase(it);
+    return fd;
+}
 
 int Muxer::Conn::fd() const { return sd ? sd->native_handle() : -1; }
 
 Muxer::Muxer(boost::asio::io_context& io, std::mutex& mu, std::uint64_t guest_cid, std::string uds_path, VsockMetrics& metrics,
              std::function<void()> kick)
-    : io_(io), mu_(mu), guest_cid_(guest_cid), uds_path_(std::move(uds_path)), metrics_(metrics), kick_(std::move(kick)) {}
+    : io_(io), mu_(mu), guest_cid_(guest_cid), uds_path_(std::move(uds_path)), metrics_(metrics), kick_(std::move(kick)),
+      expiry_timer_(io) {}
 
 Muxer::~Muxer() {
     *alive_ = false;
+    expiry_timer_.cancel();
     boost::system::error_code ec;
     for (auto& [k, c] : conns_)
         if (c.sd) c.sd->close(ec);
@@ -67,13 +105,8 @@ Muxer::~Muxer() {
 }
 
 void Muxer::listen() {
-    sockaddr_un sa;
-    socklen_t len = 0;
-    if (!fill_sockaddr(uds_path_, sa, len)) throw ConfigError("vsock: uds_path '" + uds_path_ + "' is empty or too long for a unix socket");
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!fd.valid()) throw SystemError("vsock: socket for " + uds_path_, errno);
-    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&sa), len) != 0) throw SystemError("vsock: bind " + uds_path_, errno);
-    if (::listen(fd.get(), 128) != 0) throw SystemError("vsock: listen " + uds_path_, errno);
+    UniqueFd fd = take_parked_listener(uds_path_);
+    if (!fd.valid()) fd = bind_uds(uds_path_);
     listener_ = std::make_unique<stream_descriptor>(io_, fd.release());
 }
 
@@ -84,6 +117,8 @@ void Muxer::start() {
 
 void Muxer::reset() noexcept {
     running_ = false;
+    expiry_timer_.cancel();
+    expiry_armed_.reset();
     boost::system::error_code ec;
     for (auto& [k, c] : conns_)
         if (c.sd) c.sd->close(ec);
@@ -311,9 +346,13 @@ void Muxer::send(const Header& h, std::span<const iovec> payload) noexcept {
     if (!running_) return;
     // Packets not from our guest to the host are dropped (Firecracker does the same).
     if (h.src_cid != guest_cid_ || h.dst_cid != HOST_CID) return;
-    if (h.type != TYPE_STREAM) return stray_rst(h);
     const Key k = key(h.dst_port, h.src_port);
     auto it = conns_.find(k);
+    // Only stream sockets exist (§5.10.6): another type resets its connection, if there is one.
+    if (h.type != TYPE_STREAM) {
+        if (it != conns_.end() && !it->second.dead) return kill(k, it->second);
+        return stray_rst(h);
+    }
     const Op op = static_cast<Op>(h.op);
     if (it == conns_.end()) {
         if (op == Op::Request) return guest_request(h);
@@ -327,6 +366,7 @@ void Muxer::send(const Header& h, std::span<const iovec> payload) noexcept {
         if (c.state != ConnState::LocalInit) return kill(k, c);
         {
             c.state = ConnState::Established;
+            c.expiry.reset();
             const std::string ok = "OK " + std::to_string(c.local_port) + "\n";
             // A fresh socket's send buffer takes a few bytes; anything else ends the connection.
             const ssize_t n = ::send(c.fd(), ok.data(), ok.size(), MSG_NOSIGNAL);
@@ -401,6 +441,39 @@ void Muxer::maybe_finish(Key k, Conn& c) noexcept {
     if (c.sd) ::shutdown(c.fd(), SHUT_WR);
 }
 
+void Muxer::arm_expiry(std::chrono::steady_clock::time_point when) noexcept {
+    if (expiry_armed_ && *expiry_armed_ <= when) return;
+    expiry_armed_ = when;
+    expiry_timer_.expires_at(when);
+    expiry_timer_.async_wait([this, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code& ec) {
+        if (ec || alive.expired()) return;
+        std::lock_guard lk(mu_);
+        on_expiry();
+    });
+}
+
+void Muxer::on_expiry() noexcept {
+    expiry_armed_.reset();
+    if (!running_) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> next;
+    bool killed = false;
+    for (auto& [k, c] : conns_) {
+        if (c.dead || c.state != ConnState::LocalInit || !c.expiry) continue;
+        if (*c.expiry <= now) {
+            LOG_DEBUG("vsock: guest port %u did not answer CONNECT within %lld ms", c.peer_port,
+                      static_cast<long long>(CONN_REQUEST_TIMEOUT.count()));
+            c.expiry.reset();
+            kill(k, c);
+            killed = true;
+        } else if (!next || *c.expiry < *next) {
+            next = c.expiry;
+        }
+    }
+    if (next) arm_expiry(*next);
+    if (killed && kick_) kick_();
+}
+
 bool Muxer::next_rx(Header& hdr, std::span<std::byte> buf, std::uint32_t& len) noexcept {
     len = 0;
     if (!stray_.empty()) {
@@ -432,6 +505,8 @@ bool Muxer::next_rx(Header& hdr, std::span<std::byte> buf, std::uint32_t& len) n
         }
         if (c.pending & P_REQUEST) {
             hdr = base_header(c, Op::Request);
+            c.expiry = std::chrono::steady_clock::now() + CONN_REQUEST_TIMEOUT;
+            arm_expiry(*c.expiry);
             c.credit.last_fwd_sent = c.credit.fwd_cnt;
             done_with(P_REQUEST);
             return true;

@@ -22,12 +22,15 @@
 #include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -47,6 +50,21 @@ inline constexpr std::size_t MAX_STRAY_RST = 256;
 inline constexpr std::size_t MAX_CONNECTIONS = 1024;
 // First local port handed to host-initiated connections (Firecracker starts at 1 << 30).
 inline constexpr std::uint32_t FIRST_LOCAL_PORT = 1u << 30;
+// A host-initiated connection whose REQUEST the guest answers neither with RESPONSE nor RST
+// within this time is reset and its host socket closed (Firecracker's CONN_REQUEST_TIMEOUT_MS,
+// devices/virtio/vsock/csm/mod.rs: 2000 ms, counted from when REQUEST reaches the rxq).
+inline constexpr std::chrono::milliseconds CONN_REQUEST_TIMEOUT{2000};
+
+// Binds and listens on `path` as Firecracker's VsockUnixBackend::new does: an existing file
+// at the path is an error (EADDRINUSE), nothing is unlinked. Throws ConfigError (empty or too
+// long path) or SystemError naming the path.
+UniqueFd bind_uds(const std::string& path);
+// PUT /vsock binds at once (Firecracker's VsockBuilder::insert builds the backend, which binds),
+// so host clients may connect before InstanceStart; the socket waits here until the device
+// built at boot takes it (Muxer::listen). Parking a second socket for a path replaces the first.
+void park_listener(const std::string& path, UniqueFd fd);
+// The parked socket for `path`, or an invalid fd if none.
+UniqueFd take_parked_listener(const std::string& path) noexcept;
 
 struct VsockMetrics {
     std::atomic<std::uint64_t> activate_fails{0}, cfg_fails{0}, rx_queue_event_fails{0}, tx_queue_event_fails{0},
@@ -86,8 +104,7 @@ public:
     Muxer(const Muxer&) = delete;
     Muxer& operator=(const Muxer&) = delete;
 
-    // Binds and listens on uds_path (removing nothing: an existing path is an error, as in
-    // Firecracker). Throws SystemError with the path.
+    // Listens on uds_path: the socket parked for it by PUT /vsock, else a fresh bind_uds().
     void listen();
     // Starts (or stops) serving: while stopped, nothing is read from host sockets; on stop every
     // connection is closed (a device reset drops all connections, §5.10.6.6).
@@ -134,6 +151,8 @@ private:
         bool host_eof = false;       // the host socket read 0: guest told SHUTDOWN(SEND)
         bool peer_shut_rcv = false, peer_shut_send = false;
         bool dead = false;           // RST queued; removed once it is sent
+        // LocalInit: when an unanswered REQUEST times out (set once REQUEST is handed to the rxq).
+        std::optional<std::chrono::steady_clock::time_point> expiry;
         int fd() const;
     };
     using Key = std::uint64_t; // local_port << 32 | peer_port
@@ -153,6 +172,8 @@ private:
     void remove(Key k) noexcept;
     void stray_rst(const Header& h) noexcept;
     void maybe_finish(Key k, Conn& c) noexcept;
+    void arm_expiry(std::chrono::steady_clock::time_point when) noexcept;
+    void on_expiry() noexcept;
     std::uint32_t alloc_local_port() noexcept;
     Header base_header(const Conn& c, Op op) noexcept;
 
@@ -164,6 +185,8 @@ private:
     std::function<void()> kick_;
     std::unique_ptr<boost::asio::posix::stream_descriptor> listener_;
     bool accept_armed_ = false;
+    boost::asio::steady_timer expiry_timer_;
+    std::optional<std::chrono::steady_clock::time_point> expiry_armed_; // when the timer fires
     bool running_ = false;
     std::map<Key, Conn> conns_;
     std::deque<Key> pending_;
