@@ -46,8 +46,8 @@ inline constexpr std::uint32_t CREDIT_UPDATE_THRESHOLD = 64 * 1024;
 // Bound on control packets waiting for rx buffers that belong to no connection (RSTs answering
 // stray packets); more are dropped (the guest times out), as Firecracker's MUXER_RXQ_SIZE.
 inline constexpr std::size_t MAX_STRAY_RST = 256;
-// At most this many connections (Firecracker: defaults to no limit beyond fds; we bound).
-inline constexpr std::size_t MAX_CONNECTIONS = 1024;
+// At most this many connections (Firecracker: muxer.rs defs::MAX_CONNECTIONS).
+inline constexpr std::size_t MAX_CONNECTIONS = 1023;
 // First local port handed to host-initiated connections (Firecracker starts at 1 << 30).
 inline constexpr std::uint32_t FIRST_LOCAL_PORT = 1u << 30;
 // A host-initiated connection whose REQUEST the guest answers neither with RESPONSE nor RST
