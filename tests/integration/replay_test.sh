@@ -6,6 +6,8 @@
 # marshaller produces them). Sources:
 #   go_sdk_start       firecracker-go-sdk Machine.Start() (machine.go, handlers.go, drives.go,
 #                      kernelargs.go, client.go; go-openapi runtime client/request.go)
+#   go_sdk_vsock       Machine.Start() with firecracker-containerd's vsock device (agent_api),
+#                      then vsock.DialContext to the agent port (vsock/dial.go) and data echoed
 #   containerd_create  firecracker-containerd runtime/service.go createVM, drive_handler.go
 #                      (stub drives, PATCH after boot), helpers.go, internal/cpu_template.go
 #   getting_started    Firecracker docs/getting-started.md ("Starting Firecracker")
@@ -284,6 +286,101 @@ assert tot("put_api_requests", "drive_count") >= 2, tot("put_api_requests", "dri
 assert tot("put_api_requests", "network_count") >= 1, tot("put_api_requests", "network_count")
 assert tot("block_0", "read_bytes") >= 2 * 1024 * 1024, tot("block_0", "read_bytes")
 assert tot("net_1", "tx_packets_count") > 0, tot("net_1", "tx_packets_count")'
+  ;;
+go_sdk_vsock)
+  # Machine.Start() with Config.VsockDevices = [{ID: "agent_api", Path: "firecracker.vsock",
+  # CID: 3}]: firecracker-containerd's vsock id and relative path (CreateVM: relVSockPath,
+  # relative to the VMM's working directory) and its agent's port (defaultVsockPort 10789).
+  # AddVsocksHandler runs after CreateNetworkInterfacesHandler and sends PUT /vsock with
+  # models.Vsock {guest_cid, uds_path, vsock_id} in that key order. After Start(), the client
+  # dials the agent as vsock.DialContext does (vsock/dial.go): every RetryInterval (100 ms)
+  # connect (DialTimeout 100 ms; a failed connect is not retried), write "CONNECT 10789\n"
+  # (ConnectMsgTimeout 100 ms), read a line within AckMsgTimeout (1 s) and retry while it is not
+  # "OK <port>", up to RetryTimeout (20 s). In L1 the ack and retry timeouts are raised as the
+  # replay raises the SDK's request timeouts (WithAckMsgTimeout, WithRetryTimeout).
+  VMID=9d0c5a3e-1f2b-4c6d-8e7f-a1b2c3d4e5f6
+  cp "$EMBER_ROOTFS_DIR/rootfs.ext4" "$T/root.ext4"
+  gcc -static -O2 -Wall -Wextra -Werror -o "$T/vsock_echo" "$(dirname "$0")/guest/vsock_echo.c" || { fail "cannot build vsock_echo.c"; finish; }
+  { debugfs -w -R "write $T/vsock_echo /vsock_echo" "$T/root.ext4" && debugfs -w -R "sif /vsock_echo mode 0100755" "$T/root.ext4"; } >/dev/null 2>&1 \
+    || { fail "debugfs write /vsock_echo"; finish; }
+  # The agent starts listening a while after boot: the first dials end without "OK" (the guest
+  # refuses the port, or the driver is not up yet) and the client retries.
+  put_script "$T/root.ext4" 'sleep 8
+/vsock_echo listen 10789 &
+echo READY=1
+sleep 600'
+  cd "$T" || exit 2
+  spawn --api-sock "$SOCK" --id "$VMID" --no-seccomp
+  sdk_wait_socket
+  sdk_expect "PUT /machine-config" 204 PUT /machine-config '{"mem_size_mib":256,"smt":false,"track_dirty_pages":false,"vcpu_count":1}'
+  sdk_expect "GET /machine-config" 200 GET /machine-config
+  ARGS="i8042.dumbkbd i8042.nopnp reboot=k pci=off console=ttyS0 loglevel=4 panic=-1 i8042.noaux i8042.nomux init=/init -- sh /t.sh"
+  sdk_expect "PUT /boot-source" 204 PUT /boot-source "{\"boot_args\":\"$ARGS\",\"kernel_image_path\":\"$K/vmlinux\"}"
+  sdk_expect "PUT /drives/root_drive" 204 PUT /drives/root_drive "{\"drive_id\":\"root_drive\",\"is_read_only\":false,\"is_root_device\":true,\"path_on_host\":\"$T/root.ext4\"}"
+  # AddVsocksHandler: the socket exists when the call returns (Firecracker binds in insert()).
+  sdk_expect "PUT /vsock" 204 PUT /vsock '{"guest_cid":3,"uds_path":"firecracker.vsock","vsock_id":"agent_api"}'
+  [[ -S $T/firecracker.vsock ]] && pass "PUT /vsock bound ./firecracker.vsock in Ember's working directory" || fail "no socket at $T/firecracker.vsock after PUT /vsock"
+  # A second PUT with a path that is taken is refused, naming it; the first stays configured.
+  : > "$T/taken.vsock"
+  sdk PUT /vsock '{"guest_cid":3,"uds_path":"taken.vsock","vsock_id":"agent_api"}'
+  expect "PUT /vsock on an existing file" 400
+  grep -q 'taken.vsock' <<< "$BODY" && pass "fault_message names the path" || fail "fault_message: $BODY"
+  sdk_expect "PUT /vsock again (agent_api)" 204 PUT /vsock '{"guest_cid":3,"uds_path":"firecracker.vsock","vsock_id":"agent_api"}'
+  sdk_expect "InstanceStart" 204 PUT /actions '{"action_type":"InstanceStart"}'
+  if [[ -n ${EMBER_IN_L1:-} ]]; then ACK_S=5 RETRY_S=180; else ACK_S=1 RETRY_S=20; fi
+  timeout $((RETRY_S + 60)) python3 - "$T/firecracker.vsock" 10789 "$ACK_S" "$RETRY_S" > "$T/dial.out" 2>&1 <<'PY'
+import hashlib, os, socket, sys, threading, time
+uds, port, ack_s, retry_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+t0 = time.time(); attempts = 0; conn = None; why = []
+while conn is None and time.time() - t0 < retry_s:
+    time.sleep(0.1)
+    attempts += 1
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(0.1)
+    try:
+        s.connect(uds)
+    except OSError as e:  # not temporary for the SDK: Dial fails
+        print("DIAL=connect failed: %s" % e); sys.exit(0)
+    s.settimeout(0.1); s.sendall(b"CONNECT %d\n" % port)
+    s.settimeout(ack_s); line = b""
+    try:
+        while not line.endswith(b"\n"):
+            b = s.recv(32)
+            if not b: break
+            line += b
+    except socket.timeout:
+        pass
+    if line.startswith(b"OK ") and line.endswith(b"\n"):
+        conn = s
+    else:
+        why.append(line.decode(errors="replace") or "EOF/timeout"); s.close()
+print("DIAL_ATTEMPTS=%d" % attempts)
+print("DIAL_SECONDS=%.1f" % (time.time() - t0))
+print("DIAL_FAILURES=%s" % sorted(set(why)))
+if conn is None:
+    print("DIAL=gave up"); sys.exit(0)
+print("DIAL=ok")
+conn.settimeout(120)
+data = os.urandom(1 << 20)
+def tx(): conn.sendall(data); conn.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=tx); t.start()
+got = bytearray()
+while True:
+    b = conn.recv(1 << 16)
+    if not b: break
+    got += b
+t.join()
+print("ECHO=" + ("ok" if hashlib.md5(got).digest() == hashlib.md5(data).digest() else "mismatch %d" % len(got)))
+PY
+  cat "$T/dial.out"
+  expect_eq "vsock.DialContext(firecracker.vsock, 10789) as the agent client" "$(sed -n 's/^DIAL=//p' "$T/dial.out")" ok
+  [[ $(sed -n 's/^DIAL_ATTEMPTS=//p' "$T/dial.out") -ge 2 ]] && pass "dials before the agent listened were closed without OK, and retried" \
+    || fail "expected refused dials before the agent listened: $(tr '\n' ' ' < "$T/dial.out")"
+  expect_eq "1 MiB echoed by the guest's agent port" "$(sed -n 's/^ECHO=//p' "$T/dial.out")" ok
+  sdk_expect "GET /vm/config" 200 GET /vm/config
+  model_check FullVmConfiguration "assert j['vsock']['guest_cid'] == 3 and j['vsock']['uds_path'] == 'firecracker.vsock', j['vsock']"
+  sdk_expect "SendCtrlAltDel (Shutdown)" 204 PUT /actions '{"action_type":"SendCtrlAltDel"}'
+  wait_exit 120
+  expect_eq "Ember status after Shutdown" "$RC" 0
   ;;
 containerd_create)
   # firecracker-containerd CreateVM with the noop jailer and the quickstart's runtime config
