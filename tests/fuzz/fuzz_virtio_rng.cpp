@@ -25,6 +25,7 @@
 #include "vmm/base/logger.hpp"
 
 #include <algorithm>
+#include <boost/asio/io_context.hpp>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -62,7 +63,7 @@ private:
 class Harness {
 public:
     Harness(const GuestMemory& mem, std::uint8_t flags, std::uint8_t sizes)
-        : mem_(mem), flags_(flags), sizes_(sizes), dev_(mem, EntropyConfig{}, std::make_unique<FuzzSource>((flags & 0x10) != 0)) {}
+        : mem_(mem), flags_(flags), sizes_(sizes), dev_(mem, io_, EntropyConfig{}, std::make_unique<FuzzSource>((flags & 0x10) != 0)) {}
 
     void bring_up() {
         check(dev_.write_status(status::ACKNOWLEDGE));
@@ -150,6 +151,7 @@ private:
 
     const GuestMemory& mem_;
     std::uint8_t flags_, sizes_;
+    boost::asio::io_context io_; // the rate limiter's timer; unused without a limiter
     EntropyDevice dev_;
 };
 
