@@ -70,16 +70,9 @@ void EntropyDevice::process_queue(std::size_t index) noexcept {
     }
     bool used = false;
     for (;;) {
-        const Queue::PopResult r = q.pop();
-        if (r.status == Queue::PopStatus::Empty) {
-            if (q.enable_notification()) continue;
-            break;
-        }
-        if (r.status == Queue::PopStatus::Broken) {
-            bump(metrics_.entropy_event_fails);
-            fail(r.error);
-            return;
-        }
+        const Queue::PopResult r = pop_chain(q, metrics_.entropy_event_fails);
+        if (r.status == Queue::PopStatus::Empty) break;
+        if (r.status == Queue::PopStatus::Broken) return;
         std::size_t filled = 0;
         std::size_t total = 0;
         const RequestError e = r.status == Queue::PopStatus::Chain ? gather_buffers(r.descs, MAX_REQUEST_BYTES, iov_, total)
