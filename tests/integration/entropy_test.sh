@@ -75,11 +75,7 @@ api)
   # PUT /entropy through the API: refusals change nothing, GET /vm/config shows it, it is
   # pre-boot only, and the guest gets its bytes.
   SOCK=$T/api.sock
-  api() { curl -s -m 20 --unix-socket "$SOCK" -X "$1" -H 'Content-Type: application/json' -d "$3" -w ' %{http_code}' "http://localhost$2"; }
-  expect_status() { local name=$1 want=$2; shift 2; LAST=$(api "$@"); [[ ${LAST##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$LAST'"; }
-  "$EMBER_BIN" --api-sock "$SOCK" --level Info --metrics-path "$T/metrics.json" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
-  EMBER_PID=$!
-  for _ in $(seq 1 100); do [[ -S $SOCK ]] && break; sleep 0.1; done
+  start_ember --metrics-path "$T/metrics.json"
   expect_status "GET /vm/config" 200 GET /vm/config ''
   [[ $LAST == *'"entropy":null'* ]] && pass "no entropy device before PUT" || fail "vm/config: $LAST"
   expect_status "PUT /entropy unknown field" 400 PUT /entropy '{"rate": 1}'
@@ -98,11 +94,8 @@ api)
   expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
   expect_status "PUT /entropy after start" 400 PUT /entropy '{}'
   [[ $LAST == *'not supported after starting'* ]] && pass "pre-boot only" || fail "after start: $LAST"
-  for _ in $(seq 1 900); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
-  kill -0 "$EMBER_PID" 2>/dev/null && { kill -9 "$EMBER_PID"; fail "Ember did not exit"; }
-  wait "$EMBER_PID"; RC=$?
+  wait_exit 180
   expect_eq "ember status" "$RC" 0
-  OUT=$T/console.out
   check_random
   expect_eq "put_api_requests.entropy_count" "$(metric put_api_requests entropy_count)" 3
   expect_eq "put_api_requests.entropy_fails" "$(metric put_api_requests entropy_fails)" 3
