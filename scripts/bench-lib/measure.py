@@ -75,7 +75,6 @@ NET_VARIANTS = ["ember", "qemu"]
 # Vsock figures: the guest (vsock_perf.c) listens on VSOCK_PORT; both VMMs give it CID 3.
 VSOCK_RUN_TIMEOUT_S = 150
 VSOCK_CID, VSOCK_PORT = 3, 5201
-VSOCK_VARIANTS = ["ember", "qemu"]
 GROUPS = ("boot", "mem", "blk", "net", "vsock", "api")
 
 
@@ -679,23 +678,30 @@ def net_measure(vmm, r, listener, mib):
     return dict(sample, ok=True, values=values, stderr_tail=tail)
 
 
-def net_interleaved(args, st, save_fn):
-    """Net runs: each round runs Ember and QEMU once, alternating which one goes first."""
-    samples = {v: [] for v in NET_VARIANTS}
-    for i in range(args.net_runs):
-        for vmm in NET_VARIANTS if i % 2 == 0 else list(reversed(NET_VARIANTS)):
+def pair_interleaved(label, runs, once, save_fn):
+    """Rounds of one `once(vmm, i)` run per VMM (Ember and QEMU), alternating which one goes
+    first; each sample gets its run number and wall time, and save_fn sees the samples so far."""
+    samples = {v: [] for v in ("ember", "qemu")}
+    for i in range(runs):
+        for vmm in ("ember", "qemu") if i % 2 == 0 else ("qemu", "ember"):
             t = time.monotonic()
-            s = net_once(vmm, st, args.net_mib)
+            s = once(vmm, i)
             s["run"], s["wall_s"] = i, round(time.monotonic() - t, 1)
             samples[vmm].append(s)
             shown = ", ".join(f"{n} {v:.2f}" for n, v in s.get("values", {}).items())
             if not s["ok"]:
                 shown += f" FAILED ({s['error']})"
-            log(f"net run {i + 1}/{args.net_runs} {vmm} ({s['wall_s']} s): {shown}")
+            log(f"{label} run {i + 1}/{runs} {vmm} ({s['wall_s']} s): {shown}")
             for note in s.get("vmm_log_notes", []):
                 log(f"  {vmm} log: {note}")
             save_fn(samples)
     return samples
+
+
+def net_interleaved(args, st, save_fn):
+    """Net runs: each round runs Ember and QEMU once, alternating which one goes first."""
+    return pair_interleaved("net", args.net_runs, lambda vmm, i: net_once(vmm, st, args.net_mib),
+                            save_fn)
 
 
 def net_params(args):
@@ -912,21 +918,9 @@ def vsock_once(vmm, st, mib, pings, i):
 
 def vsock_interleaved(args, st, save_fn):
     """Vsock runs: each round runs Ember and QEMU once, alternating which one goes first."""
-    samples = {v: [] for v in VSOCK_VARIANTS}
-    for i in range(args.vsock_runs):
-        for vmm in VSOCK_VARIANTS if i % 2 == 0 else list(reversed(VSOCK_VARIANTS)):
-            t = time.monotonic()
-            s = vsock_once(vmm, st, args.vsock_mib, args.vsock_pings, i)
-            s["run"], s["wall_s"] = i, round(time.monotonic() - t, 1)
-            samples[vmm].append(s)
-            shown = ", ".join(f"{n} {v:.2f}" for n, v in s.get("values", {}).items())
-            if not s["ok"]:
-                shown += f" FAILED ({s['error']})"
-            log(f"vsock run {i + 1}/{args.vsock_runs} {vmm} ({s['wall_s']} s): {shown}")
-            for note in s.get("vmm_log_notes", []):
-                log(f"  {vmm} log: {note}")
-            save_fn(samples)
-    return samples
+    return pair_interleaved(
+        "vsock", args.vsock_runs,
+        lambda vmm, i: vsock_once(vmm, st, args.vsock_mib, args.vsock_pings, i), save_fn)
 
 
 def first_response(s, t0):
