@@ -661,16 +661,25 @@ def net_measure(vmm, r, listener, mib):
             break
     # After a failed transfer the guest is stuck in nc: do not wait out the deadline for it.
     stuck = len(values) < len(steps) + ("rtt_ms" in values)
-    if r.wait_marker("EMBER_EXIT_STATUS=", 1 if stuck else NET_RUN_TIMEOUT_S) is None:
+    return conclude(vmm, r, sample, values, problems, stuck, NET_RUN_TIMEOUT_S)
+
+
+def conclude(vmm, r, sample, values, problems, stuck, exit_wait_s, fail_key=None):
+    """The end of a run whose guest program exits by itself: its exit status (waited for at most
+    exit_wait_s, or 1 s when `stuck`: a guest that cannot finish), its console values, a
+    fail_key line it printed, and Ember's own exit. Figures measured before a failure still
+    count: report.py takes each value it finds in a failed sample."""
+    if r.wait_marker("EMBER_EXIT_STATUS=", 1 if stuck else exit_wait_s) is None:
         problems.append("no EMBER_EXIT_STATUS within timeout or VMM exited")
     elif r.exit_status != 0:
         problems.append(f"guest exit status {r.exit_status}")
     sample["guest_exit_status"] = r.exit_status
     with r.cond:
         sample["guest"] = dict(r.values)
+    if fail_key and fail_key in sample["guest"]:
+        problems.append(f"guest: {sample['guest'][fail_key]}")
     if vmm == "ember":
         sample["vmm_rc"] = r.wait_exit(1 if stuck else 10)
-    # Figures measured before a failure still count: report.py takes each value it finds.
     if problems:
         return dict(r.failure("; ".join(problems)), values=values, **sample)
     with r.cond:
@@ -882,22 +891,7 @@ def vsock_measure(vmm, r, uds, mib, pings):
                 bounded(lambda: s.recv(1), deadline, alive)
         except Exception as e:  # noqa: BLE001 - reported in the failed sample
             problems.append(f"quit: {e!r}")
-    if r.wait_marker("EMBER_EXIT_STATUS=", 1 if problems else 30) is None:
-        problems.append("no EMBER_EXIT_STATUS within timeout or VMM exited")
-    elif r.exit_status != 0:
-        problems.append(f"guest exit status {r.exit_status}")
-    sample["guest_exit_status"] = r.exit_status
-    with r.cond:
-        sample["guest"] = dict(r.values)
-    if "VSOCK_FAIL" in sample["guest"]:
-        problems.append(f"guest: {sample['guest']['VSOCK_FAIL']}")
-    if vmm == "ember":
-        sample["vmm_rc"] = r.wait_exit(1 if problems else 10)
-    if problems:
-        return dict(r.failure("; ".join(problems)), values=values, **sample)
-    with r.cond:
-        tail = r.tail["stderr"][-5:]
-    return dict(sample, ok=True, values=values, stderr_tail=tail)
+    return conclude(vmm, r, sample, values, problems, bool(problems), 30, "VSOCK_FAIL")
 
 
 def vsock_once(vmm, st, mib, pings, i):
