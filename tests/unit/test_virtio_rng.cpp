@@ -6,6 +6,7 @@
 #include "devices/virtio/rng/device.hpp"
 #include "devices/virtio/rng/request.hpp"
 #include "devices/virtio/spec.hpp"
+#include "io_util.hpp"
 #include "test_util.hpp"
 #include "virtio_driver.hpp"
 #include "virtio_rings.hpp"
@@ -77,16 +78,8 @@ bool all_zero(const Bytes& b) { return std::all_of(b.begin(), b.end(), [](std::u
 struct Rig {
     explicit Rig(std::unique_ptr<EntropySource> src = host_random(), EntropyConfig cfg = {})
         : dev(std::make_shared<EntropyDevice>(mem, io, std::move(cfg), std::move(src))), drv(mem, *dev, kLayout) {}
-    // Runs the event loop (the limiter's timer) until `done` or 5 s.
-    bool run_until(const std::function<bool()>& done) {
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        while (!done()) {
-            if (std::chrono::steady_clock::now() > deadline) return false;
-            if (io.stopped()) io.restart();
-            io.run_one_for(std::chrono::milliseconds(10));
-        }
-        return true;
-    }
+    // Runs the event loop until `done` or 5 s.
+    bool run_until(const std::function<bool()>& done) { return ember::test::run_io_until(io, done); }
     boost::asio::io_context io;
     GuestMemory mem = make_test_ram();
     std::shared_ptr<EntropyDevice> dev;
