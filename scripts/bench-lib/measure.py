@@ -586,6 +586,15 @@ def bounded(op, deadline, alive):
                 raise RuntimeError("the VMM exited") from None
 
 
+def send_mib(s, mib, deadline, alive):
+    """Sends `mib` MiB of zeros on s (a socket with a short timeout), bounded as bounded() is."""
+    chunk = memoryview(bytes(1 << 20))
+    for _ in range(mib):
+        off = 0
+        while off < len(chunk):
+            off += bounded(lambda: s.send(chunk[off:]), deadline, alive)
+
+
 def host_to_guest(mib, deadline, alive):
     """Connects to the guest's nc (retrying until it listens), sends MIB MiB, half-closes and
     waits for the guest's FIN, which its nc sends on exit once it has read everything. MiB/s
@@ -601,11 +610,7 @@ def host_to_guest(mib, deadline, alive):
     with s:
         s.settimeout(1.0)
         t = time.monotonic()
-        chunk = memoryview(bytes(1 << 20))
-        for _ in range(mib):
-            off = 0
-            while off < len(chunk):
-                off += bounded(lambda: s.send(chunk[off:]), deadline, alive)
+        send_mib(s, mib, deadline, alive)
         s.shutdown(socket.SHUT_WR)
         while bounded(lambda: s.recv(65536), deadline, alive):
             pass
@@ -862,11 +867,7 @@ def vsock_measure(vmm, r, uds, mib, pings):
     def host_to_guest():
         with vsock_request(vmm, uds, b"s", mib, deadline, alive) as s:
             t = time.monotonic()
-            chunk = memoryview(bytes(1 << 20))
-            for _ in range(mib):
-                off = 0
-                while off < len(chunk):
-                    off += bounded(lambda: s.send(chunk[off:]), deadline, alive)
+            send_mib(s, mib, deadline, alive)
             if bounded(lambda: s.recv(1), deadline, alive) != b"k":
                 raise RuntimeError("the guest did not acknowledge the data")
             return mib / (time.monotonic() - t)
