@@ -71,8 +71,6 @@ NET_METRICS = [
     ("rtt_ms", "net_rtt_ms", "ms",
      "Net ping RTT host -> guest, median of the run's pings", "lower"),
 ]
-for _metric, _key, _unit, _label, _better in NET_METRICS:
-    FIGURES.append((_key, "kvm", f"net:{_metric}", _unit, _label, _better))
 # Vsock (measure.py's "vsock" samples): guest vsock_perf.c / Ember's Unix socket (CONNECT
 # scheme) or AF_VSOCK to QEMU's vhost-vsock-device. (metric in the samples, key, unit, label, better)
 VSOCK_METRICS = [
@@ -83,8 +81,11 @@ VSOCK_METRICS = [
     ("connect_ms", "vsock_connect_ms", "ms",
      "Vsock host -> guest connect + 1-byte round trip, median of the run's connects", "lower"),
 ]
-for _metric, _key, _unit, _label, _better in VSOCK_METRICS:
-    FIGURES.append((_key, "kvm", f"vsock:{_metric}", _unit, _label, _better))
+# Groups whose samples hold several metrics per run (see net_samples).
+RUN_METRICS = {"net": NET_METRICS, "vsock": VSOCK_METRICS}
+for _group, _metrics in RUN_METRICS.items():
+    for _metric, _key, _unit, _label, _better in _metrics:
+        FIGURES.append((_key, "kvm", f"{_group}:{_metric}", _unit, _label, _better))
 GROUPS = ("boot", "mem", "blk", "net", "vsock", "api")
 DECIMALS = {"net_rtt_ms": 2, "vsock_connect_ms": 2}  # in results.md; otherwise by unit (see fmt)
 
@@ -256,14 +257,10 @@ def main():
         for metric, _, _, _ in BLK_METRICS:
             for engine in ("async", "sync"):
                 src["kvm"][f"blk:{metric}:{engine}"] = blk_samples(blk, metric, engine)
-    net = src["kvm"].get("net")
-    if net:
-        for metric, *_ in NET_METRICS:
-            src["kvm"][f"net:{metric}"] = net_samples(net, metric)
-    vsock = src["kvm"].get("vsock")
-    if vsock:
-        for metric, *_ in VSOCK_METRICS:
-            src["kvm"][f"vsock:{metric}"] = net_samples(vsock, metric)
+    for name, metrics in RUN_METRICS.items():
+        runs = src["kvm"].get(name)
+        for metric, *_ in metrics if runs else ():
+            src["kvm"][f"{name}:{metric}"] = net_samples(runs, metric)
 
     figs, missing = {}, []
     for key, where, skey, unit, label, better in FIGURES:
