@@ -10,10 +10,10 @@
 
 namespace ember {
 
-// Throws ConfigError with one line naming the field. A non-null rate_limiter is refused until
-// Ember's rate limiters drive this device.
+// Throws ConfigError with one line naming the field (the rate limiter's as for drives:
+// parse_rate_limiter, "entropy.rate_limiter...").
 EntropyConfig parse_entropy(const nlohmann::json& j);
-// GET /vm/config: Firecracker shows {"rate_limiter": null} for a device that limits nothing.
+// GET /vm/config: {"rate_limiter": null} for a device that limits nothing, as Firecracker shows.
 nlohmann::json to_json(const EntropyConfig& c);
 
 } // namespace ember

@@ -127,7 +127,7 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     }
     vm->host_console_ = std::make_unique<HostConsole>(io, *vm->serial_, console, console_on_stdout);
     // virtio-rng (Firecracker's attach_entropy_device), on the slot after the devices above.
-    if (cfg.entropy) dm.attach_virtio(std::make_shared<virtio::rng::EntropyDevice>(vm->mem_, *cfg.entropy), "", "entropy");
+    if (cfg.entropy) dm.attach_virtio(std::make_shared<virtio::rng::EntropyDevice>(vm->mem_, io, *cfg.entropy), "", "entropy");
 
     std::string device_args = root_args(drives);
     if (!dm.kernel_args().empty()) device_args += (device_args.empty() ? "" : " ") + dm.kernel_args();

@@ -151,6 +151,18 @@ void VirtioDevice::config_changed() noexcept {
     irq_.trigger();
 }
 
+Queue::PopResult VirtioDevice::pop_chain(Queue& q, std::atomic<std::uint64_t>& fails, bool rearm) noexcept {
+    for (;;) {
+        Queue::PopResult r = q.pop();
+        if (r.status == Queue::PopStatus::Empty && rearm && q.enable_notification()) continue;
+        if (r.status == Queue::PopStatus::Broken) {
+            bump(fails);
+            fail(r.error);
+        }
+        return r;
+    }
+}
+
 void VirtioDevice::fail(const std::string& why) noexcept {
     if (state_.status & status::DEVICE_NEEDS_RESET) return;
     needs_reset_.fetch_add(1, std::memory_order_relaxed);

@@ -118,6 +118,12 @@ protected:
     // notifications in flight when the state was saved (pop() finds nothing if there were none).
     void resume_after_restore() noexcept;
 
+    // The pop step of every device's queue loop. Empty: nothing more to serve; with `rearm`,
+    // only once notifications are enabled again and nothing was published meanwhile
+    // (Queue::enable_notification; a chain that arrived in between is returned instead).
+    // Broken: the ring is unusable; `fails` has been bumped and the device failed (fail()), so
+    // the caller stops serving. Chain and BadChain are the caller's to serve and return.
+    Queue::PopResult pop_chain(Queue& q, std::atomic<std::uint64_t>& fails, bool rearm = true) noexcept;
     // Used-buffer interrupt (§2.7.7), when `q` says the driver wants one.
     void signal_used(Queue& q) noexcept;
     // Configuration-change interrupt; bumps the config generation (§2.5.1, §4.2.2).

@@ -3,7 +3,9 @@
 
   measure.py kvm     --out FILE --runs N --mem-runs M --kernel VMLINUX --initrd INITRD --ember EMBER
                      [--blkbench BLKBENCH --blk-runs B --blk-seq-mib S --blk-rand-secs R]
-                     [--net-runs T --net-mib NM] [--only GROUP,...]
+                     [--net-runs T --net-mib NM]
+                     [--vsockperf VSOCKPERF --vsock-runs V --vsock-mib VM --vsock-pings P]
+                     [--only GROUP,...]
   measure.py startup --out FILE --runs N --ember EMBER
   measure.py net     --stage STAGE.json --out FILE --net-runs T --net-mib NM --ember EMBER
                      (run by `kvm`: STAGE.json describes what it staged)
@@ -18,7 +20,10 @@ With --net-runs > 0 it stages a third initrd (the first plus /bin/netbench, netb
 `measure.py net` in a child under `unshare --net`: a network namespace of its own, where every VMM
 run gets a freshly made TAP (tap0, 172.16.0.1/24) and the guest 172.16.0.2. It measures TCP
 throughput both ways and ping RTT from the namespace's side, Ember and QEMU (vhost=off) in turn.
---only limits `kvm` to some of the figure groups boot, mem, blk, net, api (default: all).
+With --vsockperf (a static build of vsock_perf.c) it stages a fourth initrd (the first plus
+/bin/vsockperf) and measures virtio-vsock: Ember's device through its Unix socket with
+Firecracker's `CONNECT <port>` scheme, QEMU's vhost-vsock-device through AF_VSOCK to CID 3.
+--only limits `kvm` to some of the figure groups boot, mem, blk, net, vsock, api (default: all).
 `startup` measures Ember's process start to API socket accepting; it needs no KVM.
 Each writes raw samples as JSON to FILE; report.py turns them into statistics.
 """
@@ -32,6 +37,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -66,7 +72,10 @@ NET_GUEST_MAC = "06:00:ac:10:00:02"
 NET_RX_PORT, NET_TX_PORT = 5001, 5002   # the guest listens on RX_PORT, the host on TX_PORT
 NET_PINGS, NET_PING_INTERVAL_S = 20, 0.2
 NET_VARIANTS = ["ember", "qemu"]
-GROUPS = ("boot", "mem", "blk", "net", "api")
+# Vsock figures: the guest (vsock_perf.c) listens on VSOCK_PORT; both VMMs give it CID 3.
+VSOCK_RUN_TIMEOUT_S = 150
+VSOCK_CID, VSOCK_PORT = 3, 5201
+GROUPS = ("boot", "mem", "blk", "net", "vsock", "api")
 
 
 def log(msg):
@@ -122,6 +131,9 @@ def stage(args, base):
         st.update(stage_block(args.blkbench, initrd, f"{base}/guest"))
     if args.net_runs > 0 and "net" in args.only:
         st.update(stage_net(initrd, f"{base}/guest"))
+    if args.vsockperf and "vsock" in args.only:
+        st["vsock_initrd"] = append_program(initrd, f"{base}/guest/initrd-vsock.cpio.gz",
+                                            "vsockperf", args.vsockperf)
     log(f"staged in {time.monotonic() - t:.1f} s")
     return st
 
@@ -163,11 +175,14 @@ def stage_net(initrd, guest):
                                          script)}
 
 
-def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None, tap=None):
+def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None, tap=None, vsock_uds=None):
     """Command line for one run. With io_engine (Ember: "Async" or "Sync"; QEMU: "io_uring") the
     guest boots the block initrd and gets the data disk as /dev/vda. With tap (a TAP device's
-    name) it boots the net initrd and gets one virtio-net device on that TAP as eth0."""
-    initrd = st["blk_initrd"] if io_engine else st["net_initrd"] if tap else st["initrd"]
+    name) it boots the net initrd and gets one virtio-net device on that TAP as eth0. With
+    vsock_uds it boots the vsock initrd and gets a virtio-vsock device with CID 3: Ember's on
+    that Unix socket, QEMU's a vhost-vsock-device (the host reaches it through AF_VSOCK)."""
+    initrd = (st["blk_initrd"] if io_engine else st["net_initrd"] if tap
+              else st["vsock_initrd"] if vsock_uds else st["initrd"])
     boot_args = BOOT_ARGS + cmd
     if vmm == "ember":
         cfg = f"{st['base']}/ember-{tag}.json"
@@ -181,13 +196,15 @@ def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None, tap=None):
         if tap:
             conf["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": tap,
                                            "guest_mac": NET_GUEST_MAC}]
+        if vsock_uds:
+            conf["vsock"] = {"guest_cid": VSOCK_CID, "uds_path": vsock_uds}
         with open(cfg, "w") as f:
             json.dump(conf, f)
         exe, env = st["ember"]
         return [exe, "--no-api", "--boot-timer", "--level", "Info", "--config-file", cfg], env
     exe, env = st["qemu"]
     machine, dev = "microvm,acpi=off", []
-    if io_engine or tap:
+    if io_engine or tap or vsock_uds:
         # One device, on transport 0, described before "--" (see QEMU_BLK_MMIO_ARG).
         machine += ",auto-kernel-cmdline=off"
         boot_args = BOOT_ARGS.replace(" -- ", f" {QEMU_BLK_MMIO_ARG} -- ") + cmd
@@ -200,6 +217,9 @@ def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None, tap=None):
         dev = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
                "-device", f"virtio-net-device,netdev=n0,mac={NET_GUEST_MAC},"
                           "bus=virtio-mmio-bus.0"]
+    elif vsock_uds:
+        # The kernel's vhost-vsock datapath (/dev/vhost-vsock), as a QEMU user would run it.
+        dev = ["-device", f"vhost-vsock-device,guest-cid={VSOCK_CID},bus=virtio-mmio-bus.0"]
     return [exe, "-L", st["qemu_share"], "-M", machine, "-accel", "kvm", "-cpu", "host",
             "-m", str(mem_mib), "-smp", str(vcpus), "-nographic", "-no-reboot", "-nic", "none",
             "-kernel", st["kernel"], "-initrd", initrd, "-append", boot_args] + dev, env
@@ -213,7 +233,7 @@ class VmmRun:
 
     def __init__(self, argv, env):
         self.events = {}
-        self.values = {}      # BLK_*=VALUE and NET_*=VALUE lines on the console
+        self.values = {}      # BLK_*, NET_* and VSOCK_*=VALUE lines on the console
         self.value_t = {}     # when each of those first appeared (s since exec)
         self.log_notes = []   # the VMM's stderr lines that mention errors or warnings
         self.boot_timer_us = None
@@ -238,7 +258,7 @@ class VmmRun:
                 tail.append(line)
                 del tail[:-20]
                 if name == "stdout":
-                    kv = re.search(r"\b((?:BLK|NET)_[A-Z0-9_]+)=(\S+)", line)
+                    kv = re.search(r"\b((?:BLK|NET|VSOCK)_[A-Z0-9_]+)=(\S+)", line)
                     if kv and kv.group(1) not in self.values:
                         self.values[kv.group(1)] = kv.group(2)
                         self.value_t[kv.group(1)] = now - self.t0
@@ -566,6 +586,15 @@ def bounded(op, deadline, alive):
                 raise RuntimeError("the VMM exited") from None
 
 
+def send_mib(s, mib, deadline, alive):
+    """Sends `mib` MiB of zeros on s (a socket with a short timeout), bounded as bounded() is."""
+    chunk = memoryview(bytes(1 << 20))
+    for _ in range(mib):
+        off = 0
+        while off < len(chunk):
+            off += bounded(lambda: s.send(chunk[off:]), deadline, alive)
+
+
 def host_to_guest(mib, deadline, alive):
     """Connects to the guest's nc (retrying until it listens), sends MIB MiB, half-closes and
     waits for the guest's FIN, which its nc sends on exit once it has read everything. MiB/s
@@ -581,11 +610,7 @@ def host_to_guest(mib, deadline, alive):
     with s:
         s.settimeout(1.0)
         t = time.monotonic()
-        chunk = memoryview(bytes(1 << 20))
-        for _ in range(mib):
-            off = 0
-            while off < len(chunk):
-                off += bounded(lambda: s.send(chunk[off:]), deadline, alive)
+        send_mib(s, mib, deadline, alive)
         s.shutdown(socket.SHUT_WR)
         while bounded(lambda: s.recv(65536), deadline, alive):
             pass
@@ -641,16 +666,25 @@ def net_measure(vmm, r, listener, mib):
             break
     # After a failed transfer the guest is stuck in nc: do not wait out the deadline for it.
     stuck = len(values) < len(steps) + ("rtt_ms" in values)
-    if r.wait_marker("EMBER_EXIT_STATUS=", 1 if stuck else NET_RUN_TIMEOUT_S) is None:
+    return conclude(vmm, r, sample, values, problems, stuck, NET_RUN_TIMEOUT_S)
+
+
+def conclude(vmm, r, sample, values, problems, stuck, exit_wait_s, fail_key=None):
+    """The end of a run whose guest program exits by itself: its exit status (waited for at most
+    exit_wait_s, or 1 s when `stuck`: a guest that cannot finish), its console values, a
+    fail_key line it printed, and Ember's own exit. Figures measured before a failure still
+    count: report.py takes each value it finds in a failed sample."""
+    if r.wait_marker("EMBER_EXIT_STATUS=", 1 if stuck else exit_wait_s) is None:
         problems.append("no EMBER_EXIT_STATUS within timeout or VMM exited")
     elif r.exit_status != 0:
         problems.append(f"guest exit status {r.exit_status}")
     sample["guest_exit_status"] = r.exit_status
     with r.cond:
         sample["guest"] = dict(r.values)
+    if fail_key and fail_key in sample["guest"]:
+        problems.append(f"guest: {sample['guest'][fail_key]}")
     if vmm == "ember":
         sample["vmm_rc"] = r.wait_exit(1 if stuck else 10)
-    # Figures measured before a failure still count: report.py takes each value it finds.
     if problems:
         return dict(r.failure("; ".join(problems)), values=values, **sample)
     with r.cond:
@@ -658,23 +692,30 @@ def net_measure(vmm, r, listener, mib):
     return dict(sample, ok=True, values=values, stderr_tail=tail)
 
 
-def net_interleaved(args, st, save_fn):
-    """Net runs: each round runs Ember and QEMU once, alternating which one goes first."""
-    samples = {v: [] for v in NET_VARIANTS}
-    for i in range(args.net_runs):
-        for vmm in NET_VARIANTS if i % 2 == 0 else list(reversed(NET_VARIANTS)):
+def pair_interleaved(label, runs, once, save_fn):
+    """Rounds of one `once(vmm, i)` run per VMM (Ember and QEMU), alternating which one goes
+    first; each sample gets its run number and wall time, and save_fn sees the samples so far."""
+    samples = {v: [] for v in ("ember", "qemu")}
+    for i in range(runs):
+        for vmm in ("ember", "qemu") if i % 2 == 0 else ("qemu", "ember"):
             t = time.monotonic()
-            s = net_once(vmm, st, args.net_mib)
+            s = once(vmm, i)
             s["run"], s["wall_s"] = i, round(time.monotonic() - t, 1)
             samples[vmm].append(s)
             shown = ", ".join(f"{n} {v:.2f}" for n, v in s.get("values", {}).items())
             if not s["ok"]:
                 shown += f" FAILED ({s['error']})"
-            log(f"net run {i + 1}/{args.net_runs} {vmm} ({s['wall_s']} s): {shown}")
+            log(f"{label} run {i + 1}/{runs} {vmm} ({s['wall_s']} s): {shown}")
             for note in s.get("vmm_log_notes", []):
                 log(f"  {vmm} log: {note}")
             save_fn(samples)
     return samples
+
+
+def net_interleaved(args, st, save_fn):
+    """Net runs: each round runs Ember and QEMU once, alternating which one goes first."""
+    return pair_interleaved("net", args.net_runs, lambda vmm, i: net_once(vmm, st, args.net_mib),
+                            save_fn)
 
 
 def net_params(args):
@@ -746,6 +787,135 @@ def run_net_child(args, st, base):
     if rc != 0:
         log(f"net: the child run failed (exit {rc})")
     return samples
+
+
+def vsock_connect(vmm, uds, deadline, alive):
+    """A stream to the guest's VSOCK_PORT. Ember: connect to its Unix socket and send
+    `CONNECT <port>\\n`; the stream is up once Ember answers `OK <host_port>\\n` (Firecracker's
+    docs/vsock.md). QEMU: AF_VSOCK straight to CID 3 through the kernel's vhost-vsock."""
+    if vmm == "qemu":
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        # One connect() with the whole budget: a timed-out connect cannot simply be retried.
+        s.settimeout(max(1.0, deadline - time.monotonic()))
+        try:
+            s.connect((VSOCK_CID, VSOCK_PORT))
+        except BaseException:
+            s.close()
+            raise
+        s.settimeout(1.0)
+        return s
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        bounded(lambda: s.connect(uds), deadline, alive)
+        s.sendall(f"CONNECT {VSOCK_PORT}\n".encode())
+        line = b""
+        while not line.endswith(b"\n"):
+            b = bounded(lambda: s.recv(1), deadline, alive)
+            if not b:
+                raise RuntimeError(f"Ember closed the stream after {line!r} (no OK line)")
+            line += b
+        if not line.startswith(b"OK "):
+            raise RuntimeError(f"Ember answered {line!r} to CONNECT")
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def recv_exact(s, n, deadline, alive):
+    got = 0
+    while got < n:
+        b = bounded(lambda: s.recv(min(1 << 20, n - got)), deadline, alive)
+        if not b:
+            raise RuntimeError(f"stream closed after {got} of {n} bytes")
+        got += len(b)
+    return got
+
+
+def vsock_request(vmm, uds, op, mib, deadline, alive):
+    s = vsock_connect(vmm, uds, deadline, alive)
+    s.sendall(op + (struct.pack("<I", mib) if mib is not None else b""))
+    return s
+
+
+def vsock_measure(vmm, r, uds, mib, pings):
+    """After VSOCK_READY: one untimed ping, `pings` timed ones (connect + 1-byte round trip on a
+    new stream each), MIB MiB host -> guest, MIB MiB guest -> host, then the quit request."""
+    deadline = r.t0 + VSOCK_RUN_TIMEOUT_S
+    if r.wait_value("VSOCK_READY", deadline) is None:
+        return r.failure("no VSOCK_READY from the guest within timeout or VMM exited")
+    sample = {"ready_ms": r.value_t["VSOCK_READY"] * 1000.0}
+    values, problems = {}, []
+
+    def alive():
+        return r.proc.poll() is None
+
+    def ping():
+        t = time.monotonic()
+        with vsock_request(vmm, uds, b"p", None, deadline, alive) as s:
+            if bounded(lambda: s.recv(1), deadline, alive) != b"p":
+                raise RuntimeError("no ping answer")
+            return (time.monotonic() - t) * 1000.0
+
+    def connect_ms():
+        ping()
+        rtts = [ping() for _ in range(pings)]
+        sample["connect_rtts_ms"] = rtts
+        return statistics.median(rtts)
+
+    def host_to_guest():
+        with vsock_request(vmm, uds, b"s", mib, deadline, alive) as s:
+            t = time.monotonic()
+            send_mib(s, mib, deadline, alive)
+            if bounded(lambda: s.recv(1), deadline, alive) != b"k":
+                raise RuntimeError("the guest did not acknowledge the data")
+            return mib / (time.monotonic() - t)
+
+    def guest_to_host():
+        with vsock_request(vmm, uds, b"o", mib, deadline, alive) as s:
+            t = time.monotonic()
+            recv_exact(s, mib << 20, deadline, alive)
+            return mib / (time.monotonic() - t)
+
+    # The guest serves one request at a time: a failed step ends the measurements.
+    for name, fn in (("connect_ms", connect_ms), ("host_to_guest_mibps", host_to_guest),
+                     ("guest_to_host_mibps", guest_to_host)):
+        try:
+            values[name] = fn()
+        except Exception as e:  # noqa: BLE001 - reported in the failed sample
+            problems.append(f"{name}: {e!r}")
+            break
+    if not problems:
+        try:
+            with vsock_request(vmm, uds, b"q", None, deadline, alive) as s:
+                bounded(lambda: s.recv(1), deadline, alive)
+        except Exception as e:  # noqa: BLE001 - reported in the failed sample
+            problems.append(f"quit: {e!r}")
+    return conclude(vmm, r, sample, values, problems, bool(problems), 30, "VSOCK_FAIL")
+
+
+def vsock_once(vmm, st, mib, pings, i):
+    """One boot of the vsock initrd running `vsockperf PORT`; 1 vCPU, 256 MiB."""
+    uds = f"{st['base']}/vsock-{vmm}-{i}.sock"
+    argv, env = vmm_argv(vmm, st, 1, 256, f"vsockperf {VSOCK_PORT}", f"vsock-{vmm}",
+                         vsock_uds=uds)
+    r = VmmRun(argv, env)
+    try:
+        sample = finish(r, guarded(r, lambda: vsock_measure(vmm, r, uds, mib, pings)))
+    finally:
+        if os.path.exists(uds):
+            os.unlink(uds)
+    if r.log_notes:
+        sample["vmm_log_notes"] = r.log_notes
+    return sample
+
+
+def vsock_interleaved(args, st, save_fn):
+    """Vsock runs: each round runs Ember and QEMU once, alternating which one goes first."""
+    return pair_interleaved(
+        "vsock", args.vsock_runs,
+        lambda vmm, i: vsock_once(vmm, st, args.vsock_mib, args.vsock_pings, i), save_fn)
 
 
 def first_response(s, t0):
@@ -893,6 +1063,14 @@ def cmd_kvm(args):
         res["net"] = run_net_child(args, st, base)
         res["net_params"] = net_params(args)
         save(res, args.out)
+    if "vsock_initrd" in st:
+        params = {"mib": args.vsock_mib, "pings": args.vsock_pings, "vcpus": 1, "mem_mib": 256,
+                  "cid": VSOCK_CID, "port": VSOCK_PORT}
+
+        def save_vsock(samples):
+            res["vsock"], res["vsock_params"] = samples, params
+            save(res, args.out)
+        vsock_interleaved(args, st, save_vsock)
     if "api" in args.only:
         ember, env = st["ember"]
         res["api_startup"] = {"ember": [dict(startup_once(ember, env, base, i), run=i)
@@ -937,6 +1115,10 @@ def main():
     ap.add_argument("--blk-rand-secs", type=int, default=3)
     ap.add_argument("--net-runs", type=int, default=0)
     ap.add_argument("--net-mib", type=int, default=64)
+    ap.add_argument("--vsockperf")
+    ap.add_argument("--vsock-runs", type=int, default=3)
+    ap.add_argument("--vsock-mib", type=int, default=64)
+    ap.add_argument("--vsock-pings", type=int, default=20)
     ap.add_argument("--only", default=",".join(GROUPS),
                     help="comma-separated figure groups for kvm: " + ",".join(GROUPS))
     ap.add_argument("--stage", help="net: the staging description written by kvm")

@@ -7,7 +7,7 @@
 Several --kvm files (one per L1 run, each with other groups) are merged; where two hold the same
 key (the environment), the first one's is kept.
 
---only keeps the figures of some groups (boot, mem, blk, net, api; default all); --host is needed
+--only keeps the figures of some groups (boot, mem, blk, net, vsock, api; default all); --host is needed
 when api is one of them. Exits 1 if any figure kept has no successful sample for a VMM it measures.
 """
 import argparse
@@ -71,10 +71,23 @@ NET_METRICS = [
     ("rtt_ms", "net_rtt_ms", "ms",
      "Net ping RTT host -> guest, median of the run's pings", "lower"),
 ]
-for _metric, _key, _unit, _label, _better in NET_METRICS:
-    FIGURES.append((_key, "kvm", f"net:{_metric}", _unit, _label, _better))
-GROUPS = ("boot", "mem", "blk", "net", "api")
-DECIMALS = {"net_rtt_ms": 2}  # in results.md; otherwise by unit (see fmt)
+# Vsock (measure.py's "vsock" samples): guest vsock_perf.c / Ember's Unix socket (CONNECT
+# scheme) or AF_VSOCK to QEMU's vhost-vsock-device. (metric in the samples, key, unit, label, better)
+VSOCK_METRICS = [
+    ("host_to_guest_mibps", "vsock_host_to_guest_mibps", "MiB/s",
+     "Vsock host -> guest, one stream (Ember: Unix socket + CONNECT; QEMU: vhost-vsock)", "higher"),
+    ("guest_to_host_mibps", "vsock_guest_to_host_mibps", "MiB/s",
+     "Vsock guest -> host, one stream (Ember: Unix socket + CONNECT; QEMU: vhost-vsock)", "higher"),
+    ("connect_ms", "vsock_connect_ms", "ms",
+     "Vsock host -> guest connect + 1-byte round trip, median of the run's connects", "lower"),
+]
+# Groups whose samples hold several metrics per run (see net_samples).
+RUN_METRICS = {"net": NET_METRICS, "vsock": VSOCK_METRICS}
+for _group, _metrics in RUN_METRICS.items():
+    for _metric, _key, _unit, _label, _better in _metrics:
+        FIGURES.append((_key, "kvm", f"{_group}:{_metric}", _unit, _label, _better))
+GROUPS = ("boot", "mem", "blk", "net", "vsock", "api")
+DECIMALS = {"net_rtt_ms": 2, "vsock_connect_ms": 2}  # in results.md; otherwise by unit (see fmt)
 
 
 def group(key):
@@ -139,8 +152,8 @@ def blk_samples(blk, metric, engine):
 
 
 def net_samples(net, metric):
-    """One net metric out of the per-run samples. A run that failed later still counts for the
-    metrics it measured (e.g. the RTT of a run whose transfer broke)."""
+    """One net (or vsock) metric out of the per-run samples. A run that failed later still counts
+    for the metrics it measured (e.g. the RTT of a run whose transfer broke)."""
     out = {}
     for vmm in ("ember", "qemu"):
         if vmm not in net:
@@ -244,10 +257,10 @@ def main():
         for metric, _, _, _ in BLK_METRICS:
             for engine in ("async", "sync"):
                 src["kvm"][f"blk:{metric}:{engine}"] = blk_samples(blk, metric, engine)
-    net = src["kvm"].get("net")
-    if net:
-        for metric, *_ in NET_METRICS:
-            src["kvm"][f"net:{metric}"] = net_samples(net, metric)
+    for name, metrics in RUN_METRICS.items():
+        runs = src["kvm"].get(name)
+        for metric, *_ in metrics if runs else ():
+            src["kvm"][f"{name}:{metric}"] = net_samples(runs, metric)
 
     figs, missing = {}, []
     for key, where, skey, unit, label, better in FIGURES:
@@ -280,6 +293,8 @@ def main():
         env["blk_params"] = src["kvm"]["blk_params"]
     if src["kvm"].get("net_params") and "net" in only:
         env["net_params"] = src["kvm"]["net_params"]
+    if src["kvm"].get("vsock_params") and "vsock" in only:
+        env["vsock_params"] = src["kvm"]["vsock_params"]
     for kv in args.env:
         k, _, v = kv.partition("=")
         env[k] = v
@@ -289,8 +304,8 @@ def main():
         # The block runs as measured too: every guest's BLK_* lines, exit statuses, VMM log notes.
         # The net runs too: ping details, guest values, VMM log notes.
         json.dump({"environment": env, "figures": figs,
-                   "block_runs": src["kvm"].get("blk"), "net_runs": src["kvm"].get("net")},
-                  f, indent=1)
+                   "block_runs": src["kvm"].get("blk"), "net_runs": src["kvm"].get("net"),
+                  "vsock_runs": src["kvm"].get("vsock")}, f, indent=1)
 
     lines = ["| figure | Ember median (p10–p90) | QEMU median (p10–p90) | Ember/QEMU "
              "| Ember better if |",
@@ -332,6 +347,19 @@ def main():
                   f"median of {npar['pings']} busybox pings from the host side at "
                   f"{npar['ping_interval_s']} s intervals, after one untimed ping. QEMU: "
                   "-netdev tap,vhost=off, so both datapaths run in the VMM's user space."]
+    vp = env.get("vsock_params")
+    if vp:
+        lines += ["", f"Vsock: {vp['vcpus']} vCPU / {vp['mem_mib']} MiB guest with CID "
+                  f"{vp['cid']} running `vsockperf` (scripts/bench-lib/vsock_perf.c) on port "
+                  f"{vp['port']}, one request per stream, timed on the host: {vp['mib']} MiB "
+                  "host -> guest (first byte sent to the guest's 1-byte acknowledgement after it "
+                  "read everything) and guest -> host (request sent to the last byte read); "
+                  f"connect: median of {vp['pings']} new streams, each timed from connect() to "
+                  "the guest's answer to one byte. Ember: a Python AF_UNIX socket on its "
+                  "uds_path, `CONNECT <port>` and `OK <host_port>` first (Firecracker's "
+                  "docs/vsock.md), datapath in Ember's process; QEMU: -device "
+                  "vhost-vsock-device, a Python AF_VSOCK socket to the CID, datapath in L1's "
+                  "kernel (vhost_vsock)."]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)

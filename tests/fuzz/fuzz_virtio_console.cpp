@@ -31,12 +31,9 @@
 #include "vmm/base/console_output.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/console/request.hpp"
-#include "devices/virtio/spec.hpp"
-#include "vmm/base/guest_memory.hpp"
-#include "vmm/base/logger.hpp"
+#include "virtio_fuzz_harness.hpp"
 #include "vmm/base/unique_fd.hpp"
 
-#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <csignal>
 #include <cstdint>
@@ -49,21 +46,13 @@
 #include <vector>
 
 using namespace ember;
+using namespace ember::fuzz;
 using namespace ember::virtio;
 using namespace ember::virtio::console;
 
 namespace {
 
-constexpr std::uint64_t kRam = 64 * 1024;
-
-void check(bool ok) {
-    if (!ok) std::abort();
-}
-
 // Ring addresses of one queue; room for 64 entries each (§2.7: 16 * n, 6 + 2 * n, 6 + 8 * n).
-struct Rings {
-    std::uint64_t desc, avail, used;
-};
 constexpr Rings kRxRings{0x0000, 0x0400, 0x0500};
 constexpr Rings kTxRings{0x0800, 0x0c00, 0x0d00};
 
@@ -80,59 +69,48 @@ public:
 
     // The driver's initialisation (§3.1.1), then the notifications DRIVER_OK raises.
     void bring_up() {
-        check(dev_.write_status(status::ACKNOWLEDGE));
-        check(dev_.write_status(status::ACKNOWLEDGE | status::DRIVER));
-        std::uint64_t want = bit(feature::VERSION_1);
+        std::uint64_t want = 0;
         if (flags_ & 1) want |= bit(feature::RING_EVENT_IDX);
         if (flags_ & 2) want |= bit(feature::RING_INDIRECT_DESC);
         if (flags_ & 8) want |= bit(F_SIZE);
-        want &= dev_.offered_features();
-        check(dev_.write_driver_features(0, static_cast<std::uint32_t>(want)));
-        check(dev_.write_driver_features(1, static_cast<std::uint32_t>(want >> 32)));
-        check(dev_.write_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK));
+        negotiate(dev_, want);
         check(dev_.state().status == (status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK));
         check(dev_.queue_config_writable());
-        program(ConsoleDevice::RX, kRxRings, static_cast<std::uint16_t>(1u << (sizes_ & 7)), !(flags_ & 0x40), false);
-        program(ConsoleDevice::TX, (flags_ & 0x10) ? kRxRings : kTxRings, static_cast<std::uint16_t>(1u << ((sizes_ >> 3) & 7)),
-                !(flags_ & 0x80), (sizes_ & 0x80) != 0);
-        check(dev_.write_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK));
-        // A queue that failed activation fails the device (§2.1.2); otherwise it runs.
-        const bool needs_reset = (dev_.state().status & status::DEVICE_NEEDS_RESET) != 0;
-        check(dev_.running() != needs_reset);
+        program_queue(dev_.queues()[ConsoleDevice::RX], kRxRings, static_cast<std::uint16_t>(1u << (sizes_ & 7)), !(flags_ & 0x40),
+                      false);
+        program_queue(dev_.queues()[ConsoleDevice::TX], (flags_ & 0x10) ? kRxRings : kTxRings,
+                      static_cast<std::uint16_t>(1u << ((sizes_ >> 3) & 7)), !(flags_ & 0x80), (sizes_ & 0x80) != 0);
+        driver_ok(dev_);
         for (std::size_t q = 0; q < 2; ++q) notify(q);
         after_step();
     }
 
     void notify(std::size_t q) {
-        const std::uint16_t used = begin_used_check(q);
+        const std::uint16_t used = begin_used_check(dev_, q);
         {
             std::lock_guard lk(dev_.mutex());
             if (dev_.running() && dev_.queues()[q].active()) dev_.process_queue(q);
         }
-        end_used_check(q, used);
+        end_used_check(dev_, mem_, q, rings_of(q), used);
     }
 
     void input(std::size_t n) {
         std::vector<std::uint8_t> bytes(n);
         for (auto& b : bytes) b = static_cast<std::uint8_t>(input_seq_++);
         const bool was_running = dev_.running();
-        const std::uint16_t used = begin_used_check(ConsoleDevice::RX);
+        const std::uint16_t used = begin_used_check(dev_, ConsoleDevice::RX);
         std::size_t taken = 0;
         {
             std::lock_guard lk(dev_.mutex());
             taken = dev_.enqueue_input(bytes);
         }
-        end_used_check(ConsoleDevice::RX, used);
+        end_used_check(dev_, mem_, ConsoleDevice::RX, rings_of(ConsoleDevice::RX), used);
         check(taken <= n);
         check(was_running || taken == 0);
         input_taken_ += taken;
     }
 
-    void publish(std::size_t q, unsigned n) {
-        const Rings& r = rings_of(q);
-        const std::uint16_t idx = read16(r.avail + 2);
-        write16(r.avail + 2, static_cast<std::uint16_t>(idx + n));
-    }
+    void publish(std::size_t q, unsigned n) { fuzz::publish(mem_, rings_of(q), n); }
 
     void resize(std::uint8_t op) {
         const ConsoleSize s{static_cast<std::uint16_t>(80 + (op >> 6)), static_cast<std::uint16_t>(24 + ((op >> 3) & 7))};
@@ -148,9 +126,7 @@ public:
     }
 
     void reset() {
-        check(dev_.write_status(0));
-        check(dev_.state().status == 0 && dev_.interrupt_status() == 0);
-        for (auto& q : dev_.queues()) check(!q.active());
+        reset_device(dev_);
         bring_up();
     }
 
@@ -176,8 +152,7 @@ public:
     }
 
     void after_step() {
-        for (auto& q : dev_.queues()) check(q.pending() == 0);
-        check((dev_.interrupt_status() & ~(INT_USED_RING | INT_CONFIG)) == 0);
+        check_device(dev_);
         const ConsoleMetrics& m = dev_.metrics();
         const OutputMetrics& o = out_->metrics();
         const std::size_t buffered = out_->buffered();
@@ -185,7 +160,6 @@ public:
         check(o.bytes_written + o.bytes_dropped + buffered == m.tx_bytes_count);
         check(o.write_fails == 0);
         check(m.rx_bytes_count == input_taken_);
-        if (dev_.state().status & status::DEVICE_NEEDS_RESET) check(!dev_.running());
     }
 
 private:
@@ -203,39 +177,7 @@ private:
         return UniqueFd(fd);
     }
 
-    // §2.7.7: without EVENT_IDX, returning buffers raises a used-buffer interrupt unless the
-    // driver set VIRTQ_AVAIL_F_NO_INTERRUPT (a device that needs a reset is exempt).
-    std::uint16_t begin_used_check(std::size_t q) {
-        dev_.ack_interrupt(INT_USED_RING);
-        return dev_.queues()[q].state().next_used;
-    }
-    void end_used_check(std::size_t q, std::uint16_t used_before) {
-        const Queue& queue = dev_.queues()[q];
-        if (!queue.active() || queue.state().event_idx || queue.state().next_used == used_before) return;
-        if ((dev_.state().status & status::DEVICE_NEEDS_RESET) || (read16(rings_of(q).avail) & AVAIL_F_NO_INTERRUPT)) return;
-        check((dev_.interrupt_status() & INT_USED_RING) != 0);
-    }
-
     const Rings& rings_of(std::size_t q) const { return q == ConsoleDevice::TX && !(flags_ & 0x10) ? kTxRings : kRxRings; }
-
-    void program(std::size_t index, const Rings& r, std::uint16_t size, bool ready, bool misaligned) {
-        Queue& q = dev_.queues()[index];
-        q.set_size(size);
-        q.set_desc_addr(r.desc + (misaligned ? 8 : 0), false);
-        q.set_desc_addr(0, true);
-        q.set_avail_addr(r.avail, false);
-        q.set_avail_addr(0, true);
-        q.set_used_addr(r.used, false);
-        q.set_used_addr(0, true);
-        q.set_ready(ready);
-    }
-
-    std::uint16_t read16(std::uint64_t a) const {
-        std::uint16_t v = 0;
-        check(mem_.read_obj(GuestAddr(a), v));
-        return v;
-    }
-    void write16(std::uint64_t a, std::uint16_t v) const { check(mem_.write_obj(GuestAddr(a), v)); }
 
     const GuestMemory& mem_;
     std::uint8_t flags_, sizes_;
@@ -253,31 +195,17 @@ private:
 } // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    // A broken ring is logged as a warning; at fuzzing rates that is noise.
-    log::Options o;
-    o.level = log::Level::Off;
-    log::configure(o);
+    quiet_logs();
     std::signal(SIGPIPE, SIG_IGN);
     return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    if (size < 3) return 0;
-    static const GuestMemory mem = GuestMemory::with_regions({{GuestAddr(0), kRam}});
-    std::byte* ram = mem.regions().front().host;
-
-    const std::uint8_t flags = data[0], sizes = data[1];
-    const std::size_t script_len = std::min<std::size_t>(data[2], size - 3);
-    const std::uint8_t* script = data + 3;
-    const std::uint8_t* image = script + script_len;
-    const std::size_t image_len = std::min<std::size_t>(size - 3 - script_len, kRam);
-    std::memset(ram, 0, kRam);
-    if (image_len) std::memcpy(ram, image, image_len);
-
-    Harness h(mem, flags, sizes);
+    Input in;
+    if (!parse_input(data, size, in)) return 0;
+    Harness h(*in.mem, in.flags, in.sizes);
     h.bring_up();
-    for (std::size_t i = 0; i < script_len; ++i) {
-        const std::uint8_t op = script[i];
+    for (const std::uint8_t op : in.script) {
         switch (op & 7) {
         case 0: h.notify(ConsoleDevice::TX); break;
         case 1: h.notify(ConsoleDevice::RX); break;

@@ -20,30 +20,23 @@
 // suppressed it (§2.7.7), and the configuration space reads 0 everywhere.
 
 #include "devices/virtio/rng/device.hpp"
-#include "devices/virtio/spec.hpp"
-#include "vmm/base/guest_memory.hpp"
-#include "vmm/base/logger.hpp"
+#include "virtio_fuzz_harness.hpp"
 
-#include <algorithm>
+#include <boost/asio/io_context.hpp>
 #include <cerrno>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 
 using namespace ember;
+using namespace ember::fuzz;
 using namespace ember::virtio;
 using namespace ember::virtio::rng;
 
 namespace {
 
-constexpr std::uint64_t kRam = 64 * 1024;
 // Room for 256 entries: 16 * 256 = 0x1000, 6 + 2 * 256, 6 + 8 * 256.
-constexpr std::uint64_t kDesc = 0x0000, kAvail = 0x1000, kUsed = 0x1400;
-
-void check(bool ok) {
-    if (!ok) std::abort();
-}
+constexpr Rings kRings{0x0000, 0x1000, 0x1400};
 
 class FuzzSource final : public EntropySource {
 public:
@@ -62,37 +55,22 @@ private:
 class Harness {
 public:
     Harness(const GuestMemory& mem, std::uint8_t flags, std::uint8_t sizes)
-        : mem_(mem), flags_(flags), sizes_(sizes), dev_(mem, EntropyConfig{}, std::make_unique<FuzzSource>((flags & 0x10) != 0)) {}
+        : mem_(mem), flags_(flags), sizes_(sizes), dev_(mem, io_, EntropyConfig{}, std::make_unique<FuzzSource>((flags & 0x10) != 0)) {}
 
     void bring_up() {
-        check(dev_.write_status(status::ACKNOWLEDGE));
-        check(dev_.write_status(status::ACKNOWLEDGE | status::DRIVER));
-        std::uint64_t want = bit(feature::VERSION_1);
+        std::uint64_t want = 0;
         if (flags_ & 1) want |= bit(feature::RING_EVENT_IDX);
         if (flags_ & 2) want |= bit(feature::RING_INDIRECT_DESC);
-        want &= dev_.offered_features();
-        check(dev_.write_driver_features(0, static_cast<std::uint32_t>(want)));
-        check(dev_.write_driver_features(1, static_cast<std::uint32_t>(want >> 32)));
-        check(dev_.write_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK));
-        Queue& q = dev_.queues()[EntropyDevice::REQUESTQ];
-        q.set_size(static_cast<std::uint16_t>(1u << (2 + (sizes_ & 7))));
-        q.set_desc_addr(kDesc + ((flags_ & 8) ? 8 : 0), false);
-        q.set_desc_addr(0, true);
-        q.set_avail_addr(kAvail, false);
-        q.set_avail_addr(0, true);
-        q.set_used_addr(kUsed, false);
-        q.set_used_addr(0, true);
-        q.set_ready(!(flags_ & 4));
-        check(dev_.write_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK));
-        const bool needs_reset = (dev_.state().status & status::DEVICE_NEEDS_RESET) != 0;
-        check(dev_.running() != needs_reset);
+        negotiate(dev_, want);
+        program_queue(dev_.queues()[EntropyDevice::REQUESTQ], kRings, static_cast<std::uint16_t>(1u << (2 + (sizes_ & 7))),
+                      !(flags_ & 4), (flags_ & 8) != 0);
+        driver_ok(dev_);
         notify();
     }
 
     void notify() {
-        dev_.ack_interrupt(INT_USED_RING);
         const Queue& q = dev_.queues()[EntropyDevice::REQUESTQ];
-        const std::uint16_t used_before = q.state().next_used;
+        const std::uint16_t used_before = begin_used_check(dev_, EntropyDevice::REQUESTQ);
         const EntropyMetrics& m = dev_.metrics();
         const std::uint64_t events = m.entropy_event_count, bytes = m.entropy_bytes, host_fails = m.host_rng_fails;
         {
@@ -108,17 +86,13 @@ public:
         } else {
             check(m.host_rng_fails == 0);
         }
-        if (!q.active() || q.state().event_idx || q.state().next_used == used_before) return;
-        if ((dev_.state().status & status::DEVICE_NEEDS_RESET) || (read16(kAvail) & AVAIL_F_NO_INTERRUPT)) return;
-        check((dev_.interrupt_status() & INT_USED_RING) != 0);
+        end_used_check(dev_, mem_, EntropyDevice::REQUESTQ, kRings, used_before);
     }
 
-    void publish(unsigned n) { write16(kAvail + 2, static_cast<std::uint16_t>(read16(kAvail + 2) + n)); }
+    void publish(unsigned n) { fuzz::publish(mem_, kRings, n); }
 
     void reset() {
-        check(dev_.write_status(0));
-        check(dev_.state().status == 0 && dev_.interrupt_status() == 0);
-        for (auto& q : dev_.queues()) check(!q.active());
+        reset_device(dev_);
         bring_up();
     }
 
@@ -133,53 +107,32 @@ public:
     }
 
     void after_step() {
-        for (auto& q : dev_.queues()) check(q.pending() == 0);
-        check((dev_.interrupt_status() & ~(INT_USED_RING | INT_CONFIG)) == 0);
-        if (dev_.state().status & status::DEVICE_NEEDS_RESET) check(!dev_.running());
+        check_device(dev_);
         const EntropyMetrics& m = dev_.metrics();
         check(m.entropy_rate_limiter_throttled == 0 && m.rate_limiter_event_count == 0 && m.activate_fails == 0);
     }
 
 private:
-    std::uint16_t read16(std::uint64_t a) const {
-        std::uint16_t v = 0;
-        check(mem_.read_obj(GuestAddr(a), v));
-        return v;
-    }
-    void write16(std::uint64_t a, std::uint16_t v) const { check(mem_.write_obj(GuestAddr(a), v)); }
-
     const GuestMemory& mem_;
     std::uint8_t flags_, sizes_;
+    boost::asio::io_context io_; // the rate limiter's timer; unused without a limiter
     EntropyDevice dev_;
 };
 
 } // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    log::Options o;
-    o.level = log::Level::Off;
-    log::configure(o);
+    quiet_logs();
     return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    if (size < 3) return 0;
-    static const GuestMemory mem = GuestMemory::with_regions({{GuestAddr(0), kRam}});
-    std::byte* ram = mem.regions().front().host;
-
-    const std::uint8_t flags = data[0], sizes = data[1];
-    const std::size_t script_len = std::min<std::size_t>(data[2], size - 3);
-    const std::uint8_t* script = data + 3;
-    const std::uint8_t* image = script + script_len;
-    const std::size_t image_len = std::min<std::size_t>(size - 3 - script_len, kRam);
-    std::memset(ram, 0, kRam);
-    if (image_len) std::memcpy(ram, image, image_len);
-
-    Harness h(mem, flags, sizes);
+    Input in;
+    if (!parse_input(data, size, in)) return 0;
+    Harness h(*in.mem, in.flags, in.sizes);
     h.bring_up();
     h.after_step();
-    for (std::size_t i = 0; i < script_len; ++i) {
-        const std::uint8_t op = script[i];
+    for (const std::uint8_t op : in.script) {
         switch (op & 3) {
         case 0: h.notify(); break;
         case 1: h.publish(static_cast<unsigned>(op >> 2) + 1); break;

@@ -17,25 +17,18 @@
 
 #include "devices/virtio/queue.hpp"
 #include "devices/virtio/vsock/request.hpp"
-#include "vmm/base/guest_memory.hpp"
+#include "virtio_fuzz_harness.hpp"
 
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 using namespace ember;
+using namespace ember::fuzz;
 using namespace ember::virtio;
 using namespace ember::virtio::vsock;
 
 namespace {
-
-constexpr std::uint64_t kRam = 64 * 1024;
-
-void check(bool ok) {
-    if (!ok) std::abort();
-}
 
 bool inside(const std::byte* p, std::size_t n, const Descriptor& d) {
     return p >= d.host && n <= d.len && static_cast<std::size_t>(p - d.host) <= d.len - n;
@@ -45,11 +38,8 @@ bool inside(const std::byte* p, std::size_t n, const Descriptor& d) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size < 2) return 0;
-    static const GuestMemory mem = GuestMemory::with_regions({{GuestAddr(0), kRam}});
+    const GuestMemory& mem = load_ram(std::span(data + 2, size - 2));
     std::byte* ram = mem.regions().front().host;
-    std::memset(ram, 0, kRam);
-    const std::size_t image_len = std::min<std::size_t>(size - 2, kRam);
-    if (image_len) std::memcpy(ram, data + 2, image_len);
 
     const auto qsize = static_cast<std::uint16_t>(1u << (data[0] % 10));
     const std::uint8_t flags = data[1];

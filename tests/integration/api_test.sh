@@ -7,34 +7,10 @@ K=$EMBER_KERNEL_DIR
 case_name=${1:?usage: api_test.sh CASE}
 SOCK=$T/api.sock  # $T is on /tmp: inside the nested L1 that is tmpfs, where sockets work
 
-api() { # METHOD PATH [BODY] -> prints "STATUS BODY"
-  local m=$1 p=$2 b=${3:-}
-  if [[ -n $b ]]; then
-    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -H 'Content-Type: application/json' -d "$b" -w ' %{http_code}' "http://localhost$p"
-  else
-    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -w ' %{http_code}' "http://localhost$p"
-  fi
-}
-expect_status() { # NAME WANT METHOD PATH [BODY]
-  local name=$1 want=$2; shift 2
-  local out; out=$(api "$@")
-  [[ ${out##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$out'"
-  LAST=$out
-}
-start_ember() { # extra args...
-  "$EMBER_BIN" --api-sock "$SOCK" --level Info --log-path "$T/ember.log" "$@" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
-  EMBER_PID=$!
-  for _ in $(seq 1 100); do [[ -S $SOCK ]] && return 0; sleep 0.1; done
-  fail "API socket never appeared"; cat "$T/ember.err" >&2; finish
-}
 ticks() { tr -d '\r' < "$T/console.out" | sed -n 's/^TICK=//p' | tail -n 1; }
 wait_ticks_above() { # N TIMEOUT_S
   for _ in $(seq 1 $(($2 * 5))); do local t; t=$(ticks); [[ -n $t && $t -gt $1 ]] && return 0; sleep 0.2; done
   return 1
-}
-wait_exit() { # TIMEOUT_S -> sets RC
-  for _ in $(seq 1 $(($1 * 5))); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$EMBER_PID" 2>/dev/null; then kill -9 "$EMBER_PID"; RC=timeout; else wait "$EMBER_PID"; RC=$?; fi
 }
 TICK_CMD='i=0; while true; do i=$((i+1)); echo TICK=$i; sleep 0.2; done'
 configure_guest() {

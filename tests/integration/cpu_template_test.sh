@@ -35,31 +35,6 @@ json.dump(c, open(p, "w"))
 PY
 }
 
-api() { # METHOD PATH [BODY] -> prints "BODY STATUS"
-  local m=$1 p=$2 b=${3:-}
-  if [[ -n $b ]]; then
-    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -H 'Content-Type: application/json' -d "$b" -w ' %{http_code}' "http://localhost$p"
-  else
-    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -w ' %{http_code}' "http://localhost$p"
-  fi
-}
-expect_status() { # NAME WANT METHOD PATH [BODY]
-  local name=$1 want=$2; shift 2
-  local out; out=$(api "$@")
-  [[ ${out##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$out'"
-  LAST=$out
-}
-start_ember() {
-  "$EMBER_BIN" --api-sock "$SOCK" --level Info --log-path "$T/ember.log" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
-  EMBER_PID=$!
-  OUT=$T/console.out
-  for _ in $(seq 1 100); do [[ -S $SOCK ]] && return 0; sleep 0.1; done
-  fail "API socket never appeared"; cat "$T/ember.err" >&2; finish
-}
-wait_exit() { # TIMEOUT_S -> sets RC
-  for _ in $(seq 1 $(($1 * 5))); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$EMBER_PID" 2>/dev/null; then kill -9 "$EMBER_PID"; RC=timeout; else wait "$EMBER_PID"; RC=$?; fi
-}
 configure_guest() { # machine-config body
   expect_status "PUT /boot-source" 204 PUT /boot-source \
     "{\"kernel_image_path\": \"$K/vmlinux\", \"initrd_path\": \"$EMBER_ROOTFS_DIR/initrd.cpio.gz\", \"boot_args\": \"$BASE_ARGS -- $FLAGS_CMD\"}"

@@ -13,6 +13,10 @@ case_name=${1:?usage: entropy_test.sh CASE}
 # arguments, split at spaces.
 RNG_CMD='cd /tmp;head -c 65536 /dev/hwrng >r;echo RNG=$(cat /sys/class/misc/hw_random/rng_current);echo SIZE=$(wc -c <r);echo DISTINCT=$(od -An -v -tu1 -w1 r|sort -u|wc -l);echo GZ=$(gzip -c r|wc -c)'
 
+# The guest side of `ratelimit`: 50 kB from /dev/hwrng between two reads of /proc/uptime (the
+# values printed are "UPTIME IDLE"; the test takes the first word).
+RL_CMD='cd /tmp;a=$(cat /proc/uptime);head -c 50000 /dev/hwrng >r;b=$(cat /proc/uptime);echo T0=$a;echo T1=$b;echo SIZE=$(wc -c <r)'
+
 # with_sections FILE KEY=JSON...: adds top-level sections to a config file.
 with_sections() {
   local file=$1; shift
@@ -71,17 +75,13 @@ api)
   # PUT /entropy through the API: refusals change nothing, GET /vm/config shows it, it is
   # pre-boot only, and the guest gets its bytes.
   SOCK=$T/api.sock
-  api() { curl -s -m 20 --unix-socket "$SOCK" -X "$1" -H 'Content-Type: application/json' -d "$3" -w ' %{http_code}' "http://localhost$2"; }
-  expect_status() { local name=$1 want=$2; shift 2; LAST=$(api "$@"); [[ ${LAST##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$LAST'"; }
-  "$EMBER_BIN" --api-sock "$SOCK" --level Info --metrics-path "$T/metrics.json" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
-  EMBER_PID=$!
-  for _ in $(seq 1 100); do [[ -S $SOCK ]] && break; sleep 0.1; done
+  start_ember --metrics-path "$T/metrics.json"
   expect_status "GET /vm/config" 200 GET /vm/config ''
   [[ $LAST == *'"entropy":null'* ]] && pass "no entropy device before PUT" || fail "vm/config: $LAST"
   expect_status "PUT /entropy unknown field" 400 PUT /entropy '{"rate": 1}'
   [[ $LAST == *'unknown field'* ]] && pass "unknown field named" || fail "unknown field: $LAST"
-  expect_status "PUT /entropy rate limiter" 400 PUT /entropy '{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}'
-  [[ $LAST == *'rate_limiter for entropy needs the rate-limiter support'* ]] && pass "rate limiter refusal explained" || fail "rate limiter: $LAST"
+  expect_status "PUT /entropy bad rate limiter" 400 PUT /entropy '{"rate_limiter": {"bandwidth": {"size": 1000}}}'
+  [[ $LAST == *'entropy.rate_limiter.bandwidth: missing required field'* ]] && pass "rate limiter refusal explained" || fail "rate limiter: $LAST"
   expect_status "GET /entropy" 400 GET /entropy ''
   expect_status "GET /vm/config after refusals" 200 GET /vm/config ''
   [[ $LAST == *'"entropy":null'* ]] && pass "refusals configured nothing" || fail "vm/config: $LAST"
@@ -94,16 +94,42 @@ api)
   expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
   expect_status "PUT /entropy after start" 400 PUT /entropy '{}'
   [[ $LAST == *'not supported after starting'* ]] && pass "pre-boot only" || fail "after start: $LAST"
-  for _ in $(seq 1 900); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
-  kill -0 "$EMBER_PID" 2>/dev/null && { kill -9 "$EMBER_PID"; fail "Ember did not exit"; }
-  wait "$EMBER_PID"; RC=$?
+  wait_exit 180
   expect_eq "ember status" "$RC" 0
-  OUT=$T/console.out
   check_random
   expect_eq "put_api_requests.entropy_count" "$(metric put_api_requests entropy_count)" 3
   expect_eq "put_api_requests.entropy_fails" "$(metric put_api_requests entropy_fails)" 3
   bytes=$(metric entropy entropy_bytes)
   [[ $bytes -ge 65536 ]] && pass "entropy.entropy_bytes $bytes >= 65536" || fail "entropy.entropy_bytes $bytes < 65536"
+  ;;
+ratelimit)
+  # rate_limiter.bandwidth 1000 bytes per 100 ms (10 kB/s, starting with 1000): 50 kB cannot be
+  # read in less than (50000 - 1000) / 10000 = 4.9 s (the kernel's own hwrng reader only adds to
+  # what is consumed). The same read without the limiter, in another VM, is the comparison.
+  # Only the lower bound the limiter guarantees and the ratio are asserted, no upper time.
+  elapsed() { python3 -c 'import sys; print(f"{float(sys.argv[2].split()[0]) - float(sys.argv[1].split()[0]):.2f}")' "$(guest_value T0)" "$(guest_value T1)"; }
+  write_config "$T/free.json" "$K/vmlinux" 1 256 "$RL_CMD"
+  with_sections "$T/free.json" 'entropy={}'
+  run_ember free --no-api --config-file "$T/free.json"
+  expect_eq "unlimited: ember status" "$RC" 0
+  expect_eq "unlimited: bytes read" "$(guest_value SIZE)" 50000
+  free_s=$(elapsed)
+  write_config "$T/vm.json" "$K/vmlinux" 1 256 "$RL_CMD"
+  with_sections "$T/vm.json" 'entropy={"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}' \
+    "metrics={\"metrics_path\": \"$T/metrics.json\"}"
+  run_ember vm --no-api --config-file "$T/vm.json"
+  expect_eq "limited: ember status" "$RC" 0
+  expect_eq "limited: bytes read" "$(guest_value SIZE)" 50000
+  limited_s=$(elapsed)
+  echo "50 kB from /dev/hwrng: ${free_s} s unlimited, ${limited_s} s at 10 kB/s"
+  python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= 4.0 else 1)' "$limited_s" \
+    && pass "limited read took ${limited_s} s >= 4.0 s (bound 4.9 s)" || fail "limited read took ${limited_s} s < 4.0 s"
+  python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= 2 * float(sys.argv[2]) else 1)' "$limited_s" "$free_s" \
+    && pass "limited ${limited_s} s >= 2 x unlimited ${free_s} s" || fail "limited ${limited_s} s < 2 x unlimited ${free_s} s"
+  [[ $(metric entropy entropy_rate_limiter_throttled) -ge 1 ]] && pass "throttled requests counted" || fail "entropy_rate_limiter_throttled is 0"
+  [[ $(metric entropy rate_limiter_event_count) -ge 1 ]] && pass "limiter timer events counted" || fail "rate_limiter_event_count is 0"
+  bytes=$(metric entropy entropy_bytes)
+  [[ $bytes -ge 50000 ]] && pass "entropy.entropy_bytes $bytes >= 50000" || fail "entropy.entropy_bytes $bytes < 50000"
   ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac

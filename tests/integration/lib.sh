@@ -99,3 +99,44 @@ interactive_end() {
   wait "$IA_PID"; RC=$?
   exec 3>&-
 }
+
+# --- A VM driven through the API socket $SOCK (set by the test; on /tmp, a tmpfs in L1) ---
+# api METHOD PATH [BODY]: prints "BODY STATUS" (curl's body, a space, the HTTP status).
+api() {
+  local m=$1 p=$2 b=${3:-}
+  if [[ -n $b ]]; then
+    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -H 'Content-Type: application/json' -d "$b" -w ' %{http_code}' "http://localhost$p"
+  else
+    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -w ' %{http_code}' "http://localhost$p"
+  fi
+}
+# expect_status NAME WANT METHOD PATH [BODY]: one check on the status; the answer is left in LAST.
+expect_status() {
+  local name=$1 want=$2; shift 2
+  LAST=$(api "$@")
+  [[ ${LAST##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$LAST'"
+}
+# start_ember [EXTRA ARGS...]: Ember in the background on $SOCK (EMBER_PID; console in $OUT);
+# ends the test if the socket does not appear within 10 s.
+start_ember() {
+  "$EMBER_BIN" --api-sock "$SOCK" --level Info --log-path "$T/ember.log" "$@" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
+  EMBER_PID=$!
+  OUT=$T/console.out
+  for _ in $(seq 1 100); do [[ -S $SOCK ]] && return 0; sleep 0.1; done
+  fail "API socket never appeared"; cat "$T/ember.err" >&2; finish
+}
+# wait_line KEY TIMEOUT_S: waits for KEY=VALUE on $OUT; fails early if EMBER_PID ends.
+wait_line() {
+  for _ in $(seq 1 $(($2 * 5))); do
+    [[ -n $(guest_value "$1") ]] && return 0
+    kill -0 "$EMBER_PID" 2>/dev/null || return 1
+    sleep 0.2
+  done
+  return 1
+}
+# wait_exit TIMEOUT_S: waits for EMBER_PID to end and sets RC (its status, or "timeout" after
+# killing it).
+wait_exit() {
+  for _ in $(seq 1 $(($1 * 5))); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$EMBER_PID" 2>/dev/null; then kill -9 "$EMBER_PID"; RC=timeout; else wait "$EMBER_PID"; RC=$?; fi
+}

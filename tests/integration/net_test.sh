@@ -38,14 +38,6 @@ JSON
   EMBER_PID=$!
   OUT=$T/console.out
 }
-wait_line() { # KEY TIMEOUT_S
-  for _ in $(seq 1 $(($2 * 5))); do
-    [[ -n $(guest_value "$1") ]] && return 0
-    kill -0 "$EMBER_PID" 2>/dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
 give_up() { # after a failed step: show where the guest got to, end Ember, end the test
   tail -n 30 "$T/console.out" "$T/ember.err" >&2
   kill -9 "$EMBER_PID" 2>/dev/null; wait "$EMBER_PID" 2>/dev/null

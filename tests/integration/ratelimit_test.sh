@@ -22,38 +22,6 @@ MIB=1048576
 LIMIT="{\"bandwidth\": {\"size\": $MIB, \"refill_time\": 1000}}"
 LIFT='{"bandwidth": {"size": 0, "refill_time": 0}}'
 
-api() { # METHOD PATH [BODY] -> prints "BODY STATUS"
-  local m=$1 p=$2 b=${3:-}
-  if [[ -n $b ]]; then
-    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -H 'Content-Type: application/json' -d "$b" -w ' %{http_code}' "http://localhost$p"
-  else
-    curl -s -m 20 --unix-socket "$SOCK" -X "$m" -w ' %{http_code}' "http://localhost$p"
-  fi
-}
-expect_status() { # NAME WANT METHOD PATH [BODY]
-  local name=$1 want=$2; shift 2
-  LAST=$(api "$@")
-  [[ ${LAST##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$LAST'"
-}
-start_ember() {
-  "$EMBER_BIN" --api-sock "$SOCK" --level Info --log-path "$T/ember.log" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
-  EMBER_PID=$!
-  OUT=$T/console.out
-  for _ in $(seq 1 100); do [[ -S $SOCK ]] && return 0; sleep 0.1; done
-  fail "API socket never appeared"; cat "$T/ember.err" >&2; finish
-}
-wait_line() { # KEY TIMEOUT_S
-  for _ in $(seq 1 $(($2 * 5))); do
-    [[ -n $(guest_value "$1") ]] && return 0
-    kill -0 "$EMBER_PID" 2>/dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
-wait_exit() { # TIMEOUT_S -> RC
-  for _ in $(seq 1 $(($1 * 5))); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$EMBER_PID" 2>/dev/null; then kill -9 "$EMBER_PID"; RC=timeout; else wait "$EMBER_PID"; RC=$?; fi
-}
 give_up() {
   tail -n 30 "$T/console.out" "$T/ember.err" >&2
   kill -9 "$EMBER_PID" 2>/dev/null; wait "$EMBER_PID" 2>/dev/null

@@ -142,18 +142,6 @@ sdk_wait_socket() {
   done
   fail "no answer on the API socket within ${SDK_INIT_TIMEOUT_S} s of spawn"; give_up
 }
-wait_line() { # KEY TIMEOUT_S
-  for _ in $(seq 1 $(($2 * 5))); do
-    [[ -n $(guest_value "$1") ]] && return 0
-    kill -0 "$EMBER_PID" 2>/dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
-wait_exit() { # TIMEOUT_S -> RC
-  for _ in $(seq 1 $(($1 * 5))); do kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$EMBER_PID" 2>/dev/null; then kill -9 "$EMBER_PID"; RC=timeout; else wait "$EMBER_PID"; RC=$?; fi
-}
 give_up() {
   echo "--- console (tail):" >&2; tail -n 30 "$T/console.out" >&2
   echo "--- ember stderr (tail):" >&2; tail -n 20 "$T/ember.err" >&2

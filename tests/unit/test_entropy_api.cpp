@@ -52,8 +52,9 @@ struct Rig {
 
 } // namespace
 
-TEST_CASE("entropy: PUT /entropy routes with an empty body, a null rate limiter or none", "[entropy]") {
-    for (const char* body : {"{}", R"({"rate_limiter": null})"}) {
+TEST_CASE("entropy: PUT /entropy routes with an empty body, a rate limiter, a null one or none", "[entropy]") {
+    for (const char* body : {"{}", R"({"rate_limiter": null})", R"({"rate_limiter": {}})",
+                             R"({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}, "ops": null}})"}) {
         CAPTURE(body);
         auto r = route("PUT", "/entropy", body);
         REQUIRE(std::holds_alternative<Action>(r));
@@ -63,9 +64,12 @@ TEST_CASE("entropy: PUT /entropy routes with an empty body, a null rate limiter 
 }
 
 TEST_CASE("entropy: bad PUT /entropy bodies are 400s naming the problem", "[entropy]") {
-    CHECK_THAT(fault_of(route("PUT", "/entropy", R"({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}})")),
-               Catch::Contains("rate_limiter for entropy needs the rate-limiter support"));
-    CHECK_THAT(fault_of(route("PUT", "/entropy", R"({"rate_limiter": {}})")), Catch::Contains("needs the rate-limiter support"));
+    CHECK_THAT(fault_of(route("PUT", "/entropy", R"({"rate_limiter": {"bandwidth": {"size": -1, "refill_time": 100}}})")),
+               Catch::Contains("entropy.rate_limiter.bandwidth.size must be a non-negative integer"));
+    CHECK_THAT(fault_of(route("PUT", "/entropy", R"({"rate_limiter": {"ops": {"size": 10}}})")),
+               Catch::Contains("entropy.rate_limiter.ops: missing required field \"refill_time\""));
+    CHECK_THAT(fault_of(route("PUT", "/entropy", R"({"rate_limiter": {"bytes": {}}})")),
+               Catch::Contains("entropy.rate_limiter: unknown field \"bytes\""));
     CHECK_THAT(fault_of(route("PUT", "/entropy", R"({"rate_limiter": 5})")), Catch::Contains("entropy.rate_limiter must be a JSON object"));
     CHECK_THAT(fault_of(route("PUT", "/entropy", R"({"rng": "virtio"})")), Catch::Contains("entropy: unknown field \"rng\""));
     CHECK_THAT(fault_of(route("PUT", "/entropy", "[]")), Catch::Contains("entropy must be a JSON object"));
@@ -88,7 +92,15 @@ TEST_CASE("entropy: the config file's section adds the device; null or absent le
     j["entropy"] = json{{"rate_limiter", nullptr}};
     CHECK(parse_config_file(j.dump(), 4096).entropy);
     j["entropy"] = json{{"rate_limiter", {{"ops", {{"size", 10}, {"refill_time", 1000}}}}}};
-    CHECK_CONFIG_ERROR(parse_config_file(j.dump(), 4096), "entropy.rate_limiter");
+    const auto limited = parse_config_file(j.dump(), 4096).entropy;
+    REQUIRE(limited);
+    REQUIRE(limited->rate_limiter);
+    CHECK_FALSE(limited->rate_limiter->bandwidth);
+    REQUIRE(limited->rate_limiter->ops);
+    CHECK(limited->rate_limiter->ops->size == 10);
+    CHECK(limited->rate_limiter->ops->refill_time_ms == 1000);
+    j["entropy"] = json{{"rate_limiter", {{"ops", {{"size", 10}, {"refill_time", "1s"}}}}}};
+    CHECK_CONFIG_ERROR(parse_config_file(j.dump(), 4096), "entropy.rate_limiter.ops.refill_time");
     j["entropy"] = json{{"bandwidth", 1}};
     CHECK_CONFIG_ERROR(parse_config_file(j.dump(), 4096), "entropy: unknown field \"bandwidth\"");
     j["entropy"] = json::array();
@@ -102,19 +114,30 @@ TEST_CASE("entropy: GET /vm/config shows the section as Firecracker does, and it
     const json out = to_json(c);
     CHECK(out.at("entropy") == json{{"rate_limiter", nullptr}});
     CHECK(parse_config_file(out.dump(), 4096).entropy == EntropyConfig{});
+
+    c.entropy = EntropyConfig{RateLimiterConfig{TokenBucketConfig{1000, 0, 100}, std::nullopt}};
+    const json limited = to_json(c);
+    CHECK(limited.at("entropy").at("rate_limiter").at("bandwidth").at("size") == 1000);
+    CHECK(limited.at("entropy").at("rate_limiter").at("bandwidth").at("refill_time") == 100);
+    CHECK(limited.at("entropy").at("rate_limiter").at("ops").is_null());
+    CHECK(parse_config_file(limited.dump(), 4096).entropy == c.entropy);
 }
 
 TEST_CASE("entropy: the controller takes PUT /entropy before boot, counts it, and refuses bad bodies unchanged", "[entropy]") {
     Rig r;
     CHECK(r.vm_config().at("entropy").is_null());
-    CHECK(r.call("PUT", "/entropy", R"({"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}})").status == 400);
+    CHECK(r.call("PUT", "/entropy", R"({"rate_limiter": {"bandwidth": {"size": 1, "refill_time": "x"}}})").status == 400);
     CHECK(r.vm_config().at("entropy").is_null()); // a refused body changes nothing
     CHECK(r.call("PUT", "/entropy", "{}").status == 204);
     CHECK(r.vm_config().at("entropy") == json{{"rate_limiter", nullptr}});
     CHECK(r.call("PUT", "/entropy", R"({"rate_limiter": null})").status == 204); // again: replaces it
     CHECK(r.vm_config().at("entropy") == json{{"rate_limiter", nullptr}});
+    CHECK(r.call("PUT", "/entropy", R"({"rate_limiter": {"ops": {"size": 5, "one_time_burst": 7, "refill_time": 1000}}})").status == 204);
+    const json rl = r.vm_config().at("entropy").at("rate_limiter");
+    CHECK(rl.at("bandwidth").is_null());
+    CHECK(rl.at("ops") == json{{"size", 5}, {"one_time_burst", 7}, {"refill_time", 1000}});
     const json mt = json::parse(r.ctl->metrics_line());
-    CHECK(mt.at("put_api_requests").at("entropy_count") == 2);
+    CHECK(mt.at("put_api_requests").at("entropy_count") == 3);
     CHECK(mt.at("put_api_requests").at("entropy_fails") == 1);
     // Firecracker writes the entropy group in every line, device or not.
     CHECK(mt.at("entropy").is_object());

@@ -6,6 +6,7 @@
 #include "devices/virtio/block/request.hpp"
 #include "devices/virtio/mmio.hpp"
 #include "devices/virtio/spec.hpp"
+#include "io_util.hpp"
 #include "virtio_rings.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/guest_memory.hpp"
@@ -307,15 +308,7 @@ public:
     void notify() { wr(mmio::QUEUE_NOTIFY, 0); }
 
     // Runs the event loop until `done` or 5 s.
-    bool run_until(const std::function<bool()>& done) {
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        while (!done()) {
-            if (std::chrono::steady_clock::now() > deadline) return false;
-            if (io.stopped()) io.restart();
-            io.run_one_for(std::chrono::milliseconds(10));
-        }
-        return true;
-    }
+    bool run_until(const std::function<bool()>& done) { return ember::test::run_io_until(io, done); }
     // Notifies and waits until used.idx reaches `n`.
     void complete_until(std::uint16_t n) {
         notify();

@@ -6,13 +6,17 @@
 #include "devices/virtio/rng/device.hpp"
 #include "devices/virtio/rng/request.hpp"
 #include "devices/virtio/spec.hpp"
+#include "io_util.hpp"
 #include "test_util.hpp"
 #include "virtio_driver.hpp"
 #include "virtio_rings.hpp"
 #include "vmm/base/guest_memory.hpp"
 
 #include <algorithm>
+#include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <functional>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -72,8 +76,11 @@ std::size_t distinct(const Bytes& b) { return std::set<std::uint8_t>(b.begin(), 
 bool all_zero(const Bytes& b) { return std::all_of(b.begin(), b.end(), [](std::uint8_t v) { return v == 0; }); }
 
 struct Rig {
-    explicit Rig(std::unique_ptr<EntropySource> src = host_random())
-        : dev(std::make_shared<EntropyDevice>(mem, EntropyConfig{}, std::move(src))), drv(mem, *dev, kLayout) {}
+    explicit Rig(std::unique_ptr<EntropySource> src = host_random(), EntropyConfig cfg = {})
+        : dev(std::make_shared<EntropyDevice>(mem, io, std::move(cfg), std::move(src))), drv(mem, *dev, kLayout) {}
+    // Runs the event loop until `done` or 5 s.
+    bool run_until(const std::function<bool()>& done) { return ember::test::run_io_until(io, done); }
+    boost::asio::io_context io;
     GuestMemory mem = make_test_ram();
     std::shared_ptr<EntropyDevice> dev;
     VirtioDriver drv;
@@ -342,6 +349,51 @@ TEST_CASE("rng device: with EVENT_IDX, chains published while serving are served
     CHECK(r.m().entropy_event_count == 1);
 }
 
+TEST_CASE("rng device: the bytes bucket holds requests back in the ring and its timer resumes them", "[rng]") {
+    // 1000 bytes per 100 ms, starting full: the first 600-byte request at once, the second
+    // waits for 200 more bytes, the third and fourth for 600 each.
+    Rig r(std::make_unique<CountingSource>(), EntropyConfig{RateLimiterConfig{TokenBucketConfig{1000, 0, 100}, std::nullopt}});
+    r.drv.bring_up();
+    DriverRings& q = r.drv.rings(0);
+    std::vector<Chain> posted;
+    for (int i = 0; i < 4; ++i) posted.push_back(r.drv.post(0, {writable(600)}));
+    const auto t0 = std::chrono::steady_clock::now();
+    r.drv.notify(0);
+    CHECK(q.used_idx() == 1);
+    CHECK(r.m().entropy_rate_limiter_throttled == 1);
+    // A notification while the limiter is blocked serves nothing.
+    r.drv.notify(0);
+    CHECK(q.used_idx() == 1);
+    CHECK(r.m().entropy_rate_limiter_throttled == 2);
+    // The timer resumes the queue without another notification.
+    REQUIRE(r.run_until([&] { return q.used_idx() == 4; }));
+    const auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(took >= std::chrono::milliseconds(120)); // (3 * 600 - 400) bytes at 10 bytes/ms
+    for (std::uint16_t i = 0; i < 4; ++i)
+        CHECK(q.nth_used(i) == std::pair<std::uint32_t, std::uint32_t>{posted[i].head, 600});
+    CHECK_FALSE(all_zero(r.drv.guest(posted[3].addrs[0], 600)));
+    CHECK(r.m().entropy_bytes == 2400);
+    CHECK(r.m().entropy_event_count == 4); // a request put back is counted once, when served
+    CHECK(r.m().rate_limiter_event_count >= 1);
+    CHECK(r.dev->config().rate_limiter->bandwidth == TokenBucketConfig{1000, 0, 100});
+}
+
+TEST_CASE("rng device: the ops bucket bounds requests per second; empty requests cost nothing", "[rng]") {
+    // 1 request per 100 ms, starting full.
+    Rig r(std::make_unique<CountingSource>(), EntropyConfig{RateLimiterConfig{std::nullopt, TokenBucketConfig{1, 0, 100}}});
+    r.drv.bring_up();
+    DriverRings& q = r.drv.rings(0);
+    (void)r.drv.post(0, {writable(0)});
+    for (int i = 0; i < 3; ++i) (void)r.drv.post(0, {writable(8)});
+    const auto t0 = std::chrono::steady_clock::now();
+    r.drv.notify(0);
+    CHECK(q.used_idx() == 2); // the empty one, then one op
+    REQUIRE(r.run_until([&] { return q.used_idx() == 4; }));
+    CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(150)); // 2 more ops at 10/s
+    CHECK(r.m().entropy_bytes == 24);
+    CHECK(r.m().entropy_rate_limiter_throttled >= 1);
+}
+
 TEST_CASE("rng device: metrics carry Firecracker's entropy counter names", "[rng]") {
     Rig r;
     std::vector<std::string> names;
@@ -366,7 +418,7 @@ TEST_CASE("state: virtio-rng restored behaves as the original", "[state][rng]") 
 
     GuestMemory mem2 = clone_ram(r.mem);
     // The restored source continues where the original one is now, so both write the same bytes.
-    auto dev2 = EntropyDevice::restore(mem2, EntropyConfig{}, std::make_unique<CountingSource>(0, 7 + 5), s);
+    auto dev2 = EntropyDevice::restore(mem2, r.io, EntropyConfig{}, std::make_unique<CountingSource>(0, 7 + 5), s);
     VirtioDriver drv2 = r.drv.moved_to(mem2, *dev2);
     CHECK(dev2->save() == s);
     CHECK(drv2.irq_raised()); // the pending used-buffer interrupt is raised again
@@ -389,11 +441,11 @@ TEST_CASE("state: a virtio-rng state that does not fit is refused", "[state][rng
     GuestMemory mem2 = clone_ram(r.mem);
     EntropyState two = s;
     two.virtio.queues.push_back(two.virtio.queues[0]);
-    CHECK_CONFIG_ERROR(EntropyDevice::restore(mem2, EntropyConfig{}, host_random(), two), "queue");
+    CHECK_CONFIG_ERROR(EntropyDevice::restore(mem2, r.io, EntropyConfig{}, host_random(), two), "queue");
     EntropyState feature = s;
     feature.virtio.virtio.acked_features |= bit(3); // never offered
-    CHECK_CONFIG_ERROR(EntropyDevice::restore(mem2, EntropyConfig{}, host_random(), feature), "negotiated features");
+    CHECK_CONFIG_ERROR(EntropyDevice::restore(mem2, r.io, EntropyConfig{}, host_random(), feature), "negotiated features");
     EntropyState outside = s;
     outside.virtio.queues[0].used_addr = GuestAddr(kRamBytes - 8);
-    CHECK_THROWS_AS(EntropyDevice::restore(mem2, EntropyConfig{}, host_random(), outside), ConfigError);
+    CHECK_THROWS_AS(EntropyDevice::restore(mem2, r.io, EntropyConfig{}, host_random(), outside), ConfigError);
 }

@@ -133,13 +133,10 @@ void BlockDevice::pump() noexcept {
     for (;;) {
         bool popped = false;
         while (!free_.empty()) {
-            const Queue::PopResult r = q.pop();
+            // Notifications are enabled again below, once nothing is left to start.
+            const Queue::PopResult r = pop_chain(q, metrics_.event_fails, false);
             if (r.status == Queue::PopStatus::Empty) break;
-            if (r.status == Queue::PopStatus::Broken) {
-                bump(metrics_.event_fails);
-                fail(r.error);
-                return;
-            }
+            if (r.status == Queue::PopStatus::Broken) return;
             popped = true;
             if (r.status == Queue::PopStatus::BadChain) {
                 bump(metrics_.invalid_reqs_count);

@@ -87,16 +87,10 @@ std::size_t ConsoleDevice::enqueue_input(std::span<const std::uint8_t> bytes) no
     std::size_t done = 0;
     bool used = false;
     while (done < bytes.size()) {
-        const Queue::PopResult r = q.pop();
-        if (r.status == Queue::PopStatus::Empty) {
-            if (q.enable_notification()) continue;
+        const Queue::PopResult r = pop_chain(q, metrics_.event_fails);
+        if (r.status == Queue::PopStatus::Empty || r.status == Queue::PopStatus::Broken) {
+            // After a broken ring, the driver's reset and new buffers bring the rest.
             input_waiting_ = true;
-            break;
-        }
-        if (r.status == Queue::PopStatus::Broken) {
-            bump(metrics_.event_fails);
-            fail(r.error);
-            input_waiting_ = true; // the driver's reset and new buffers bring the rest
             break;
         }
         const std::size_t cap = r.status == Queue::PopStatus::Chain ? writable_capacity(r.descs) : 0;
@@ -125,16 +119,9 @@ void ConsoleDevice::tx_loop() noexcept {
     if (!q.active()) return;
     bool used = false;
     for (;;) {
-        const Queue::PopResult r = q.pop();
-        if (r.status == Queue::PopStatus::Empty) {
-            if (q.enable_notification()) continue;
-            break;
-        }
-        if (r.status == Queue::PopStatus::Broken) {
-            bump(metrics_.event_fails);
-            fail(r.error);
-            return;
-        }
+        const Queue::PopResult r = pop_chain(q, metrics_.event_fails);
+        if (r.status == Queue::PopStatus::Empty) break;
+        if (r.status == Queue::PopStatus::Broken) return;
         std::size_t total = 0;
         const TxError e = r.status == Queue::PopStatus::Chain ? gather_output(r.descs, iov_, total) : TxError::DeviceWritable;
         if (e != TxError::None) {

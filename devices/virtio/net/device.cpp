@@ -187,7 +187,8 @@ bool NetDevice::deliver() noexcept {
     std::size_t done = 0;
     std::byte* num_buffers[2] = {nullptr, nullptr};
     while (done < frame_len_) {
-        const Queue::PopResult r = q.pop();
+        // Without rearm: the caller waits for buffers past what it saw (rx_seen_avail_).
+        const Queue::PopResult r = pop_chain(q, metrics_.event_fails, false);
         if (r.status == Queue::PopStatus::Empty) {
             const auto taken = static_cast<std::uint16_t>(used_.size());
             q.undo_pop(taken);
@@ -202,8 +203,6 @@ bool NetDevice::deliver() noexcept {
             return false;
         }
         if (r.status == Queue::PopStatus::Broken) {
-            bump(metrics_.event_fails);
-            fail(r.error);
             frame_len_ = 0;
             return true;
         }
@@ -258,13 +257,9 @@ void NetDevice::tx_loop() noexcept {
     for (;;) {
         bool popped = false;
         for (;;) {
-            const Queue::PopResult r = q.pop();
+            const Queue::PopResult r = pop_chain(q, metrics_.event_fails, false);
             if (r.status == Queue::PopStatus::Empty) break;
-            if (r.status == Queue::PopStatus::Broken) {
-                bump(metrics_.event_fails);
-                fail(r.error);
-                return;
-            }
+            if (r.status == Queue::PopStatus::Broken) return;
             popped = true;
             std::size_t total = 0;
             const TxError e = r.status == Queue::PopStatus::Chain ? gather_tx(r.descs, iov_, total) : TxError::TooShort;

@@ -8,8 +8,10 @@
 
 namespace ember::virtio::rng {
 
-EntropyDevice::EntropyDevice(const GuestMemory& mem, EntropyConfig cfg, std::unique_ptr<EntropySource> source)
-    : VirtioDevice(mem, {QUEUE_SIZE}), cfg_(cfg), source_(std::move(source)) {
+EntropyDevice::EntropyDevice(const GuestMemory& mem, boost::asio::io_context& io, EntropyConfig cfg,
+                             std::unique_ptr<EntropySource> source)
+    : VirtioDevice(mem, {QUEUE_SIZE}), cfg_(std::move(cfg)), source_(std::move(source)),
+      limiter_(io, cfg_.rate_limiter, [this] { on_limiter_expiry(); }) {
     iov_.reserve(QUEUE_SIZE);
 }
 
@@ -18,9 +20,9 @@ EntropyState EntropyDevice::save() {
     return EntropyState{save_virtio()};
 }
 
-std::shared_ptr<EntropyDevice> EntropyDevice::restore(const GuestMemory& mem, EntropyConfig cfg, std::unique_ptr<EntropySource> source,
-                                                      const EntropyState& s) {
-    auto dev = std::make_shared<EntropyDevice>(mem, cfg, std::move(source));
+std::shared_ptr<EntropyDevice> EntropyDevice::restore(const GuestMemory& mem, boost::asio::io_context& io, EntropyConfig cfg,
+                                                      std::unique_ptr<EntropySource> source, const EntropyState& s) {
+    auto dev = std::make_shared<EntropyDevice>(mem, io, std::move(cfg), std::move(source));
     std::lock_guard lk(dev->mutex());
     dev->restore_virtio(s.virtio);
     dev->resume_after_restore();
@@ -49,28 +51,43 @@ std::size_t EntropyDevice::fill() noexcept {
     return total;
 }
 
+void EntropyDevice::on_limiter_expiry() noexcept {
+    std::lock_guard lk(mutex());
+    limiter_.unblock();
+    bump(metrics_.rate_limiter_event_count);
+    if (running()) process_queue(REQUESTQ);
+}
+
 void EntropyDevice::process_queue(std::size_t index) noexcept {
     if (index != REQUESTQ) return;
     Queue& q = queues()[REQUESTQ];
     if (!q.active()) return;
+    // As Firecracker's process_entropy_queue_event: a blocked limiter leaves the queue to its
+    // timer (on_limiter_expiry).
+    if (limiter_.blocked()) {
+        bump(metrics_.entropy_rate_limiter_throttled);
+        return;
+    }
     bool used = false;
     for (;;) {
-        const Queue::PopResult r = q.pop();
-        if (r.status == Queue::PopStatus::Empty) {
-            if (q.enable_notification()) continue;
-            break;
-        }
-        if (r.status == Queue::PopStatus::Broken) {
-            bump(metrics_.entropy_event_fails);
-            fail(r.error);
-            return;
-        }
-        bump(metrics_.entropy_event_count);
+        const Queue::PopResult r = pop_chain(q, metrics_.entropy_event_fails);
+        if (r.status == Queue::PopStatus::Empty) break;
+        if (r.status == Queue::PopStatus::Broken) return;
         std::size_t filled = 0;
         std::size_t total = 0;
         const RequestError e = r.status == Queue::PopStatus::Chain ? gather_buffers(r.descs, MAX_REQUEST_BYTES, iov_, total)
                                                                    : RequestError::DeviceReadable;
-        if (r.status != Queue::PopStatus::Chain || e != RequestError::None) {
+        const bool good = r.status == Queue::PopStatus::Chain && e == RequestError::None;
+        if (good && total > 0 && !limiter_.admit(total)) {
+            // Firecracker's rate_limit_request (rng/device.rs): one op and the request's bytes;
+            // an empty request costs nothing. No budget: the chain goes back to the available
+            // ring untouched, and the limiter's timer serves the queue again.
+            q.undo_pop(1);
+            bump(metrics_.entropy_rate_limiter_throttled);
+            break;
+        }
+        bump(metrics_.entropy_event_count);
+        if (!good) {
             // Returned unused, as Firecracker does with a chain it cannot parse.
             bump(metrics_.entropy_event_fails);
             LOG_DEBUG("virtio %s: request chain %u: %s", name().c_str(), r.head, r.error ? r.error : to_string(e));

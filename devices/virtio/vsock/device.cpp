@@ -68,16 +68,9 @@ void VsockDevice::tx_loop() noexcept {
     if (!running() || !q.active()) return;
     bool used = false;
     for (;;) {
-        const Queue::PopResult r = q.pop();
-        if (r.status == Queue::PopStatus::Empty) {
-            if (q.enable_notification()) continue;
-            break;
-        }
-        if (r.status == Queue::PopStatus::Broken) {
-            bump(metrics_.tx_queue_event_fails);
-            fail(r.error);
-            return;
-        }
+        const Queue::PopResult r = pop_chain(q, metrics_.tx_queue_event_fails);
+        if (r.status == Queue::PopStatus::Empty) break;
+        if (r.status == Queue::PopStatus::Broken) return;
         const TxError e = r.status == Queue::PopStatus::Chain ? parse_tx(r.descs, pkt_) : TxError::TooShort;
         if (e != TxError::None) {
             // Firecracker drops a malformed packet and goes on (vsock/device.rs process_tx).
@@ -98,16 +91,9 @@ void VsockDevice::rx_loop() noexcept {
     if (!running() || !q.active()) return;
     bool used = false;
     while (muxer_->has_pending_rx()) {
-        const Queue::PopResult r = q.pop();
-        if (r.status == Queue::PopStatus::Empty) {
-            if (q.enable_notification()) continue;
-            break; // the next rxq notification resumes
-        }
-        if (r.status == Queue::PopStatus::Broken) {
-            bump(metrics_.rx_queue_event_fails);
-            fail(r.error);
-            return;
-        }
+        const Queue::PopResult r = pop_chain(q, metrics_.rx_queue_event_fails);
+        if (r.status == Queue::PopStatus::Empty) break; // the next rxq notification resumes
+        if (r.status == Queue::PopStatus::Broken) return;
         std::uint32_t room = 0;
         const RxError e = r.status == Queue::PopStatus::Chain ? rx_capacity(r.descs, room) : RxError::TooShort;
         if (e != RxError::None) {
