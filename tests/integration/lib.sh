@@ -116,12 +116,13 @@ expect_status() {
   LAST=$(api "$@")
   [[ ${LAST##* } == "$want" ]] && pass "$name -> $want" || fail "$name: wanted $want, got '$LAST'"
 }
-# start_ember [EXTRA ARGS...]: Ember in the background on $SOCK (EMBER_PID; console in $OUT);
-# ends the test if the socket does not appear within 10 s.
+# start_ember [EXTRA ARGS...]: Ember in the background on $SOCK (EMBER_PID; console in $OUT, by
+# default $T/console.out; stdin from $EMBER_STDIN, by default /dev/null); ends the test if the
+# socket does not appear within 10 s.
 start_ember() {
-  "$EMBER_BIN" --api-sock "$SOCK" --level Info --log-path "$T/ember.log" "$@" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
+  OUT=${EMBER_CONSOLE:-$T/console.out}
+  "$EMBER_BIN" --api-sock "$SOCK" --level Info --log-path "$T/ember.log" "$@" < "${EMBER_STDIN:-/dev/null}" > "$OUT" 2> "$T/ember.err" &
   EMBER_PID=$!
-  OUT=$T/console.out
   for _ in $(seq 1 100); do [[ -S $SOCK ]] && return 0; sleep 0.1; done
   fail "API socket never appeared"; cat "$T/ember.err" >&2; finish
 }
@@ -133,6 +134,12 @@ wait_line() {
     sleep 0.2
   done
   return 1
+}
+# put_file SRC DEST MODE: copies SRC into the ext4 image $T/root.ext4 as DEST with MODE (octal,
+# with the file type: 0100755).
+put_file() {
+  debugfs -w -R "write $1 $2" "$T/root.ext4" >/dev/null 2>&1 && debugfs -w -R "sif $2 mode $3" "$T/root.ext4" >/dev/null 2>&1 \
+    || { fail "debugfs write $2"; finish; }
 }
 # wait_exit TIMEOUT_S: waits for EMBER_PID to end and sets RC (its status, or "timeout" after
 # killing it).

@@ -20,18 +20,6 @@ cp "$EMBER_ROOTFS_DIR/rootfs.ext4" "$T/root.ext4"
 UDS=$T/v.sock
 : > "$T/host.out"
 
-put_file() { # SRC DEST MODE
-  debugfs -w -R "write $1 $2" "$T/root.ext4" >/dev/null 2>&1 && debugfs -w -R "sif $2 mode $3" "$T/root.ext4" >/dev/null 2>&1 \
-    || { fail "debugfs write $2"; finish; }
-}
-wait_line() { # KEY TIMEOUT_S
-  for _ in $(seq 1 $(($2 * 5))); do
-    [[ -n $(guest_value "$1") ]] && return 0
-    kill -0 "$EMBER_PID" 2>/dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
 HOST_PIDS=()
 give_up() {
   tail -n 30 "$T/console.out" "$T/ember.err" >&2
