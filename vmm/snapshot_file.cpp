@@ -362,6 +362,19 @@ std::string describe_snapshot_version(std::span<const std::byte> file) {
     return "v" + std::to_string(h.u32("format version")) + ".0.0";
 }
 
+std::string describe_snapshot_file_version(const std::string& path) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) throw ConfigError("cannot open snapshot file " + path + ": " + std::strerror(errno));
+    std::array<std::byte, kHeaderBytes> head{};
+    const ssize_t n = ::read(fd.get(), head.data(), head.size());
+    if (n < 0) throw ConfigError("cannot read snapshot file " + path + ": " + std::strerror(errno));
+    try {
+        return describe_snapshot_version(std::span(head).first(static_cast<std::size_t>(n)));
+    } catch (const FormatError& e) {
+        throw FormatError(path + ": " + e.what());
+    }
+}
+
 SnapshotFile read_snapshot_file(const std::string& path) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) throw ConfigError("cannot open snapshot file " + path + ": " + std::strerror(errno));

@@ -83,5 +83,7 @@ void write_snapshot_file(const std::string& path, const SnapshotFile& s);
 // The format version of a snapshot file without decoding the rest (--describe-snapshot):
 // "v1" style, as Firecracker prints it. Throws FormatError when the header is not Ember's.
 std::string describe_snapshot_version(std::span<const std::byte> file);
+// As describe_snapshot_version() on the first bytes of `path`; ConfigError naming an unreadable file.
+std::string describe_snapshot_file_version(const std::string& path);
 
 } // namespace ember
