@@ -11,11 +11,14 @@
 #include "vmm/base/output_file.hpp"
 #include "vmm/builder.hpp"
 #include "vmm/drives.hpp"
+#include "vmm/snapshot_file.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -60,6 +63,11 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
 }
 
 namespace {
+template <class A>
+constexpr bool kBootResource = std::is_same_v<A, PutMachineConfig> || std::is_same_v<A, PatchMachineConfig> ||
+                               std::is_same_v<A, PutBootSource> || std::is_same_v<A, PutDrive> || std::is_same_v<A, PutNet> ||
+                               std::is_same_v<A, PutCpuConfig> || std::is_same_v<A, PutEntropy> || std::is_same_v<A, PutVsock>;
+
 const char* request_group(Method m) {
     switch (m) {
     case Method::Get: return "get_api_requests";
@@ -77,7 +85,9 @@ Response Controller::handle(const Action& a) {
     auto dispatch = [this](const auto& act) -> Response {
         if constexpr (requires { this->pre_boot(act); }) {
             if (vm_) return Response::bad_request(kNotAfterBoot);
-            return pre_boot(act);
+            Response r = pre_boot(act);
+            if (kBootResource<std::decay_t<decltype(act)>> && r.status < 400) boot_configured_ = true;
+            return r;
         } else if constexpr (requires { this->runtime(act); }) {
             if (!vm_) return Response::bad_request(kNotBeforeBoot);
             return runtime(act);
@@ -105,14 +115,16 @@ Response Controller::any_time(const GetVersion&) { return Response::ok_json({{"f
 
 Response Controller::any_time(const GetMachineConfig&) { return Response::ok_json(to_json(cfg_.machine)); }
 
-Response Controller::any_time(const GetVmConfig&) {
+VmConfig Controller::shown_config() const {
     VmConfig shown = cfg_;
     // After boot, each drive as its device runs it: io_engine is Sync where io_uring was unavailable.
     if (vm_)
         for (auto& d : shown.drives)
             if (auto blk = vm_->devices().find<virtio::block::BlockDevice>(d.drive_id)) d.io_engine = blk->config().io_engine;
-    return Response::ok_json(to_json(shown));
+    return shown;
 }
+
+Response Controller::any_time(const GetVmConfig&) { return Response::ok_json(to_json(shown_config())); }
 
 namespace {
 // A request without cpu_template (or with null) keeps the current template, static or custom
@@ -264,15 +276,81 @@ Response Controller::runtime(const PatchNet& p) {
     return Response::no_content();
 }
 
+Vm::ExitHandler Controller::exit_handler() {
+    return [this](int status, const std::string& detail) {
+        exited_ = true;
+        // A last metrics line as the VM ends (Firecracker flushes on exit too).
+        if (metrics_.valid()) (void)flush_metrics();
+        if (on_vm_exit_) on_vm_exit_(status, detail);
+    };
+}
+
+Response Controller::runtime(const CreateSnapshot& a) {
+    const auto& p = a.params;
+    if (p.diff) return Response::bad_request("Diff snapshots are not supported yet: create a Full snapshot");
+    if (!vm_->paused())
+        return Response::bad_request("Cannot create a snapshot: the microVM is running; pause it first (PATCH /vm {\"state\": \"Paused\"})");
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+        vm_->create_snapshot(p.snapshot_path, p.mem_file_path, to_json(shown_config()).dump());
+    } catch (const std::exception& e) {
+        return Response::bad_request(std::string("Cannot create snapshot: ") + e.what());
+    }
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+    counters_["latencies_us"]["full_create_snapshot"] = static_cast<std::uint64_t>(us.count());
+    LOG_INFO("snapshot created: %s (memory %s) in %lld us", p.snapshot_path.c_str(), p.mem_file_path.c_str(),
+             static_cast<long long>(us.count()));
+    return Response::no_content();
+}
+
+Response Controller::pre_boot(const LoadSnapshot& a) {
+    const auto& p = a.params;
+    if (exited_) return Response::bad_request("the microVM has already ended");
+    // Firecracker's LoadSnapshotNotAllowed (rpc_interface.rs).
+    if (boot_configured_) return Response::bad_request("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+    if (p.backend == MemBackend::Uffd) return Response::bad_request("mem_backend Uffd is not supported yet: load the memory file with File");
+    if (p.clock_realtime) return Response::bad_request("clock_realtime is not supported yet");
+    if (p.mem_file_path_used) LOG_WARN("PUT /snapshot/load: mem_file_path field is deprecated.");
+    if (p.enable_diff_snapshots_used) LOG_WARN("PUT /snapshot/load: enable_diff_snapshots field is deprecated.");
+    const auto t0 = std::chrono::steady_clock::now();
+    VmConfig cfg;
+    try {
+        const SnapshotFile snap = read_snapshot_file(p.snapshot_path);
+        try {
+            cfg = parse_config_file(snap.vm_config, host_mem_mib_);
+        } catch (const ConfigError& e) {
+            throw ConfigError(std::string("the snapshot's configuration is invalid: ") + e.what());
+        }
+        for (const auto& [id, dev] : p.network_overrides) {
+            auto it = std::find_if(cfg.net.begin(), cfg.net.end(), [&](const NetConfig& n) { return n.iface_id == id; });
+            if (it == cfg.net.end()) throw ConfigError("network_overrides: the snapshot has no network interface \"" + id + "\"");
+            it->host_dev_name = dev;
+        }
+        if (p.vsock_uds_path) {
+            if (!cfg.vsock) throw ConfigError("vsock_override: the snapshot has no vsock device");
+            cfg.vsock->uds_path = *p.vsock_uds_path;
+        }
+        if (p.track_dirty_pages) cfg.machine.track_dirty_pages = true;
+        UniqueFd mem(::open(p.backend_path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!mem.valid()) throw ConfigError("cannot open memory file " + p.backend_path + ": " + std::strerror(errno));
+        vm_ = VmBuilder::from_snapshot(io_, snap, cfg, mem.get(), p.backend_path, opts_, exit_handler());
+    } catch (const std::exception& e) {
+        vm_.reset();
+        return Response::bad_request(std::string("Cannot load snapshot: ") + e.what());
+    }
+    cfg_ = std::move(cfg);
+    vm_->start(!p.resume_vm);
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+    counters_["latencies_us"]["load_snapshot"] = static_cast<std::uint64_t>(us.count());
+    LOG_INFO("snapshot loaded: %s in %lld us, %s", p.snapshot_path.c_str(), static_cast<long long>(us.count()),
+             p.resume_vm ? "resumed" : "paused");
+    return Response::no_content();
+}
+
 Response Controller::start_instance() {
     if (exited_) return Response::bad_request("the microVM has already ended");
     try {
-        vm_ = VmBuilder::for_boot(io_, cfg_, opts_, [this](int status, const std::string& detail) {
-            exited_ = true;
-            // A last metrics line as the VM ends (Firecracker flushes on exit too).
-            if (metrics_.valid()) (void)flush_metrics();
-            if (on_vm_exit_) on_vm_exit_(status, detail);
-        });
+        vm_ = VmBuilder::for_boot(io_, cfg_, opts_, exit_handler());
     } catch (const std::exception& e) {
         vm_.reset();
         return Response::bad_request(std::string("Cannot start microvm: ") + e.what());

@@ -60,6 +60,8 @@ private:
     Response pre_boot(const PutEntropy& a);
     Response pre_boot(const PutVsock& a);
     Response pre_boot(const InstanceStart& a);
+    // Firecracker's LoadSnapshot: before any boot-specific configuration (see boot_configured_).
+    Response pre_boot(const LoadSnapshot& a);
     // Firecracker 1.16 (vmm/src/rpc_interface.rs) refuses logger and metrics changes after boot.
     Response pre_boot(const PutLogger& a);
     Response pre_boot(const PutMetrics& a);
@@ -69,12 +71,16 @@ private:
     Response runtime(const PatchNet& a);
     Response runtime(const SendCtrlAltDel& a);
     Response runtime(const PatchVmState& a);
+    Response runtime(const CreateSnapshot& a);
     Response any_time(const GetInstanceInfo& a);
     Response any_time(const GetVersion& a);
     Response any_time(const GetMachineConfig& a);
     Response any_time(const GetVmConfig& a);
 
     Response start_instance();
+    Vm::ExitHandler exit_handler();
+    // The configuration as GET /vm/config shows it: after boot, each drive with the engine it runs.
+    VmConfig shown_config() const;
     Response set_logger(const LoggerConfig& c);
     Response set_metrics(const std::string& path);
     Response flush_metrics();
@@ -89,6 +95,9 @@ private:
     VmConfig cfg_;
     std::unique_ptr<Vm> vm_;
     bool exited_ = false;
+    // A boot-specific resource (machine, boot source, drive, interface, vsock, entropy, CPU
+    // template) was configured: a snapshot can no longer be loaded (Firecracker's boot_path).
+    bool boot_configured_ = false;
     std::uint64_t startup_us_ = 0, startup_cpu_us_ = 0;
 
     RecordWriter metrics_;

@@ -5,6 +5,7 @@
 #include "api/http_server.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
+#include "vmm/snapshot_file.hpp"
 #include "vmm/vm.hpp"
 
 #include <CLI/CLI.hpp>
@@ -242,8 +243,10 @@ int main(int argc, char** argv) {
     auto* metadata_opt = app.add_option("--metadata", later_value, "MMDS content file: not supported yet (no MMDS)");
     auto* mmds_opt = app.add_option("--mmds-size-limit", mmds_limit, "MMDS data store limit: not supported yet (no MMDS)")
                          ->check(kUnsigned);
-    auto* snap_ver_opt = app.add_flag("--snapshot-version", later_flag, "Snapshot format version: not supported yet (no snapshots)");
-    auto* describe_opt = app.add_option("--describe-snapshot", later_value, "Snapshot file's format version: not supported yet (no snapshots)");
+    bool snapshot_version = false;
+    std::string describe_snapshot;
+    app.add_flag("--snapshot-version", snapshot_version, "Print the snapshot format version this Ember writes and exit");
+    app.add_option("--describe-snapshot", describe_snapshot, "Print the format version of a snapshot file and exit");
     auto* pci_opt = app.add_flag("--enable-pci", later_flag, "PCIe transport: not supported yet (virtio-mmio only)");
     try {
         app.parse(argc, argv);
@@ -256,11 +259,22 @@ int main(int argc, char** argv) {
         std::printf("Ember v%s\n", EMBER_VERSION);
         return 0;
     }
+    // Firecracker prints the version alone ("v1.0.0") for both.
+    if (snapshot_version) {
+        std::printf("v%u.0.0\n", ember::kSnapshotFormatVersion);
+        return 0;
+    }
+    if (!describe_snapshot.empty()) {
+        try {
+            std::printf("%s\n", ember::describe_snapshot_file_version(describe_snapshot).c_str());
+            return 0;
+        } catch (const std::exception& e) {
+            return fail(EXIT_GENERIC, e.what());
+        }
+    }
     const std::pair<const CLI::Option*, const char*> later[] = {
         {metadata_opt, "--metadata is not supported yet: Ember has no MMDS"},
         {mmds_opt, "--mmds-size-limit is not supported yet: Ember has no MMDS"},
-        {snap_ver_opt, "--snapshot-version is not supported yet: Ember has no snapshots"},
-        {describe_opt, "--describe-snapshot is not supported yet: Ember has no snapshots"},
         {pci_opt, "--enable-pci is not supported yet: Ember has virtio-mmio devices only"},
     };
     for (const auto& [opt, why] : later)

@@ -169,7 +169,15 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         return PutVsock{parse_vsock(parse_body(body))};
     }
-    static const char* later[] = {"/balloon", "/mmds", "/snapshot/",
+    if (path == "/snapshot/create") {
+        if (m != Method::Put) throw invalid();
+        return CreateSnapshot{parse_snapshot_create(parse_body(body))};
+    }
+    if (path == "/snapshot/load") {
+        if (m != Method::Put) throw invalid();
+        return LoadSnapshot{parse_snapshot_load(parse_body(body))};
+    }
+    static const char* later[] = {"/balloon", "/mmds",
                                   "/hotplug/", "/pmem/"};
     for (const char* p : later)
         if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
@@ -223,6 +231,8 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutCpuConfig&) const { return "cpu_cfg"; }
         const char* operator()(const PutEntropy&) const { return "entropy"; }
         const char* operator()(const PutVsock&) const { return "vsock"; }
+        const char* operator()(const CreateSnapshot&) const { return "snapshot_create"; }
+        const char* operator()(const LoadSnapshot&) const { return "snapshot_load"; }
     };
     return std::visit(V{}, a);
 }
@@ -251,6 +261,8 @@ Method action_method(const Action& a) {
         Method operator()(const PutCpuConfig&) const { return Method::Put; }
         Method operator()(const PutEntropy&) const { return Method::Put; }
         Method operator()(const PutVsock&) const { return Method::Put; }
+        Method operator()(const CreateSnapshot&) const { return Method::Put; }
+        Method operator()(const LoadSnapshot&) const { return Method::Put; }
     };
     return std::visit(V{}, a);
 }

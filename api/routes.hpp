@@ -5,6 +5,7 @@
 
 #include "api/config.hpp"
 #include "api/entropy_config.hpp"
+#include "api/snapshot_config.hpp"
 #include "vmm/vm_config.hpp"
 
 #include <nlohmann/json.hpp>
@@ -51,11 +52,13 @@ struct PutVsock { VsockConfig config; };
 struct PutCpuConfig { CustomCpuTemplate config; };
 // PUT /entropy: Firecracker's EntropyDevice (pre-boot).
 struct PutEntropy { EntropyConfig config; };
+struct CreateSnapshot { SnapshotCreateParams params; };
+struct LoadSnapshot { SnapshotLoadParams params; };
 
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
                             PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PatchNet, PutSerial, PutConsole,
-                            PutCpuConfig, PutEntropy, PutVsock>;
+                            PutCpuConfig, PutEntropy, PutVsock, CreateSnapshot, LoadSnapshot>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

@@ -61,6 +61,137 @@ std::vector<std::pair<NetConfig, std::unique_ptr<virtio::net::Tap>>> open_taps(c
 
 } // namespace
 
+struct VmBuilder::HostResources {
+    std::vector<OpenedDrive> drives; // root first: it becomes vda
+    std::vector<std::pair<NetConfig, std::unique_ptr<virtio::net::Tap>>> taps;
+    bool console_on_stdout = true;
+    UniqueFd console_fd;
+};
+
+VmBuilder::HostResources VmBuilder::open_host_resources(const VmConfig& cfg) {
+    HostResources r;
+    r.drives = open_drives(cfg.drives);
+    r.taps = open_taps(cfg.net);
+    r.console_on_stdout = !cfg.console.serial_out_path;
+    r.console_fd = r.console_on_stdout ? ConsoleOutput::dup_stdout() : ConsoleOutput::open_path(*cfg.console.serial_out_path);
+    return r;
+}
+
+namespace {
+
+// The saved states of a snapshot's virtio devices, each taken once, by kind and id.
+class SavedDevices {
+public:
+    explicit SavedDevices(const SnapshotFile* snap) : snap_(snap), taken_(snap ? snap->devices.size() : 0, false) {}
+    bool restoring() const noexcept { return snap_ != nullptr; }
+
+    template <class State>
+    const State& take(const std::string& id, const char* kind) {
+        for (std::size_t i = 0; i < snap_->devices.size(); ++i) {
+            const auto& d = snap_->devices[i];
+            if (taken_[i] || d.id != id || !std::holds_alternative<State>(d.state)) continue;
+            taken_[i] = true;
+            last_ = i;
+            return std::get<State>(d.state);
+        }
+        throw ConfigError(std::string("the snapshot has no state for the ") + kind + (id.empty() ? "" : " \"" + id + "\"") +
+                          " of its configuration");
+    }
+    // The device just attached from take() sits in the slot it was saved from.
+    void check_slot(const DeviceManager& dm) const {
+        const auto& slot = dm.virtio_slots().back();
+        const auto& saved = snap_->devices[last_];
+        if (slot.base != saved.mmio_base || slot.gsi != saved.irq)
+            throw ConfigError("snapshot device \"" + saved.id + "\" was at MMIO " + std::to_string(saved.mmio_base) + " IRQ " +
+                              std::to_string(saved.irq) + "; its configuration puts it at " + std::to_string(slot.base) +
+                              " IRQ " + std::to_string(slot.gsi));
+    }
+    void check_all_taken() const {
+        for (std::size_t i = 0; i < taken_.size(); ++i)
+            if (!taken_[i])
+                throw ConfigError("the snapshot holds a device (\"" + snap_->devices[i].id + "\", slot " + std::to_string(i) +
+                                  ") that its configuration does not have");
+    }
+
+private:
+    const SnapshotFile* snap_;
+    std::vector<bool> taken_;
+    std::size_t last_ = 0;
+};
+
+} // namespace
+
+void VmBuilder::attach_devices(Vm& vm, boost::asio::io_context& io, const VmConfig& cfg, const RunOptions& opts,
+                               HostResources& res, const SnapshotFile* snap) {
+    Vm* const v = &vm;
+    DeviceManager& dm = vm.devices_;
+    SavedDevices saved(snap);
+
+    // Legacy devices at their fixed ports and ISA IRQs: COM1, the i8042, the boot timer.
+    vm.console_out_ = std::make_shared<ConsoleOutput>(io, std::move(res.console_fd));
+    Serial::Sink sink = [out = vm.console_out_](std::span<const std::uint8_t> b) { return out->write(b) == b.size(); };
+    vm.serial_ = snap ? std::make_shared<Serial>(dm.irq_line(layout::IRQ_SERIAL), std::move(sink), snap->serial)
+                      : std::make_shared<Serial>(dm.irq_line(layout::IRQ_SERIAL), std::move(sink));
+    if (cfg.console.serial_rate_limiter) vm.serial_->set_output_limit(*cfg.console.serial_rate_limiter);
+    dm.attach_pio(layout::PORT_COM1, 8, vm.serial_, "serial");
+    auto on_reset = [v] { v->request_exit(VmExitKind::GuestReset, "guest reset through the i8042"); };
+    vm.i8042_ = snap ? std::make_shared<I8042>(dm.irq_line(layout::IRQ_I8042), on_reset, snap->i8042)
+                     : std::make_shared<I8042>(dm.irq_line(layout::IRQ_I8042), on_reset);
+    dm.attach_pio(layout::PORT_I8042_DATA, 5, vm.i8042_, "i8042");
+    if (opts.boot_timer) {
+        vm.boot_timer_ = snap ? std::make_shared<BootTimer>(snap->boot_timer) : std::make_shared<BootTimer>();
+        dm.attach_mmio(layout::BOOT_TIMER, 0x1000, vm.boot_timer_, "boot-timer");
+    }
+    dm.add_metrics("uart", "", [s = vm.serial_] { return s->counters().values(); });
+    // Ember's: the host end of the console (stdout or serial_out_path), shared by both consoles.
+    dm.add_metrics("console_output", "", [o = vm.console_out_] { return o->metrics().values(); });
+
+    // Virtio devices, each on the next slot: drives (root first), network interfaces, vsock, the
+    // console, entropy (Firecracker's attach_entropy_device comes last too).
+    const GuestMemory& mem = vm.mem_;
+    for (auto& d : res.drives) {
+        const std::string id = d.cfg.drive_id;
+        auto dev = saved.restoring()
+                       ? virtio::block::BlockDevice::restore(mem, io, d.cfg, std::move(d.fd), d.size,
+                                                             saved.take<virtio::block::BlockState>(id, "drive"))
+                       : std::make_shared<virtio::block::BlockDevice>(mem, io, d.cfg, std::move(d.fd), d.size);
+        dm.attach_virtio(std::move(dev), id, "block");
+        if (saved.restoring()) saved.check_slot(dm);
+    }
+    for (auto& [net_cfg, tap] : res.taps) {
+        auto dev = saved.restoring() ? virtio::net::NetDevice::restore(mem, io, net_cfg, std::move(tap),
+                                                                       saved.take<virtio::net::NetState>(net_cfg.iface_id, "network interface"))
+                                     : std::make_shared<virtio::net::NetDevice>(mem, io, net_cfg, std::move(tap));
+        dm.attach_virtio(std::move(dev), net_cfg.iface_id, "net");
+        if (saved.restoring()) saved.check_slot(dm);
+    }
+    if (cfg.vsock) {
+        auto dev = saved.restoring()
+                       ? virtio::vsock::VsockDevice::restore(mem, io, *cfg.vsock, saved.take<virtio::vsock::VsockState>("", "vsock device"))
+                       : std::make_shared<virtio::vsock::VsockDevice>(mem, io, *cfg.vsock);
+        dm.attach_virtio(std::move(dev), "", "vsock");
+        if (saved.restoring()) saved.check_slot(dm);
+    }
+    std::shared_ptr<virtio::console::ConsoleDevice> console;
+    if (cfg.console.device == ConsoleDevice::Virtio) {
+        const auto host_size = res.console_on_stdout ? HostConsole::terminal_size() : std::nullopt;
+        console = saved.restoring() ? virtio::console::ConsoleDevice::restore(
+                                          mem, vm.console_out_, host_size, saved.take<virtio::console::ConsoleState>("", "virtio console"))
+                                    : std::make_shared<virtio::console::ConsoleDevice>(mem, vm.console_out_, host_size);
+        dm.attach_virtio(console, "", "virtio_console");
+        if (saved.restoring()) saved.check_slot(dm);
+    }
+    vm.host_console_ = std::make_unique<HostConsole>(io, *vm.serial_, console, res.console_on_stdout);
+    if (cfg.entropy) {
+        auto dev = saved.restoring() ? virtio::rng::EntropyDevice::restore(mem, io, *cfg.entropy, virtio::rng::host_random(),
+                                                                           saved.take<virtio::rng::EntropyState>("", "entropy device"))
+                                     : std::make_shared<virtio::rng::EntropyDevice>(mem, io, *cfg.entropy);
+        dm.attach_virtio(std::move(dev), "", "entropy");
+        if (saved.restoring()) saved.check_slot(dm);
+    }
+    if (saved.restoring()) saved.check_all_taken();
+}
+
 std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmConfig& cfg, const RunOptions& opts,
                                         Vm::ExitHandler on_exit) {
     if (!cfg.boot_source) throw ConfigError("no boot source: boot-source.kernel_image_path is required");
@@ -79,10 +210,7 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
                  to_string(*st), host.signature);
 
     // Host resources first: every one that is missing or busy is a configuration error.
-    std::vector<OpenedDrive> drives = open_drives(cfg.drives); // root drive first: it becomes vda
-    auto taps = open_taps(cfg.net);
-    const bool console_on_stdout = !cfg.console.serial_out_path;
-    UniqueFd console_fd = console_on_stdout ? ConsoleOutput::dup_stdout() : ConsoleOutput::open_path(*cfg.console.serial_out_path);
+    HostResources res = open_host_resources(cfg);
 
     GuestMemory mem = layout::guest_memory(m.mem_size_mib * layout::MiB);
     auto kernel_file = open_regular(bs.kernel_image_path, "kernel image");
@@ -94,42 +222,10 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     }
 
     std::unique_ptr<Vm> vm(new Vm(io, std::move(mem), std::move(on_exit)));
-    Vm* const v = vm.get();
     DeviceManager& dm = vm->devices_;
+    attach_devices(*vm, io, cfg, opts, res, nullptr);
 
-    // Legacy devices at their fixed ports and ISA IRQs: COM1, the i8042, the boot timer.
-    vm->console_out_ = std::make_shared<ConsoleOutput>(io, std::move(console_fd));
-    vm->serial_ = std::make_shared<Serial>(dm.irq_line(layout::IRQ_SERIAL),
-                                           [out = vm->console_out_](std::span<const std::uint8_t> b) { return out->write(b) == b.size(); });
-    if (cfg.console.serial_rate_limiter) vm->serial_->set_output_limit(*cfg.console.serial_rate_limiter);
-    dm.attach_pio(layout::PORT_COM1, 8, vm->serial_, "serial");
-    vm->i8042_ = std::make_shared<I8042>(dm.irq_line(layout::IRQ_I8042),
-                                         [v] { v->request_exit(VmExitKind::GuestReset, "guest reset through the i8042"); });
-    dm.attach_pio(layout::PORT_I8042_DATA, 5, vm->i8042_, "i8042");
-    if (opts.boot_timer) dm.attach_mmio(layout::BOOT_TIMER, 0x1000, std::make_shared<BootTimer>(), "boot-timer");
-    dm.add_metrics("uart", "", [s = vm->serial_] { return s->counters().values(); });
-    // Ember's: the host end of the console (stdout or serial_out_path), shared by both consoles.
-    dm.add_metrics("console_output", "", [o = vm->console_out_] { return o->metrics().values(); });
-
-    // Virtio devices, each on the next slot: drives (root first), network interfaces, the console.
-    for (auto& d : drives) {
-        const std::string id = d.cfg.drive_id;
-        dm.attach_virtio(std::make_shared<virtio::block::BlockDevice>(vm->mem_, io, d.cfg, std::move(d.fd), d.size), id, "block");
-    }
-    for (auto& [net_cfg, tap] : taps)
-        dm.attach_virtio(std::make_shared<virtio::net::NetDevice>(vm->mem_, io, net_cfg, std::move(tap)), net_cfg.iface_id, "net");
-    if (cfg.vsock) dm.attach_virtio(std::make_shared<virtio::vsock::VsockDevice>(vm->mem_, io, *cfg.vsock), "", "vsock");
-    std::shared_ptr<virtio::console::ConsoleDevice> console;
-    if (cfg.console.device == ConsoleDevice::Virtio) {
-        console = std::make_shared<virtio::console::ConsoleDevice>(
-            vm->mem_, vm->console_out_, console_on_stdout ? HostConsole::terminal_size() : std::nullopt);
-        dm.attach_virtio(console, "", "virtio_console");
-    }
-    vm->host_console_ = std::make_unique<HostConsole>(io, *vm->serial_, console, console_on_stdout);
-    // virtio-rng (Firecracker's attach_entropy_device), on the slot after the devices above.
-    if (cfg.entropy) dm.attach_virtio(std::make_shared<virtio::rng::EntropyDevice>(vm->mem_, io, *cfg.entropy), "", "entropy");
-
-    std::string device_args = root_args(drives);
+    std::string device_args = root_args(res.drives);
     if (!dm.kernel_args().empty()) device_args += (device_args.empty() ? "" : " ") + dm.kernel_args();
     const std::string cmdline = add_kernel_args(bs.boot_args.value_or(DEFAULT_BOOT_ARGS), device_args);
     write_boot_info(vm->mem_, kernel, cmdline, initrd);
@@ -148,6 +244,50 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     for (unsigned i = 0; i < m.vcpu_count; ++i) {
         auto vcpu = std::make_unique<Vcpu>(VcpuFd(*vm->kvm_, *vm->vm_fd_, i), dm.pio(), dm.mmio(), *vm);
         vcpu->configure(cpuid, topo, i == 0 ? &kernel : nullptr, cpu_template.msr_modifiers);
+        vm->vcpus_.push_back(std::move(vcpu));
+    }
+    return vm;
+}
+
+std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const SnapshotFile& snap, const VmConfig& cfg,
+                                             int mem_fd, const std::string& mem_path, const RunOptions& opts,
+                                             Vm::ExitHandler on_exit) {
+    if (snap.arch != "x86_64") throw ConfigError("the snapshot is for " + snap.arch + ", not x86_64");
+    const HostCpu host = host_cpu();
+    if (snap.cpu_vendor != host.vendor)
+        throw ConfigError("the snapshot was taken on an " + snap.cpu_vendor + " CPU; this host's is " + host.vendor);
+    if (snap.diff) throw ConfigError("the snapshot is a Diff snapshot: merge it onto its base first");
+    if (snap.vcpus.size() != cfg.machine.vcpu_count)
+        throw ConfigError("the snapshot holds " + std::to_string(snap.vcpus.size()) + " vCPUs; its configuration says " +
+                          std::to_string(cfg.machine.vcpu_count));
+    const auto layout_regions = layout::ram_regions(cfg.machine.mem_size_mib * layout::MiB);
+    bool same = layout_regions.size() == snap.memory.size();
+    std::uint64_t offset = 0;
+    for (std::size_t i = 0; same && i < layout_regions.size(); ++i) {
+        same = snap.memory[i].guest_addr == layout_regions[i].first && snap.memory[i].size == layout_regions[i].second &&
+               snap.memory[i].file_offset == offset;
+        offset += layout_regions[i].second;
+    }
+    if (!same) throw ConfigError("the snapshot's memory regions do not match its " + std::to_string(cfg.machine.mem_size_mib) + " MiB configuration");
+
+    HostResources res = open_host_resources(cfg);
+    GuestMemory mem = GuestMemory::with_regions_from_file(layout_regions, mem_fd, mem_path);
+
+    std::unique_ptr<Vm> vm(new Vm(io, std::move(mem), std::move(on_exit)));
+    DeviceManager& dm = vm->devices_;
+    attach_devices(*vm, io, cfg, opts, res, &snap);
+
+    // KVM: the platform as for_boot() sets it up, then the saved in-kernel devices and clock,
+    // then each vCPU (its LAPIC needs the in-kernel irqchip).
+    vm->kvm_.emplace(Kvm::open(opts.kvm_path));
+    vm->vm_fd_.emplace(*vm->kvm_);
+    vm->vm_fd_->setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
+    vm->vm_fd_->register_memory(vm->mem_);
+    dm.register_with(*vm->vm_fd_);
+    vm->vm_fd_->restore_state(snap.vm);
+    for (unsigned i = 0; i < cfg.machine.vcpu_count; ++i) {
+        auto vcpu = std::make_unique<Vcpu>(VcpuFd(*vm->kvm_, *vm->vm_fd_, i), dm.pio(), dm.mmio(), *vm);
+        vcpu->restore_state(snap.vcpus[i]);
         vm->vcpus_.push_back(std::move(vcpu));
     }
     return vm;

@@ -6,6 +6,7 @@
 // guest memory and load the kernel, attach the devices (which yields their kernel arguments),
 // write the boot structures, then open KVM and create the vCPUs.
 
+#include "vmm/snapshot_file.hpp"
 #include "vmm/vm.hpp"
 #include "vmm/vm_config.hpp"
 
@@ -20,6 +21,23 @@ public:
     // thread's event loop: device I/O, console input and the exit notification run on it.
     static std::unique_ptr<Vm> for_boot(boost::asio::io_context& io, const VmConfig& cfg, const RunOptions& opts,
                                         Vm::ExitHandler on_exit);
+    // The from-snapshot path: `cfg` is the configuration the snapshot was taken with (its host
+    // resources possibly overridden), `mem_fd` the memory file, mapped MAP_PRIVATE. Host resources
+    // are opened as for_boot() opens them, every device is restored from its saved state in the
+    // slot it had, and the VM and vCPUs get their KVM state back. Throws ConfigError when the
+    // snapshot does not fit the configuration or this host, or SystemError.
+    static std::unique_ptr<Vm> from_snapshot(boost::asio::io_context& io, const SnapshotFile& snap, const VmConfig& cfg,
+                                             int mem_fd, const std::string& mem_path, const RunOptions& opts,
+                                             Vm::ExitHandler on_exit);
+
+private:
+    struct HostResources;
+    static HostResources open_host_resources(const VmConfig& cfg);
+    // The legacy devices and every virtio device in Ember's fixed slot order (drives with the
+    // root first, network interfaces, vsock, the console, entropy): fresh when `snap` is null,
+    // else each from its saved state, checked to land in the slot it was saved from.
+    static void attach_devices(Vm& vm, boost::asio::io_context& io, const VmConfig& cfg, const RunOptions& opts,
+                               HostResources& res, const SnapshotFile* snap);
 };
 
 } // namespace ember

@@ -44,7 +44,7 @@ void DeviceManager::attach_virtio(std::shared_ptr<virtio::VirtioDevice> dev, std
     auto transport = std::make_shared<virtio::MmioTransport>(dev, io_);
     mmio_.insert(base, layout::VIRTIO_MMIO_SLOT, std::move(transport), dev->name());
     kernel_args_ += (kernel_args_.empty() ? "" : " ") + virtio_mmio_arg(n);
-    virtio_.push_back(Virtio{std::move(id), std::move(dev), base, gsi});
+    virtio_.push_back(VirtioSlot{std::move(id), std::move(dev), base, gsi});
 }
 
 void DeviceManager::register_with(VmFd& vm) const {

@@ -73,6 +73,14 @@ public:
         return nullptr;
     }
     std::size_t virtio_count() const noexcept { return virtio_.size(); }
+    // Every attached virtio device with its slot, in slot order (snapshots save them so).
+    struct VirtioSlot {
+        std::string id;
+        std::shared_ptr<virtio::VirtioDevice> dev;
+        std::uint64_t base;
+        std::uint32_t gsi;
+    };
+    const std::vector<VirtioSlot>& virtio_slots() const noexcept { return virtio_; }
 
     // virtio_mmio.device=... for every virtio device, in slot order, space-separated.
     const std::string& kernel_args() const noexcept { return kernel_args_; }
@@ -93,12 +101,6 @@ public:
     const Bus& mmio() const noexcept { return mmio_; }
 
 private:
-    struct Virtio {
-        std::string id;
-        std::shared_ptr<virtio::VirtioDevice> dev;
-        std::uint64_t base;
-        std::uint32_t gsi;
-    };
     struct Line {
         std::uint32_t gsi;
         std::unique_ptr<EventFdIrq> irq;
@@ -108,7 +110,7 @@ private:
     Bus pio_{"PIO"};
     Bus mmio_{"MMIO"};
     std::vector<Line> lines_;
-    std::vector<Virtio> virtio_;
+    std::vector<VirtioSlot> virtio_;
     std::string kernel_args_;
     std::vector<MetricGroup> metrics_;
 };

@@ -71,8 +71,9 @@ void Vcpu::configure(const std::vector<kvm_cpuid_entry2>& supported, const CpuTo
     }
 }
 
-void Vcpu::start() {
+void Vcpu::start(bool paused) {
     install_vcpu_kick_signal();
+    if (paused) pause_.store(true);
     thread_ = std::thread([this] {
         char name[16];
         std::snprintf(name, sizeof name, "ember_vcpu%u", fd_.index());
@@ -81,6 +82,11 @@ void Vcpu::start() {
     });
     handle_ = thread_.native_handle();
     started_ = true;
+}
+
+VcpuState Vcpu::save_state() {
+    (void)fd_.complete_pending_exit();
+    return fd_.save_state();
 }
 
 void Vcpu::kick() noexcept {

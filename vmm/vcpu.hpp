@@ -50,7 +50,14 @@ public:
     void configure(const std::vector<kvm_cpuid_entry2>& supported, const CpuTopology& topo, const KernelImage* boot,
                    const std::vector<MsrModifier>& msr_mods = {});
 
-    void start();
+    // `paused`: the thread parks before its first KVM_RUN (a VM restored without resume_vm).
+    void start(bool paused = false);
+    // The vCPU's state for a snapshot. Precondition: paused and parked (wait_paused()) or not
+    // started. Completes the last PIO/MMIO exit first (api.rst KVM_RUN, immediate_exit). Throws
+    // SystemError.
+    VcpuState save_state();
+    // A snapshot's state, before start(). Throws SystemError.
+    void restore_state(const VcpuState& s) { fd_.restore_state(s); }
     // Makes KVM_RUN return (immediate_exit + a signal) and the loop end; safe from any thread.
     void request_stop() noexcept;
     void join() noexcept;

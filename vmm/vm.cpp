@@ -1,12 +1,21 @@
 #include "vmm/vm.hpp"
 
+#include "devices/legacy/boot_timer.hpp"
 #include "devices/legacy/i8042.hpp"
 #include "devices/legacy/serial.hpp"
 #include "vmm/base/console_output.hpp"
 #include "vmm/base/logger.hpp"
+#include "vmm/arch/x86_64/cpu_template.hpp"
+#include "vmm/base/error.hpp"
 #include "vmm/host_console.hpp"
+#include "vmm/snapshot_file.hpp"
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
 #include <boost/asio/post.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -21,9 +30,81 @@ Vm::~Vm() {
     for (auto& v : vcpus_) v->join();
 }
 
-void Vm::start() {
+void Vm::start(bool paused) {
     host_console_->start();
-    for (auto& v : vcpus_) v->start();
+    for (auto& v : vcpus_) v->start(paused);
+    if (paused) {
+        for (auto& v : vcpus_) (void)v->wait_paused(std::chrono::seconds(2));
+        paused_ = true;
+    }
+}
+
+namespace {
+
+bool all_zero(const std::byte* p, std::size_t n) noexcept {
+    static const std::array<std::byte, GuestMemory::PAGE_SIZE> zero{};
+    return std::memcmp(p, zero.data(), n) == 0;
+}
+
+// Guest RAM into a new file: each region at its offset in the backing mapping, the file as long
+// as all of RAM, pages that are all zero left as holes (they read back as zero).
+void write_memory_file(const GuestMemory& mem, const std::string& path) {
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd.valid()) throw ConfigError("cannot create memory file " + path + ": " + std::strerror(errno));
+    if (::ftruncate(fd.get(), static_cast<off_t>(mem.total_size())) != 0)
+        throw ConfigError("cannot size memory file " + path + ": " + std::strerror(errno));
+    constexpr std::size_t page = GuestMemory::PAGE_SIZE;
+    for (const auto& r : mem.regions()) {
+        const std::size_t size = static_cast<std::size_t>(r.range.size());
+        std::size_t at = 0;
+        while (at < size) {
+            if (all_zero(r.host + at, page)) {
+                at += page;
+                continue;
+            }
+            std::size_t end = at + page;
+            while (end < size && !all_zero(r.host + end, page)) end += page;
+            for (std::size_t done = at; done < end;) {
+                const ssize_t n = ::pwrite(fd.get(), r.host + done, end - done, static_cast<off_t>(r.offset + done));
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) throw ConfigError("cannot write memory file " + path + ": " + std::strerror(n < 0 ? errno : EIO));
+                done += static_cast<std::size_t>(n);
+            }
+            at = end;
+        }
+    }
+}
+
+} // namespace
+
+void Vm::create_snapshot(const std::string& snapshot_path, const std::string& mem_path, std::string vm_config) {
+    if (!paused_) throw ConfigError("the microVM must be paused (PATCH /vm {\"state\": \"Paused\"}) before a snapshot");
+    for (auto& v : vcpus_)
+        if (!v->wait_paused(std::chrono::seconds(2))) throw ConfigError("vCPU " + std::to_string(v->index()) + " is not parked");
+    SnapshotFile s;
+    s.ember_version = EMBER_VERSION;
+    s.cpu_vendor = host_cpu().vendor;
+    s.vm_config = std::move(vm_config);
+    for (const auto& r : mem_.regions()) s.memory.push_back({r.range.start(), r.range.size(), r.offset});
+    // Devices first: a block device completes its requests in flight, which writes guest memory
+    // and raises interrupts; the irqchip and the vCPUs are read after that.
+    for (const auto& slot : devices_.virtio_slots()) {
+        SnapshotDevice d{slot.id, slot.base, slot.gsi, {}};
+        if (auto blk = std::dynamic_pointer_cast<virtio::block::BlockDevice>(slot.dev)) d.state = blk->save();
+        else if (auto net = std::dynamic_pointer_cast<virtio::net::NetDevice>(slot.dev)) d.state = net->save();
+        else if (auto con = std::dynamic_pointer_cast<virtio::console::ConsoleDevice>(slot.dev)) d.state = con->save();
+        else if (auto rng = std::dynamic_pointer_cast<virtio::rng::EntropyDevice>(slot.dev)) d.state = rng->save();
+        else if (auto vs = std::dynamic_pointer_cast<virtio::vsock::VsockDevice>(slot.dev)) d.state = vs->save();
+        else throw ConfigError("virtio device \"" + slot.id + "\" cannot be saved in a snapshot");
+        s.devices.push_back(std::move(d));
+    }
+    s.serial = serial_->save();
+    s.i8042 = i8042_->save();
+    if (boot_timer_) s.boot_timer = boot_timer_->save();
+    s.vm = vm_fd_->save_state();
+    for (auto& v : vcpus_) s.vcpus.push_back(v->save_state());
+    write_memory_file(mem_, mem_path);
+    write_snapshot_file(snapshot_path, s);
 }
 
 bool Vm::pause() {

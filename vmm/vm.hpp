@@ -19,6 +19,7 @@
 
 namespace ember {
 
+class BootTimer;
 class ConsoleOutput;
 class HostConsole;
 class I8042;
@@ -34,12 +35,20 @@ public:
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;
 
-    // Starts the vCPU threads and the host console.
-    void start();
+    // Starts the vCPU threads and the host console; `paused`: the vCPUs park before they run
+    // (a snapshot loaded without resume_vm) until resume().
+    void start(bool paused = false);
     // Parks every vCPU outside KVM_RUN (false if one did not park in time); resume() restarts them.
     bool pause();
     void resume();
     bool paused() const noexcept { return paused_; }
+    // Writes a Full snapshot of the paused VM: the state to `snapshot_path` (vmm/snapshot_file.hpp)
+    // and guest RAM to `mem_path` (regions at their backing offsets; all-zero pages left as
+    // holes). `vm_config` is stored as given (the API layer's rendering of the configuration).
+    // Devices are quiesced first (block requests in flight complete), then the in-kernel
+    // devices, clock and vCPUs are read. Throws ConfigError (not paused, files) or SystemError;
+    // the VM stays paused and usable either way.
+    void create_snapshot(const std::string& snapshot_path, const std::string& mem_path, std::string vm_config);
     // Ctrl-Alt-Del through the i8042 (false if its buffer is full).
     bool send_ctrl_alt_del() noexcept;
 
@@ -68,6 +77,7 @@ private:
     std::shared_ptr<ConsoleOutput> console_out_;
     std::shared_ptr<Serial> serial_;
     std::shared_ptr<I8042> i8042_;
+    std::shared_ptr<BootTimer> boot_timer_; // null unless RunOptions::boot_timer
     std::unique_ptr<HostConsole> host_console_;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
     bool paused_ = false;

@@ -172,8 +172,13 @@ expect_unsupported() { # NAME PATTERN ARGS...
 }
 expect_unsupported metadata '--metadata is not supported yet: Ember has no MMDS' --api-sock "$T/u.sock" --metadata "$T/filter.json"
 expect_unsupported mmds_size_limit '--mmds-size-limit is not supported yet: Ember has no MMDS' --api-sock "$T/u.sock" --mmds-size-limit 4096
-expect_unsupported describe_snapshot '--describe-snapshot is not supported yet: Ember has no snapshots' --describe-snapshot "$T/filter.json"
-expect_unsupported snapshot_version '--snapshot-version is not supported yet: Ember has no snapshots' --snapshot-version
+# Snapshot format versions, printed alone as Firecracker prints them.
+run_ember snapshot_version --snapshot-version
+[[ $RC -eq 0 && $(cat "$OUT") =~ ^v[0-9]+\.0\.0$ ]] && pass "--snapshot-version: $(cat "$OUT")" || fail "--snapshot-version: status $RC, $(cat "$OUT" "$ERR")"
+printf 'not a snapshot file at all' > "$T/foreign.snap"
+expect_error describe_snapshot_foreign 'foreign.snap: snapshot file: magic is wrong: this is not an Ember snapshot file' --describe-snapshot "$T/foreign.snap"
+expect_error describe_snapshot_short 'filter.json: snapshot file: magic is cut short' --describe-snapshot "$T/filter.json"
+expect_error describe_snapshot_missing "cannot open snapshot file $T/none.snap" --describe-snapshot "$T/none.snap"
 expect_unsupported enable_pci '--enable-pci is not supported yet' --api-sock "$T/u.sock" --enable-pci
 [[ ! -e $T/u.sock ]] && pass "no socket after a refused flag" || fail "socket left after a refused flag"
 expect_unsupported seccomp_both '--seccomp-filter excludes --no-seccomp' --no-seccomp --seccomp-filter "$T/filter.json"

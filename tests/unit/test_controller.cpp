@@ -11,6 +11,8 @@
 #include <string>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 using namespace ember;
 using namespace ember::api;
@@ -201,4 +203,35 @@ TEST_CASE("controller: every metrics line has the groups Firecracker always writ
         CHECK(mt.at(g).is_object());
     }
     CHECK(mt.at("utc_timestamp_ms").is_number_integer());
+}
+
+TEST_CASE("controller: snapshot create needs a VM; load refuses bad files and comes before boot configuration") {
+    {
+        Rig r;
+        CHECK_THAT(fault(r.call("PUT", "/snapshot/create", R"({"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"})")),
+                   Catch::Contains("not supported before starting"));
+        // A missing file, then a file that is not a snapshot: 400 naming it, nothing started.
+        CHECK_THAT(fault(r.call("PUT", "/snapshot/load", R"({"snapshot_path": "/nonexistent/s", "mem_file_path": "/tmp/m"})")),
+                   Catch::Contains("cannot open snapshot file /nonexistent/s"));
+        TempFile junk("not a snapshot at all");
+        CHECK_THAT(fault(r.call("PUT", "/snapshot/load", R"({"snapshot_path": ")" + junk.path + R"(", "mem_file_path": "/tmp/m"})")),
+                   Catch::Contains("not an Ember snapshot file"));
+        CHECK_THAT(fault(r.call("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd",
+            "backend_path": "/u"}})")), Catch::Contains("Uffd is not supported yet"));
+        CHECK_FALSE(r.ctl->started());
+        CHECK(r.metrics()["put_api_requests"]["snapshot_load_fails"] == 3);
+        // Still configurable and bootable-looking afterwards: the failed loads changed nothing.
+        CHECK(r.call("PUT", "/machine-config", R"({"vcpu_count": 2, "mem_size_mib": 256})").status == 204);
+    }
+    TempFile kernel("not really a kernel");
+    for (const auto& [path, body] : std::vector<std::pair<std::string, std::string>>{
+             {"/machine-config", R"({"vcpu_count": 1, "mem_size_mib": 128})"},
+             {"/boot-source", R"({"kernel_image_path": ")" + kernel.path + R"("})"},
+             {"/entropy", "{}"}}) {
+        Rig r;
+        INFO(path);
+        REQUIRE(r.call("PUT", path, body).status == 204);
+        CHECK(fault(r.call("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_file_path": "/m"})")) ==
+              "Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+    }
 }

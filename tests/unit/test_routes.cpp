@@ -83,8 +83,55 @@ TEST_CASE("routes: logger and metrics") {
 TEST_CASE("routes: devices that do not exist yet are refused by name, never with 204") {
     CHECK_THAT(fault(route("PUT", "/drives/bad id", R"({})")), Catch::Contains("invalid drive id"));
     CHECK_THAT(fault(route("PUT", "/drives/", R"({})")), Catch::Contains("invalid drive id"));
-    for (const char* p : {"/balloon", "/mmds", "/snapshot/create"})
+    for (const char* p : {"/balloon", "/mmds"})
         CHECK_THAT(fault(route("PUT", p, "{}")), Catch::Contains("not supported"));
+}
+
+TEST_CASE("routes: snapshot create and load take Firecracker 1.16's bodies") {
+    const auto c = as<CreateSnapshot>(route("PUT", "/snapshot/create", R"({"snapshot_path": "/s", "mem_file_path": "/m"})")).params;
+    CHECK(c == ember::SnapshotCreateParams{"/s", "/m", false});
+    CHECK(as<CreateSnapshot>(route("PUT", "/snapshot/create", R"({"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"})"))
+              .params.diff);
+    CHECK_THAT(fault(route("PUT", "/snapshot/create", R"({"snapshot_type": "Half", "snapshot_path": "/s", "mem_file_path": "/m"})")),
+               Catch::Contains("Full or Diff"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/create", R"({"snapshot_path": "/s"})")), Catch::Contains("mem_file_path"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/create", R"({"snapshot_path": "/s", "mem_file_path": "/m", "version": "1"})")),
+               Catch::Contains("version"));
+    CHECK_THAT(fault(route("PATCH", "/snapshot/create", R"({})")), Catch::Contains("PATCH"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/other", R"({})")), !Catch::Contains("not supported"));
+
+    const auto l = as<LoadSnapshot>(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_backend": {"backend_type": "File",
+        "backend_path": "/m"}, "resume_vm": true, "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}],
+        "vsock_override": {"uds_path": "/v.sock"}, "track_dirty_pages": false})")).params;
+    CHECK(l.snapshot_path == "/s");
+    CHECK(l.backend == ember::MemBackend::File);
+    CHECK(l.backend_path == "/m");
+    CHECK(l.resume_vm);
+    CHECK_FALSE(l.mem_file_path_used);
+    REQUIRE(l.network_overrides.size() == 1);
+    CHECK(l.network_overrides[0].second == "tap9");
+    CHECK(l.vsock_uds_path == std::optional<std::string>("/v.sock"));
+    // The deprecated aliases.
+    const auto old = as<LoadSnapshot>(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_file_path": "/m",
+        "enable_diff_snapshots": true})")).params;
+    CHECK(old.backend_path == "/m");
+    CHECK(old.mem_file_path_used);
+    CHECK(old.track_dirty_pages);
+    CHECK(as<LoadSnapshot>(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd",
+        "backend_path": "/uffd.sock"}})")).params.backend == ember::MemBackend::Uffd);
+    // Firecracker's messages for the memory fields.
+    CHECK_THAT(fault(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s"})")),
+               Catch::Contains("missing field: either `mem_backend` or `mem_file_path` is required"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend":
+        {"backend_type": "File", "backend_path": "/m"}})")), Catch::Contains("too many fields"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_backend": {"backend_path": "/m"}})")),
+               Catch::Contains("backend_type"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/load", R"({"mem_file_path": "/m"})")), Catch::Contains("snapshot_path"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": "yes"})")),
+               Catch::Contains("true or false"));
+    CHECK_THAT(fault(route("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_file_path": "/m",
+        "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}, {"iface_id": "a", "host_dev_name": "u"}]})")),
+               Catch::Contains("twice"));
 }
 
 TEST_CASE("routes: drives") {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 namespace ember {
 namespace {
@@ -27,7 +28,7 @@ Mapping GuestMemory::map_aligned(std::uint64_t bytes) {
     return kept;
 }
 
-GuestMemory GuestMemory::with_regions(const std::vector<std::pair<GuestAddr, std::uint64_t>>& layout) {
+std::pair<std::vector<MemoryRegion>, std::uint64_t> GuestMemory::plan(const std::vector<std::pair<GuestAddr, std::uint64_t>>& layout) {
     std::uint64_t total = 0;
     std::vector<MemoryRegion> regions;
     for (const auto& [start, size] : layout) {
@@ -40,7 +41,29 @@ GuestMemory GuestMemory::with_regions(const std::vector<std::pair<GuestAddr, std
         total += size;
     }
     if (regions.empty()) throw ConfigError("guest memory needs at least one region");
+    return {std::move(regions), total};
+}
+
+GuestMemory GuestMemory::with_regions(const std::vector<std::pair<GuestAddr, std::uint64_t>>& layout) {
+    auto [regions, total] = plan(layout);
     Mapping m = map_aligned(total);
+    for (auto& r : regions) r.host = m.bytes() + r.offset;
+    return GuestMemory(std::move(m), std::move(regions));
+}
+
+GuestMemory GuestMemory::with_regions_from_file(const std::vector<std::pair<GuestAddr, std::uint64_t>>& layout, int fd,
+                                                const std::string& path) {
+    auto [regions, total] = plan(layout);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) throw_errno("memory file " + path);
+    if (!S_ISREG(st.st_mode)) throw ConfigError("memory file " + path + " is not a regular file");
+    if (static_cast<std::uint64_t>(st.st_size) < total)
+        throw ConfigError("memory file " + path + " holds " + std::to_string(st.st_size) + " bytes; the guest's RAM is " +
+                          std::to_string(total) + " bytes");
+    Mapping m = map_aligned(total);
+    // MAP_FIXED over our own reservation: nothing else can live there.
+    if (::mmap(m.get(), m.size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
+        throw_errno("mmap memory file " + path);
     for (auto& r : regions) r.host = m.bytes() + r.offset;
     return GuestMemory(std::move(m), std::move(regions));
 }

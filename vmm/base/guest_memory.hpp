@@ -37,6 +37,13 @@ public:
     // non-overlapping. Backed by one anonymous MAP_NORESERVE mapping aligned to 2 MiB so the host
     // can back it with huge pages and KVM can use 2 MiB nested mappings.
     static GuestMemory with_regions(const std::vector<std::pair<GuestAddr, std::uint64_t>>& regions);
+    // As with_regions(), with the bytes of `fd` (a memory file: region i at its offset in the
+    // backing, the sum of the sizes before it) mapped MAP_PRIVATE over the aligned reservation:
+    // pages are read in when first touched, and guest writes stay private to this process, so
+    // many VMs can share one file through the page cache. Throws ConfigError naming `path` when
+    // the file is shorter than the regions.
+    static GuestMemory with_regions_from_file(const std::vector<std::pair<GuestAddr, std::uint64_t>>& regions, int fd,
+                                              const std::string& path);
 
     GuestMemory(GuestMemory&&) noexcept = default;
     GuestMemory& operator=(GuestMemory&&) noexcept = default;
@@ -92,6 +99,8 @@ private:
     };
     GuestMemory(Mapping m, std::vector<MemoryRegion> r);
     static Mapping map_aligned(std::uint64_t bytes);
+    // Checked regions of a layout, with their offsets in the backing; the total size.
+    static std::pair<std::vector<MemoryRegion>, std::uint64_t> plan(const std::vector<std::pair<GuestAddr, std::uint64_t>>& layout);
     void mark_region(std::size_t index, std::uint64_t off, std::uint64_t len) const noexcept;
     // The region holding all of [addr, addr + len), and addr's offset in it.
     std::optional<std::pair<std::size_t, std::uint64_t>> locate(GuestAddr addr, std::uint64_t len) const noexcept;

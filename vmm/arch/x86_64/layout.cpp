@@ -7,13 +7,15 @@
 
 namespace ember::layout {
 
-GuestMemory guest_memory(std::uint64_t bytes) {
+std::vector<std::pair<GuestAddr, std::uint64_t>> ram_regions(std::uint64_t bytes) {
     if (bytes == 0 || bytes % (4 * KiB) != 0) throw ConfigError("guest memory size must be a non-zero multiple of 4 KiB");
     std::vector<std::pair<GuestAddr, std::uint64_t>> regions;
     const std::uint64_t low = bytes < MMIO_GAP_START ? bytes : MMIO_GAP_START;
     regions.emplace_back(GuestAddr(0), low);
     if (bytes > low) regions.emplace_back(GuestAddr(MMIO_GAP_END), bytes - low);
-    return GuestMemory::with_regions(regions);
+    return regions;
 }
+
+GuestMemory guest_memory(std::uint64_t bytes) { return GuestMemory::with_regions(ram_regions(bytes)); }
 
 } // namespace ember::layout

@@ -5,6 +5,8 @@
 #include "vmm/base/guest_memory.hpp"
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace ember::layout {
 
@@ -51,6 +53,8 @@ inline constexpr std::uint16_t PORT_I8042_CMD = 0x64;
 
 // Guest RAM of `bytes` bytes (a non-zero multiple of 4 KiB) laid out around the MMIO gap:
 // [0, min(bytes, 3 GiB)) and the rest from 4 GiB. Throws ConfigError.
+std::vector<std::pair<GuestAddr, std::uint64_t>> ram_regions(std::uint64_t bytes);
+// Guest RAM of `bytes` laid out by ram_regions().
 GuestMemory guest_memory(std::uint64_t bytes);
 
 } // namespace ember::layout
