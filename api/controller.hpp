@@ -73,6 +73,7 @@ private:
     Response any_time(const GetVersion& a);
     Response any_time(const GetMachineConfig& a);
     Response any_time(const GetVmConfig& a);
+    Response any_time(const BalloonRequest& a); // api/balloon_api.cpp: each request checks its phase
 
     Response start_instance();
     Response set_logger(const LoggerConfig& c);

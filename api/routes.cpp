@@ -169,7 +169,8 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         return PutVsock{parse_vsock(parse_body(body))};
     }
-    static const char* later[] = {"/balloon", "/mmds", "/snapshot/",
+    if (path == "/balloon" || path.rfind("/balloon/", 0) == 0) return route_balloon(method, path, body);
+    static const char* later[] = {"/mmds", "/snapshot/",
                                   "/hotplug/", "/pmem/"};
     for (const char* p : later)
         if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
@@ -223,6 +224,7 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutCpuConfig&) const { return "cpu_cfg"; }
         const char* operator()(const PutEntropy&) const { return "entropy"; }
         const char* operator()(const PutVsock&) const { return "vsock"; }
+        const char* operator()(const BalloonRequest&) const { return "balloon"; }
     };
     return std::visit(V{}, a);
 }
@@ -251,6 +253,7 @@ Method action_method(const Action& a) {
         Method operator()(const PutCpuConfig&) const { return Method::Put; }
         Method operator()(const PutEntropy&) const { return Method::Put; }
         Method operator()(const PutVsock&) const { return Method::Put; }
+        Method operator()(const BalloonRequest& b) const { return b.is_get() ? Method::Get : b.is_patch() ? Method::Patch : Method::Put; }
     };
     return std::visit(V{}, a);
 }

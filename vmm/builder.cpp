@@ -3,6 +3,7 @@
 #include "devices/legacy/boot_timer.hpp"
 #include "devices/legacy/i8042.hpp"
 #include "devices/legacy/serial.hpp"
+#include "devices/virtio/balloon/device.hpp"
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
@@ -128,6 +129,8 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     vm->host_console_ = std::make_unique<HostConsole>(io, *vm->serial_, console, console_on_stdout);
     // virtio-rng (Firecracker's attach_entropy_device), on the slot after the devices above.
     if (cfg.entropy) dm.attach_virtio(std::make_shared<virtio::rng::EntropyDevice>(vm->mem_, *cfg.entropy), "", "entropy");
+    // virtio-balloon (Firecracker's attach_balloon_device), last.
+    if (cfg.balloon) dm.attach_virtio(std::make_shared<virtio::balloon::BalloonDevice>(vm->mem_, io, *cfg.balloon), "", "balloon");
 
     std::string device_args = root_args(drives);
     if (!dm.kernel_args().empty()) device_args += (device_args.empty() ? "" : " ") + dm.kernel_args();

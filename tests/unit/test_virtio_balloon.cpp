@@ -270,7 +270,7 @@ TEST_CASE("balloon device: features and queues follow the configuration", "[ball
     CHECK(all.dev->queues().size() == 5);
     CHECK(all.dev->device_features() ==
           (bit(balloon::feature::STATS_VQ) | bit(balloon::feature::DEFLATE_ON_OOM) | bit(balloon::feature::FREE_PAGE_HINT) | bit(balloon::feature::REPORTING)));
-    CHECK_CONFIG_ERROR(BalloonDevice(all.mem, all.io, BalloonConfig{16777216}), "cannot fit in `u32`");
+    CHECK_CONFIG_ERROR(BalloonDevice(all.mem, all.io, BalloonConfig{16777216}), "Amount of pages requested is too large.");
 }
 
 TEST_CASE("balloon device: config space holds the target, the driver's actual size and the hint id", "[balloon]") {
@@ -404,9 +404,9 @@ TEST_CASE("balloon device: statistics can change interval but not be switched on
     Rig on(BalloonConfig{0, false, 5, false, false});
     on.dev->set_stats_interval(2);
     CHECK(on.dev->current_config().stats_polling_interval_s == 2);
-    CHECK_CONFIG_ERROR(on.dev->set_stats_interval(0), "Statistics cannot be enabled/disabled after activation.");
+    CHECK_CONFIG_ERROR(on.dev->set_stats_interval(0), "Cannot enable/disable the statistics after boot.");
     Rig off;
-    CHECK_CONFIG_ERROR(off.dev->set_stats_interval(1), "Statistics cannot be enabled/disabled after activation.");
+    CHECK_CONFIG_ERROR(off.dev->set_stats_interval(1), "Cannot enable/disable the statistics after boot.");
     CHECK(off.dev->current_config().stats_polling_interval_s == 0);
 }
 

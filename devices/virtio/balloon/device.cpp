@@ -14,7 +14,7 @@ namespace ember::virtio::balloon {
 namespace {
 
 std::uint32_t pages_of(std::uint32_t mib) {
-    if (mib > UINT32_MAX / PAGES_PER_MIB) throw ConfigError("Amount of pages requested cannot fit in `u32`.");
+    if (mib > UINT32_MAX / PAGES_PER_MIB) throw ConfigError("Amount of pages requested is too large.");
     return mib * PAGES_PER_MIB;
 }
 
@@ -316,7 +316,7 @@ void BalloonDevice::set_stats_interval(std::uint16_t seconds) {
     {
         std::lock_guard lk(mutex());
         if ((seconds == 0) != (cfg_.stats_polling_interval_s == 0))
-            throw ConfigError("Statistics cannot be enabled/disabled after activation.");
+            throw ConfigError("Cannot enable/disable the statistics after boot.");
         cfg_.stats_polling_interval_s = seconds;
         if (seconds == 0 || !running()) return;
     }

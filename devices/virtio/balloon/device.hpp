@@ -36,14 +36,6 @@ inline constexpr unsigned FREE_PAGE_HINT = 3;
 inline constexpr unsigned REPORTING = 5;
 } // namespace feature
 
-// free_page_hint_cmd_id values with a fixed meaning (Linux's VIRTIO_BALLOON_CMD_ID_*); a run's
-// id is anything from CMD_ID_FIRST on.
-inline constexpr std::uint32_t CMD_ID_STOP = 0;
-inline constexpr std::uint32_t CMD_ID_DONE = 1;
-inline constexpr std::uint32_t CMD_ID_FIRST = 2;
-
-inline constexpr std::uint32_t PAGES_PER_MIB = 256; // Firecracker's MIB_TO_4K_PAGES
-
 // Firecracker's BalloonDeviceMetrics (devices/virtio/balloon/metrics.rs), metrics group
 // "balloon", with the free-page hinting and reporting counters of its later releases.
 struct BalloonMetrics {
@@ -64,20 +56,6 @@ struct BalloonMetrics {
                 {"free_page_hint_freed", value_of(free_page_hint_freed)},
                 {"free_page_hint_fails", value_of(free_page_hint_fails)}};
     }
-};
-
-// What GET /balloon/statistics shows: the target and the driver's actual size, and the guest's
-// latest statistics.
-struct BalloonStatsView {
-    std::uint32_t target_pages = 0, actual_pages = 0;
-    GuestStats guest;
-};
-
-// GET /balloon/hinting/status: the host's last command and the last id the guest sent.
-struct HintingStatus {
-    std::uint32_t host_cmd = CMD_ID_STOP;
-    std::optional<std::uint32_t> guest_cmd;
-    bool operator==(const HintingStatus&) const = default;
 };
 
 // The balloon's own state besides the generic part. Pages already discarded are not state: they
@@ -125,7 +103,8 @@ public:
     void set_target_mib(std::uint32_t amount_mib);
     // PATCH /balloon/statistics: a new interval and an update right away. Statistics cannot be
     // switched on or off once the device exists (the statsq is there or not): throws ConfigError
-    // with Firecracker's message when `seconds` is 0 and the interval is not, or the reverse.
+    // with Firecracker's message (BalloonConfigError::InvalidStatsUpdate) when `seconds` is 0 and
+    // the interval is not, or the reverse.
     void set_stats_interval(std::uint16_t seconds);
     BalloonStatsView stats();
     // /balloon/hinting/{start,stop,status}: a new run (a fresh command id), its end (DONE), and

@@ -7,14 +7,6 @@
 
 namespace ember::virtio::balloon {
 
-const char* stat_name(std::uint16_t tag) noexcept {
-    static constexpr const char* names[stat_tag::COUNT] = {
-            "swap_in",      "swap_out",   "major_faults", "minor_faults", "free_memory",   "total_memory",
-            "available_memory", "disk_caches", "hugetlb_allocations", "hugetlb_failures", "oom_kill", "alloc_stall",
-            "async_scan",   "direct_scan", "async_reclaim", "direct_reclaim"};
-    return tag < stat_tag::COUNT ? names[tag] : "?";
-}
-
 const char* to_string(RequestError e) noexcept {
     switch (e) {
     case RequestError::None: return "none";

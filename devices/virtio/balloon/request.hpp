@@ -35,6 +35,14 @@ inline constexpr std::size_t MAX_STAT_ENTRIES = 64;
 // PAGE_REPORTING_CAPACITY = 32 ranges per request and hints one block per buffer).
 inline constexpr std::size_t MAX_RANGES_PER_CHAIN = 64;
 
+// free_page_hint_cmd_id values with a fixed meaning (Linux's VIRTIO_BALLOON_CMD_ID_*); a run's
+// id is anything from CMD_ID_FIRST on.
+inline constexpr std::uint32_t CMD_ID_STOP = 0;
+inline constexpr std::uint32_t CMD_ID_DONE = 1;
+inline constexpr std::uint32_t CMD_ID_FIRST = 2;
+
+inline constexpr std::uint32_t PAGES_PER_MIB = 256; // Firecracker's MIB_TO_4K_PAGES
+
 // §5.5.6.3 statistics tags (VIRTIO_BALLOON_S_*), as Firecracker names them in BalloonStats.
 namespace stat_tag {
 inline constexpr std::uint16_t SWAP_IN = 0, SWAP_OUT = 1, MAJFLT = 2, MINFLT = 3, MEMFREE = 4, MEMTOT = 5, AVAIL = 6,
@@ -44,12 +52,32 @@ inline constexpr std::size_t COUNT = 16;
 } // namespace stat_tag
 
 // The API name of each tag (BalloonStats in firecracker-api v1.16.1), indexed by tag.
-const char* stat_name(std::uint16_t tag) noexcept;
+inline const char* stat_name(std::uint16_t tag) noexcept {
+    static constexpr const char* names[stat_tag::COUNT] = {
+            "swap_in",          "swap_out",    "major_faults",        "minor_faults",     "free_memory", "total_memory",
+            "available_memory", "disk_caches", "hugetlb_allocations", "hugetlb_failures", "oom_kill",    "alloc_stall",
+            "async_scan",       "direct_scan", "async_reclaim",       "direct_reclaim"};
+    return tag < stat_tag::COUNT ? names[tag] : "?";
+}
 
 // The latest value the driver reported for each known tag; nullopt until it reported one.
 struct GuestStats {
     std::array<std::optional<std::uint64_t>, stat_tag::COUNT> values{};
     bool operator==(const GuestStats&) const = default;
+};
+
+// What GET /balloon/statistics shows: the target and the driver's actual size, and the guest's
+// latest statistics.
+struct BalloonStatsView {
+    std::uint32_t target_pages = 0, actual_pages = 0;
+    GuestStats guest;
+};
+
+// GET /balloon/hinting/status: the host's last command and the last id the guest sent.
+struct HintingStatus {
+    std::uint32_t host_cmd = CMD_ID_STOP;
+    std::optional<std::uint32_t> guest_cmd;
+    bool operator==(const HintingStatus&) const = default;
 };
 
 enum class RequestError {
