@@ -3,7 +3,8 @@
 # rss: a 512 MiB guest fills most of its free memory (a 400 MiB tmpfs file from /dev/zero, so
 # the kernel touches every page) and frees it again; the host then inflates the balloon by
 # 300 MiB and Ember's RSS (/proc/PID/smaps_rollup) must drop by at least 280 MiB; deflating to 0
-# brings the balloon back to 0 pages. Runtime API refusals are checked on the way.
+# brings the balloon back to 0 pages. The statistics report the guest's MemTotal; runtime API
+# refusals are checked on the way.
 source "$(dirname "$0")/lib.sh"
 need_guest
 K=$EMBER_KERNEL_DIR
@@ -29,7 +30,7 @@ stop_ember() { kill -9 "$EMBER_PID" 2>/dev/null; wait "$EMBER_PID" 2>/dev/null; 
 
 case $case_name in
 rss)
-  GUEST='mkdir -p /mnt/f;mount -t tmpfs -o size=460m f /mnt/f;head -c 400m /dev/zero >/mnt/f/z;rm /mnt/f/z;echo FILLED=1;sleep 900'
+  GUEST='echo MEMTOTAL=$(grep MemTotal /proc/meminfo|tr -dc 0-9);mkdir -p /mnt/f;mount -t tmpfs -o size=460m f /mnt/f;head -c 400m /dev/zero >/mnt/f/z;rm /mnt/f/z;echo FILLED=1;sleep 900'
   write_config "$T/vm.json" "$K/vmlinux" 1 512 "$GUEST"
   python3 - "$T/vm.json" <<'PY'
 import json, sys
@@ -42,6 +43,16 @@ PY
   OUT=$T/console.out
   wait_line FILLED 300 || { fail "the guest did not fill its memory"; tail -n 30 "$OUT" "$T/ember.err" >&2; stop_ember; finish; }
   before=$(rss_kib)
+  # Statistics: the guest's MemTotal as its driver reports it (before inflating: without
+  # deflate_on_oom the driver takes inflated pages out of the guest's total).
+  total=""
+  for _ in $(seq 1 60); do
+    total=$(api GET /balloon/statistics '' | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().rsplit(" ",1)[0]).get("total_memory",""))' 2>/dev/null)
+    [[ -n $total ]] && break; sleep 1
+  done
+  mt=$(guest_value MEMTOTAL)
+  [[ -n $total && -n $mt && $((total / 1024)) -eq $mt ]] && pass "statistics total_memory $total B = guest MemTotal $mt kB" \
+    || fail "statistics total_memory '$total' B, guest MemTotal '$mt' kB"
   expect_status "PATCH /balloon bad body" 400 PATCH /balloon '{"amount_mib": "300"}'
   expect_status "PATCH /balloon/statistics switching stats off" 400 PATCH /balloon/statistics '{"stats_polling_interval_s": 0}'
   [[ $LAST == *'Cannot enable/disable the statistics after boot.'* ]] && pass "stats switch refused with Firecracker's message" || fail "stats off: $LAST"
