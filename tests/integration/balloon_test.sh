@@ -5,6 +5,7 @@
 # 300 MiB and Ember's RSS (/proc/PID/smaps_rollup) must drop by at least 280 MiB; deflating to 0
 # brings the balloon back to 0 pages. The statistics report the guest's MemTotal; runtime API
 # refusals are checked on the way.
+# oom: with deflate_on_oom the guest allocates past what the balloon left it and gets the pages.
 source "$(dirname "$0")/lib.sh"
 need_guest
 K=$EMBER_KERNEL_DIR
@@ -72,6 +73,30 @@ PY
   echo "RSS_KIB before=$before inflated=$inflated deflated=$deflated"
   drop=$(( (before - inflated) / 1024 ))
   [[ $drop -ge 280 ]] && pass "RSS dropped by $drop MiB (>= 280) after inflating 300 MiB" || fail "RSS dropped by $drop MiB only ($before -> $inflated KiB)"
+  ;;
+oom)
+  # deflate_on_oom: with 300 MiB in the balloon the guest allocates 330 MiB of tmpfs; its driver
+  # gives balloon pages back at each OOM notification instead of the OOM killer ending anything.
+  GUEST='mkdir -p /mnt/f;mount -t tmpfs -o size=470m f /mnt/f;echo READY=1;while [ $(grep MemFree /proc/meminfo|tr -dc 0-9) -gt 250000 ];do sleep 1;done;head -c 330m /dev/zero >/mnt/f/z&&echo ALLOC_OK=1;sleep 900'
+  write_config "$T/vm.json" "$K/vmlinux" 1 512 "$GUEST"
+  python3 - "$T/vm.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["balloon"] = {"amount_mib": 0, "deflate_on_oom": True, "stats_polling_interval_s": 1}
+json.dump(c, open(sys.argv[1], "w"))
+PY
+  "$EMBER_BIN" --api-sock "$SOCK" --config-file "$T/vm.json" < /dev/null > "$T/console.out" 2> "$T/ember.err" &
+  EMBER_PID=$!
+  OUT=$T/console.out
+  wait_line READY 300 || { fail "the guest did not start"; tail -n 30 "$OUT" "$T/ember.err" >&2; stop_ember; finish; }
+  expect_status "PATCH /balloon 300 MiB" 204 PATCH /balloon '{"amount_mib": 300}'
+  if wait_actual 300 240; then pass "the driver inflated to 300 MiB"; else fail "balloon actual_mib $(actual_mib), wanted 300"; fi
+  if wait_line ALLOC_OK 240; then pass "the guest allocated 330 MiB with 300 MiB in the balloon"; else fail "the guest's allocation did not complete"; tail -n 20 "$OUT" >&2; fi
+  grep -q 'Out of memory: Killed process' "$OUT" && fail "the OOM killer ran" || pass "no OOM kill"
+  a=$(actual_mib)
+  [[ -n $a && $a -lt 300 ]] && pass "the balloon deflated on OOM (actual $a MiB)" || fail "balloon actual '$a' MiB, expected < 300"
+  kill -0 "$EMBER_PID" 2>/dev/null && pass "Ember still runs" || fail "Ember ended"
+  stop_ember
   ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
