@@ -1,6 +1,7 @@
 #include "api/config.hpp"
 
 #include "api/cpu_config.hpp"
+#include "api/balloon_config.hpp"
 #include "api/entropy_config.hpp"
 #include "api/rate_limiter_config.hpp"
 
@@ -66,7 +67,7 @@ const std::set<std::string>& config_file_sections() {
 // "pmem" list) is accepted as absent; anything else is refused.
 const std::vector<std::pair<const char*, const char*>>& unsupported_config_sections() {
     static const std::vector<std::pair<const char*, const char*>> v = {
-        {"balloon", "balloon device"}, {"mmds-config", "MMDS"},
+        {"mmds-config", "MMDS"},
         {"pmem", "virtio-pmem device"}, {"memory-hotplug", "memory hotplug (virtio-mem)"}};
     return v;
 }
@@ -387,6 +388,7 @@ ConfigFile parse_config_document(const std::string& text, std::uint64_t host_mem
     }
     if (const json* s = section("console")) c.console.device = parse_console(*s);
     if (const json* s = section("entropy")) c.entropy = parse_entropy(*s);
+    if (const json* s = section("balloon")) c.balloon = parse_balloon(*s);
     // Firecracker applies cpu-config after machine-config (VmResources::from_json): it wins.
     if (custom_template) c.machine.cpu_template = std::move(*custom_template);
     return doc;
@@ -436,7 +438,7 @@ json to_json(const VmConfig& c) {
     // null for an absent device; logger, metrics and cpu-config are always null there; a
     // boot-source never set is Firecracker's default {"kernel_image_path": "", "initrd_path": null}.
     json j = json::object();
-    j["balloon"] = nullptr;
+    j["balloon"] = c.balloon ? to_json(*c.balloon) : json(nullptr);
     j["drives"] = json::array();
     for (const auto& d : c.drives) j["drives"].push_back(to_json(d));
     j["boot-source"] = c.boot_source ? to_json(*c.boot_source) : json{{"kernel_image_path", ""}, {"initrd_path", nullptr}};

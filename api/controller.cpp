@@ -57,6 +57,7 @@ void Controller::count_rejected(const std::string& method, const std::string& ta
     else if (path == "/cpu-config") what = "cpu_cfg";
     else if (path == "/entropy") what = "entropy";
     else if (path == "/vsock") what = "vsock";
+    else if (path.rfind("/balloon", 0) == 0) what = "balloon";
     if (what.empty()) return;
     if (m == Method::Put) count("put_api_requests", what + "_fails");
     if (m == Method::Patch) count("patch_api_requests", what + "_fails");
@@ -428,6 +429,7 @@ std::string Controller::metrics_line() {
     for (const char* g : {"get_api_requests", "put_api_requests", "patch_api_requests", "latencies_us", "block", "net",
                           "uart", "vsock", "vcpu", "vmm", "logger", "api_server"})
         snapshot[g];
+    snapshot["balloon"]; // Firecracker's BalloonDeviceMetrics: in every line
     snapshot["entropy"]; // Firecracker's EntropyMetricsSerializeProxy: in every line, as block and net
     snapshot["api_server"]["process_startup_time_us"] = startup_us_;
     snapshot["api_server"]["process_startup_time_cpu_us"] = startup_cpu_us_;

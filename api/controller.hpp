@@ -76,6 +76,7 @@ private:
     Response any_time(const GetVersion& a);
     Response any_time(const GetMachineConfig& a);
     Response any_time(const GetVmConfig& a);
+    Response any_time(const BalloonRequest& a); // api/balloon_api.cpp: each request checks its phase
 
     Response start_instance();
     Vm::ExitHandler exit_handler();

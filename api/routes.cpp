@@ -177,7 +177,8 @@ Action route_or_throw(Method m, const std::string& method, const std::string& pa
         if (m != Method::Put) throw invalid();
         return LoadSnapshot{parse_snapshot_load(parse_body(body))};
     }
-    static const char* later[] = {"/balloon", "/mmds",
+    if (path == "/balloon" || path.rfind("/balloon/", 0) == 0) return route_balloon(method, path, body);
+    static const char* later[] = {"/mmds",
                                   "/hotplug/", "/pmem/"};
     for (const char* p : later)
         if (path.rfind(p, 0) == 0) throw ConfigError(std::string(p) + kNotSupported);
@@ -233,6 +234,7 @@ const char* action_name(const Action& a) {
         const char* operator()(const PutVsock&) const { return "vsock"; }
         const char* operator()(const CreateSnapshot&) const { return "snapshot_create"; }
         const char* operator()(const LoadSnapshot&) const { return "snapshot_load"; }
+        const char* operator()(const BalloonRequest&) const { return "balloon"; }
     };
     return std::visit(V{}, a);
 }
@@ -263,6 +265,7 @@ Method action_method(const Action& a) {
         Method operator()(const PutVsock&) const { return Method::Put; }
         Method operator()(const CreateSnapshot&) const { return Method::Put; }
         Method operator()(const LoadSnapshot&) const { return Method::Put; }
+        Method operator()(const BalloonRequest& b) const { return b.is_get() ? Method::Get : b.is_patch() ? Method::Patch : Method::Put; }
     };
     return std::visit(V{}, a);
 }

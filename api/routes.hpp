@@ -4,6 +4,7 @@
 // the VMM thread, and the unit tests call it directly.
 
 #include "api/config.hpp"
+#include "api/balloon_config.hpp"
 #include "api/entropy_config.hpp"
 #include "api/snapshot_config.hpp"
 #include "vmm/vm_config.hpp"
@@ -58,7 +59,7 @@ struct LoadSnapshot { SnapshotLoadParams params; };
 using Action = std::variant<GetInstanceInfo, GetVersion, GetMachineConfig, GetVmConfig, PutMachineConfig,
                             PatchMachineConfig, PutBootSource, InstanceStart, SendCtrlAltDel, FlushMetrics,
                             PatchVmState, PutLogger, PutMetrics, PutDrive, PatchDrive, PutNet, PatchNet, PutSerial, PutConsole,
-                            PutCpuConfig, PutEntropy, PutVsock, CreateSnapshot, LoadSnapshot>;
+                            PutCpuConfig, PutEntropy, PutVsock, CreateSnapshot, LoadSnapshot, BalloonRequest>;
 
 struct Response {
     unsigned status = 204;   // 200 with a JSON body, 204 empty, 400 {"fault_message": ...}

@@ -3,6 +3,7 @@
 #include "devices/legacy/boot_timer.hpp"
 #include "devices/legacy/i8042.hpp"
 #include "devices/legacy/serial.hpp"
+#include "devices/virtio/balloon/device.hpp"
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
@@ -188,6 +189,12 @@ void VmBuilder::attach_devices(Vm& vm, boost::asio::io_context& io, const VmConf
                                      : std::make_shared<virtio::rng::EntropyDevice>(mem, io, *cfg.entropy);
         dm.attach_virtio(std::move(dev), "", "entropy");
         if (saved.restoring()) saved.check_slot(dm);
+    }
+    // virtio-balloon (Firecracker's attach_balloon_device), last. Vm::create_snapshot refuses a VM
+    // with a balloon, so no snapshot holds one.
+    if (cfg.balloon) {
+        if (saved.restoring()) throw ConfigError("the snapshot's configuration has a balloon device, which snapshots do not hold yet");
+        dm.attach_virtio(std::make_shared<virtio::balloon::BalloonDevice>(mem, io, *cfg.balloon), "", "balloon");
     }
     if (saved.restoring()) saved.check_all_taken();
 }

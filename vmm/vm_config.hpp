@@ -2,6 +2,7 @@
 // The VM's configuration as plain values, independent of JSON: api/config parses Firecracker's
 // schema into these and renders them back for GET /vm/config.
 
+#include "devices/virtio/balloon/config.hpp"
 #include "devices/virtio/vsock/config.hpp"
 #include "devices/virtio/block/config.hpp"
 #include "devices/virtio/net/config.hpp"
@@ -58,6 +59,7 @@ struct VmConfig {
     ConsoleConfig console;
     std::optional<EntropyConfig> entropy; // PUT /entropy: a virtio-rng device
     std::optional<VsockConfig> vsock; // PUT /vsock, config-file "vsock"
+    std::optional<BalloonConfig> balloon; // PUT /balloon, config-file "balloon"
 };
 
 // Firecracker's --no-seccomp / --seccomp-filter. Recorded only: Ember installs no seccomp

@@ -304,8 +304,7 @@ else
   fail "Firecracker-shaped config: status $RC, $(cat "$ERR")"
 fi
 # Sections for devices Ember does not have: one line naming the section, Firecracker's status for a bad config.
-for sec in 'balloon|{"amount_mib": 0, "deflate_on_oom": false}|balloon device' \
-           'mmds-config|{"network_interfaces": ["eth0"]}|MMDS' \
+for sec in 'mmds-config|{"network_interfaces": ["eth0"]}|MMDS' \
            'pmem|[{"id": "p0", "path_on_host": "/tmp/p"}]|virtio-pmem device' 'memory-hotplug|{"total_size_mib": 1024}|memory hotplug'; do
   IFS='|' read -r name body what <<< "$sec"
   expect_error "section_$name" "config file section \"$name\" is not supported yet: Ember has no $what" --no-api \
@@ -315,6 +314,11 @@ done
 # "entropy" is a device Ember has: a bad body is refused by field, the section is not.
 expect_error section_entropy_bad 'entropy: unknown field "bogus"' --no-api \
   --config-file "$(cfg sec_entropy_bad "{$(bs "$KERNEL"), $(mc 1 64), \"entropy\": {\"bogus\": 1}}")"
+# "balloon" likewise (Firecracker's Balloon object, unknown fields denied).
+expect_error section_balloon_bad 'balloon: unknown field "bogus"' --no-api \
+  --config-file "$(cfg sec_balloon_bad "{$(bs "$KERNEL"), $(mc 1 64), \"balloon\": {\"amount_mib\": 0, \"deflate_on_oom\": false, \"bogus\": 1}}")"
+expect_error section_balloon_amount 'balloon: missing required field "deflate_on_oom"' --no-api \
+  --config-file "$(cfg sec_balloon_amount "{$(bs "$KERNEL"), $(mc 1 64), \"balloon\": {\"amount_mib\": 0}}")"
 # The API before boot: GET /vm/config's full shape, PUT /boot-source checked on arrival.
 if start_api vmconfig; then
   expect_eq "GET /vm/config before boot" "$(api GET /vm/config)" 200

@@ -290,7 +290,7 @@ TEST_CASE("config: logger and metrics sections; sections not supported yet") {
     j["logger"] = json::parse(R"({"show_level": 1})");
     CHECK_CONFIG_ERROR(parse(j.dump()), "logger.show_level");
 
-    for (const char* section : {"balloon", "mmds-config"}) {
+    for (const char* section : {"mmds-config"}) {
         CAPTURE(section);
         json k = json::parse(VALID);
         k[section] = json::array();
@@ -487,7 +487,6 @@ TEST_CASE("config: null is absent for every optional section, as in Firecracker"
 
 TEST_CASE("config: sections for devices Ember lacks are refused by name unless null") {
     const std::pair<const char*, const char*> cases[] = {
-        {"balloon", R"({"amount_mib": 0, "deflate_on_oom": false})"},
         {"mmds-config", R"({"network_interfaces": ["net0"]})"},
         {"pmem", R"([{"id": "p", "path_on_host": "/tmp/p", "root_device": false}])"},
         {"memory-hotplug", R"({"total_size_mib": 1024})"},

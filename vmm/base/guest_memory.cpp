@@ -3,6 +3,7 @@
 #include "vmm/base/error.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -154,6 +155,15 @@ std::span<std::byte> GuestMemory::slice_or_throw(GuestAddr addr, std::uint64_t l
         throw ConfigError(what + buf);
     }
     return *s;
+}
+
+int GuestMemory::discard(GuestAddr addr, std::uint64_t len) const noexcept {
+    if (len == 0 || addr.raw() % PAGE_SIZE != 0 || len % PAGE_SIZE != 0) return EINVAL;
+    auto at = locate(addr, len);
+    if (!at) return EINVAL;
+    mark_region(at->first, at->second, len);
+    if (::madvise(regions_[at->first].host + at->second, static_cast<std::size_t>(len), MADV_DONTNEED) != 0) return errno;
+    return 0;
 }
 
 bool GuestMemory::read(GuestAddr addr, std::span<std::byte> out) const noexcept {

@@ -61,6 +61,13 @@ public:
     // As slice(), for bytes the caller is about to write: marks their pages dirty while tracking.
     std::optional<std::span<std::byte>> writable(GuestAddr addr, std::uint64_t len) const noexcept;
 
+    // Gives the host pages of [addr, addr + len) back to the host (madvise MADV_DONTNEED on the
+    // anonymous private mapping: the next guest access reads zeros and faults in a fresh page).
+    // The range must be page-aligned and lie in one RAM region. Marks the pages dirty while
+    // tracking (their content changed). Returns 0, EINVAL for a range that is not, or madvise's
+    // errno.
+    int discard(GuestAddr addr, std::uint64_t len) const noexcept;
+
     bool read(GuestAddr addr, std::span<std::byte> out) const noexcept;
     bool write(GuestAddr addr, std::span<const std::byte> in) const noexcept;
 
