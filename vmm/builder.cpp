@@ -284,19 +284,23 @@ std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const 
     DeviceManager& dm = vm->devices_;
     attach_devices(*vm, io, cfg, opts, res, &snap);
 
-    // KVM: the platform as for_boot() sets it up, then the saved in-kernel devices and clock,
-    // then each vCPU (its LAPIC needs the in-kernel irqchip).
+    // KVM: the platform as for_boot() sets it up (the in-kernel irqchip the LAPICs need), each
+    // vCPU, then the saved irqchip, PIT and clock (Firecracker's order: the PIT and clock only
+    // run once there are vCPUs), then the interrupt and notification eventfds, so an edge a
+    // device raised while it was restored reaches the restored irqchip; then every pending
+    // interrupt once more, for edges raised before KVM existed.
     vm->kvm_.emplace(Kvm::open(opts.kvm_path));
     vm->vm_fd_.emplace(*vm->kvm_);
     vm->vm_fd_->setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
     vm->vm_fd_->register_memory(vm->mem_);
-    dm.register_with(*vm->vm_fd_);
-    vm->vm_fd_->restore_state(snap.vm);
     for (unsigned i = 0; i < cfg.machine.vcpu_count; ++i) {
         auto vcpu = std::make_unique<Vcpu>(VcpuFd(*vm->kvm_, *vm->vm_fd_, i), dm.pio(), dm.mmio(), *vm);
         vcpu->restore_state(snap.vcpus[i]);
         vm->vcpus_.push_back(std::move(vcpu));
     }
+    vm->vm_fd_->restore_state(snap.vm);
+    dm.register_with(*vm->vm_fd_);
+    vm->refire_interrupts();
     return vm;
 }
 

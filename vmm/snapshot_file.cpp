@@ -297,6 +297,9 @@ SnapshotFile get_payload(ByteReader& r) {
         s.memory.push_back(m);
     }
     s.vm = r.pod<VmState>("vm state");
+    if (s.vm.pic_master.chip_id != KVM_IRQCHIP_PIC_MASTER || s.vm.pic_slave.chip_id != KVM_IRQCHIP_PIC_SLAVE ||
+        s.vm.ioapic.chip_id != KVM_IRQCHIP_IOAPIC)
+        r.fail("vm state", "names the wrong interrupt controllers");
     const std::size_t vcpus = r.count("vcpu count", kMaxVcpus, 1);
     if (vcpus == 0) r.fail("vcpu count", "is 0");
     for (std::size_t i = 0; i < vcpus; ++i) s.vcpus.push_back(get_vcpu(r));
@@ -366,10 +369,16 @@ std::string describe_snapshot_file_version(const std::string& path) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) throw ConfigError("cannot open snapshot file " + path + ": " + std::strerror(errno));
     std::array<std::byte, kHeaderBytes> head{};
-    const ssize_t n = ::read(fd.get(), head.data(), head.size());
-    if (n < 0) throw ConfigError("cannot read snapshot file " + path + ": " + std::strerror(errno));
+    std::size_t got = 0;
+    while (got < head.size()) {
+        const ssize_t n = ::read(fd.get(), head.data() + got, head.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw ConfigError("cannot read snapshot file " + path + ": " + std::strerror(errno));
+        if (n == 0) break;
+        got += static_cast<std::size_t>(n);
+    }
     try {
-        return describe_snapshot_version(std::span(head).first(static_cast<std::size_t>(n)));
+        return describe_snapshot_version(std::span(head).first(got));
     } catch (const FormatError& e) {
         throw FormatError(path + ": " + e.what());
     }

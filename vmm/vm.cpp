@@ -35,7 +35,8 @@ void Vm::start(bool paused) {
     host_console_->start();
     for (auto& v : vcpus_) v->start(paused);
     if (paused) {
-        for (auto& v : vcpus_) (void)v->wait_paused(std::chrono::seconds(2));
+        for (auto& v : vcpus_)
+            if (!v->wait_paused(std::chrono::seconds(2))) LOG_WARN("vCPU %u did not park within 2 s of its start", v->index());
         paused_ = true;
     }
 }
@@ -105,8 +106,22 @@ void Vm::create_snapshot(const std::string& snapshot_path, const std::string& me
     if (boot_timer_) s.boot_timer = boot_timer_->save();
     s.vm = vm_fd_->save_state();
     for (auto& v : vcpus_) s.vcpus.push_back(v->save_state());
-    write_memory_file(mem_, mem_path);
-    write_snapshot_file(snapshot_path, s);
+    // Both files are written beside their targets and renamed over them at the end: a failed
+    // create leaves an earlier snapshot at those paths intact, and a VM whose memory is mapped
+    // from `mem_path` (it was loaded from it) keeps its mapping of the old file.
+    const std::string mem_tmp = mem_path + ".tmp", snap_tmp = snapshot_path + ".tmp";
+    try {
+        write_memory_file(mem_, mem_tmp);
+        write_snapshot_file(snap_tmp, s);
+        if (::rename(mem_tmp.c_str(), mem_path.c_str()) != 0)
+            throw ConfigError("cannot rename " + mem_tmp + " to " + mem_path + ": " + std::strerror(errno));
+        if (::rename(snap_tmp.c_str(), snapshot_path.c_str()) != 0)
+            throw ConfigError("cannot rename " + snap_tmp + " to " + snapshot_path + ": " + std::strerror(errno));
+    } catch (...) {
+        ::unlink(mem_tmp.c_str());
+        ::unlink(snap_tmp.c_str());
+        throw;
+    }
 }
 
 bool Vm::pause() {
@@ -120,6 +135,12 @@ bool Vm::pause() {
 void Vm::resume() {
     for (auto& v : vcpus_) v->resume();
     paused_ = false;
+}
+
+void Vm::refire_interrupts() noexcept {
+    serial_->refire_interrupt();
+    i8042_->refire_interrupt();
+    for (const auto& slot : devices_.virtio_slots()) slot.dev->refire_interrupt();
 }
 
 bool Vm::send_ctrl_alt_del() noexcept { return i8042_->send_ctrl_alt_del(); }

@@ -65,6 +65,9 @@ private:
     friend class VmBuilder;
     Vm(boost::asio::io_context& io, GuestMemory mem, ExitHandler on_exit);
     void join_vcpus_or_die() noexcept;
+    // Every device with an interrupt pending raises it again (a restored VM, once KVM holds its
+    // saved state).
+    void refire_interrupts() noexcept;
     static constexpr std::chrono::seconds VCPU_STOP_DEADLINE{10};
 
     boost::asio::io_context& io_;

@@ -103,6 +103,11 @@ I8042::I8042(IrqLine& kbd_irq, std::function<void()> on_reset, const I8042State&
     restore(s);
 }
 
+void I8042::refire_interrupt() noexcept {
+    std::lock_guard lk(mu_);
+    if (!st_.out.empty() && (st_.control & CB_KBD_INT)) irq_.trigger();
+}
+
 void I8042::restore(const I8042State& s) {
     if (!s.out.valid())
         throw ConfigError("i8042 state: " + std::to_string(s.out.count) + " output bytes from " + std::to_string(s.out.head) +

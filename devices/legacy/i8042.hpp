@@ -45,6 +45,9 @@ public:
     // status bit follows the buffer, and with output waiting and the keyboard interrupt enabled
     // IRQ 1 is raised again (edge-triggered: the old line's edge may be lost).
     void restore(const I8042State& s);
+    // Raises IRQ 1 again if output waits with the keyboard interrupt enabled (see
+    // VirtioDevice::refire_interrupt).
+    void refire_interrupt() noexcept;
     std::uint64_t reset_count() const noexcept { return resets_; }
 
 private:

@@ -167,6 +167,11 @@ SerialState Serial::save() const {
     return st_;
 }
 
+void Serial::refire_interrupt() noexcept {
+    std::lock_guard lk(mu_);
+    if (irq_pending()) irq_.trigger();
+}
+
 Serial::Serial(IrqLine& irq, Sink sink, const SerialState& s) : Serial(irq, std::move(sink)) { restore(s); }
 
 void Serial::restore(const SerialState& s) {

@@ -86,6 +86,8 @@ public:
     // so a pending interrupt (IIR not "none") is raised again; an extra edge is harmless, as the
     // 8250 driver reads IIR.
     void restore(const SerialState& s);
+    // Raises the line again if an interrupt is pending (see VirtioDevice::refire_interrupt).
+    void refire_interrupt() noexcept;
     const SerialCounters& counters() const noexcept { return counters_; }
 
 private:

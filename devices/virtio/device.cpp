@@ -139,6 +139,10 @@ void VirtioDevice::resume_after_restore() noexcept {
         if (queues_[i].active()) notify(i);
 }
 
+void VirtioDevice::refire_interrupt() noexcept {
+    if (isr_.load(std::memory_order_acquire) != 0) irq_.trigger();
+}
+
 void VirtioDevice::signal_used(Queue& q) noexcept {
     if (!q.needs_interrupt()) return;
     isr_.fetch_or(INT_USED_RING, std::memory_order_acq_rel);

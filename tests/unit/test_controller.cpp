@@ -234,4 +234,18 @@ TEST_CASE("controller: snapshot create needs a VM; load refuses bad files and co
         CHECK(fault(r.call("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_file_path": "/m"})")) ==
               "Loading a microVM snapshot not allowed after configuring boot-specific resources.");
     }
+    {
+        // As Firecracker, a boot resource counts even when its request failed...
+        Rig r;
+        CHECK(r.call("PUT", "/boot-source", R"({"kernel_image_path": "/nonexistent/vmlinux"})").status == 400);
+        CHECK_THAT(fault(r.call("PUT", "/snapshot/load", R"({"snapshot_path": "/s", "mem_file_path": "/m"})")),
+                   Catch::Contains("not allowed after configuring boot-specific resources"));
+    }
+    {
+        // ... and a custom CPU template is not one.
+        Rig r;
+        REQUIRE(r.call("PUT", "/cpu-config", R"({"cpuid_modifiers": []})").status == 204);
+        CHECK_THAT(fault(r.call("PUT", "/snapshot/load", R"({"snapshot_path": "/nonexistent/s", "mem_file_path": "/m"})")),
+                   Catch::Contains("cannot open snapshot file"));
+    }
 }

@@ -81,6 +81,8 @@ SnapshotFile sample() {
     s.memory.push_back({GuestAddr(0x100000000), 0x40000000, 0xc0000000});
     s.vm.pit.channels[0].count = 0x1234;
     s.vm.clock.clock = 123456789;
+    s.vm.pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    s.vm.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
     s.vm.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
     s.vcpus = {sample_vcpu(1), sample_vcpu(2)};
     s.serial.ier = 0x3;
@@ -226,6 +228,12 @@ TEST_CASE("records that are inconsistent behind a valid CRC are refused") {
     // A boolean that is neither 0 nor 1 (vsock's last queue's `active`).
     const std::size_t last_active = file.size() - 24 - 8 - 8 - 1;
     CHECK_THAT(format_error(with_payload(file, [&](auto& p) { p[last_active] = std::byte{2}; })), Catch::Contains("not a boolean"));
+}
+
+TEST_CASE("a vm state whose irqchip records name the wrong chips is refused") {
+    SnapshotFile s = sample();
+    s.vm.pic_slave.chip_id = KVM_IRQCHIP_IOAPIC;
+    CHECK_THAT(format_error(encode_snapshot(s)), Catch::Contains("names the wrong interrupt controllers"));
 }
 
 TEST_CASE("a kernel struct of another size is refused") {
