@@ -6,7 +6,9 @@
 #         Ember first refuses damaged snapshots (truncated, a flipped byte, a memory file shorter
 #         than RAM) with 400 and stays loadable, then loads the good one paused, resumes it: the
 #         counter goes on from where it stopped, the data's hash is unchanged, the serial console
-#         takes commands, and a file the restored guest writes lands in the disk image.
+#         takes commands, and a file the restored guest writes lands in the disk image. The
+#         restored VM is then snapshotted into the memory file it runs from, keeps running,
+#         and that snapshot loads with resume_vm in a third Ember and counts on.
 source "$(dirname "$0")/lib.sh"
 need_guest
 K=$EMBER_KERNEL_DIR
@@ -99,11 +101,30 @@ full)
   expect_eq "tmpfs data after restore" "$(tr -d '\r' < "$T/b.out" | sed -n 's/^DATA2=//p')" "$DATA"
   echo 'echo written-after-restore > /after.txt; sync; echo WROTE=1' >&3
   wait_for WROTE 120
+  # A snapshot of the restored VM into the very memory file it runs from (written beside it and
+  # renamed over it, so the running guest keeps its mapping of the old file).
+  expect_status "pause the restored VM" 204 PATCH /vm '{"state": "Paused"}'
+  expect_status "snapshot into its own memory file" 204 PUT /snapshot/create "{\"snapshot_path\": \"$T/vm2.snap\", \"mem_file_path\": \"$T/vm.mem\"}"
+  expect_status "resume the restored VM" 204 PATCH /vm '{"state": "Resumed"}'
+  echo 'echo DATA3=$(md5sum /tmp/d | cut -c1-32)' >&3
+  wait_for DATA3 120
+  expect_eq "data after snapshotting into its own memory file" "$(guest_value DATA3)" "$DATA"
   echo 'reboot -f' >&3
   wait_exit 60
   exec 3>&-
   expect_eq "restored Ember status" "$RC" 0
   expect_eq "file written after restore" "$(debugfs -R 'cat /after.txt' "$T/root.ext4" 2>/dev/null)" written-after-restore
+
+  # That second snapshot, loaded with resume_vm: it runs at once and goes on counting.
+  SOCK=$T/c.sock
+  EMBER_CONSOLE=$T/c.out start_ember
+  expect_status "load the second snapshot, resumed" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/vm2.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/vm.mem\"}, \"resume_vm\": true}"
+  expect_status "GET / after a resumed load" 200 GET / ''
+  [[ $LAST == *'"state":"Running"'* ]] && pass "running after resume_vm" || fail "state: $LAST"
+  for _ in $(seq 1 150); do [[ $(ticks c | wc -l) -ge 2 ]] && break; sleep 0.2; done
+  second=$(ticks c | head -n 1)
+  [[ -n $second && $second -gt $first ]] && pass "the second restore counts on: $second after $first" || fail "second restore's counter: '$second' (first restore began at $first)"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
