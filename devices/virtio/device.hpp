@@ -102,6 +102,10 @@ public:
 
     // The generic part of a snapshot. Needs mutex() held (device saves take it).
     DeviceState save_virtio() const;
+    // Raises the interrupt again if InterruptStatus has bits pending. A restored VM calls it once
+    // its irqchip and vCPUs hold their saved state: an edge raised before that (by
+    // resume_after_restore, before KVM exists) lands in an irqchip that is then overwritten.
+    void refire_interrupt() noexcept;
 
 protected:
     // Snapshot restore of the generic part into a device fresh from its constructor, under
@@ -117,10 +121,6 @@ protected:
     // InterruptStatus) and notifies every active queue of a running device once, for the
     // notifications in flight when the state was saved (pop() finds nothing if there were none).
     void resume_after_restore() noexcept;
-    // Raises the interrupt again if InterruptStatus has bits pending. A restored VM calls it once
-    // its irqchip and vCPUs hold their saved state: an edge raised before that (by
-    // resume_after_restore, before KVM exists) lands in an irqchip that is then overwritten.
-    void refire_interrupt() noexcept;
 
     // The pop step of every device's queue loop. Empty: nothing more to serve; with `rearm`,
     // only once notifications are enabled again and nothing was published meanwhile
