@@ -5,6 +5,7 @@
 #include "api/http_server.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
+#include "vmm/base/sparse_file.hpp"
 #include "vmm/snapshot_file.hpp"
 #include "vmm/vm.hpp"
 
@@ -21,9 +22,11 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <pthread.h>
 #include <unistd.h>
 #include <sstream>
+#include <vector>
 
 
 namespace {
@@ -248,12 +251,32 @@ int main(int argc, char** argv) {
     app.add_flag("--snapshot-version", snapshot_version, "Print the snapshot format version this Ember writes and exit");
     app.add_option("--describe-snapshot", describe_snapshot, "Print the format version of a snapshot file and exit");
     auto* pci_opt = app.add_flag("--enable-pci", later_flag, "PCIe transport: not supported yet (virtio-mmio only)");
+    // Firecracker's rebase-snap (deprecated in 1.16) / `snapshot-editor edit-memory rebase`.
+    std::string merge_base, merge_out;
+    std::vector<std::string> merge_diffs;
+    auto* merge_cmd = app.add_subcommand("snapshot-merge",
+                                         "Merge Diff snapshot memory files onto their base memory file (in creation order) and exit");
+    merge_cmd->add_option("BASE", merge_base, "Memory file of the Full snapshot (modified in place unless --out)")->required();
+    merge_cmd->add_option("DIFF", merge_diffs, "Memory files of the Diff snapshots taken after it, oldest first")->required();
+    auto* merge_out_opt = merge_cmd->add_option("--out", merge_out, "Write the merged memory to this new file; BASE stays as it is");
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
         return fail(EXIT_ARG_PARSING, e.what());
+    }
+    if (merge_cmd->parsed()) {
+        try {
+            std::optional<std::string> out;
+            if (merge_out_opt->count() > 0) out = merge_out;
+            const auto sum = ember::merge_memory_files(merge_base, merge_diffs, out);
+            std::printf("merged %zu diff file(s) into %s (%llu bytes copied)\n", merge_diffs.size(), sum.result.c_str(),
+                        static_cast<unsigned long long>(sum.bytes_copied));
+            return 0;
+        } catch (const std::exception& e) {
+            return fail(EXIT_GENERIC, e.what());
+        }
     }
     if (version) {
         std::printf("Ember v%s\n", EMBER_VERSION);

@@ -242,7 +242,11 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
     vm->kvm_.emplace(Kvm::open(opts.kvm_path, added_kvm_caps(cpu_template), removed_kvm_caps(cpu_template)));
     vm->vm_fd_.emplace(*vm->kvm_);
     vm->vm_fd_->setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
-    vm->vm_fd_->register_memory(vm->mem_);
+    // track_dirty_pages: KVM logs vCPU writes, GuestMemory device writes, both from now on (after
+    // a load, the first Diff holds what changed since the load, as Firecracker's).
+    vm->track_dirty_ = cfg.machine.track_dirty_pages;
+    vm->vm_fd_->register_memory(vm->mem_, vm->track_dirty_);
+    if (vm->track_dirty_) vm->mem_.enable_dirty_tracking();
     dm.register_with(*vm->vm_fd_);
     // The template shapes KVM's table first; cpuid_for_vcpu() then sets topology, APIC ids and the
     // bits Ember needs on top (Firecracker: apply_template, then normalize in KvmVcpu::configure).
@@ -263,7 +267,11 @@ std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const 
     const HostCpu host = host_cpu();
     if (snap.cpu_vendor != host.vendor)
         throw ConfigError("the snapshot was taken on an " + snap.cpu_vendor + " CPU; this host's is " + host.vendor);
-    if (snap.diff) throw ConfigError("the snapshot is a Diff snapshot: merge it onto its base first");
+    // Firecracker's workflow: merge the Diff's memory onto its base (ember snapshot-merge), then
+    // load the state file of that Diff with the merged memory. Ember cannot tell the two apart.
+    if (snap.diff)
+        LOG_WARN("loading a Diff snapshot's state: its memory file must be the merge of the Diff onto its base "
+                 "(ember snapshot-merge), or the pages the Diff left out read as zeros");
     if (snap.vcpus.size() != cfg.machine.vcpu_count)
         throw ConfigError("the snapshot holds " + std::to_string(snap.vcpus.size()) + " vCPUs; its configuration says " +
                           std::to_string(cfg.machine.vcpu_count));
@@ -292,7 +300,11 @@ std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const 
     vm->kvm_.emplace(Kvm::open(opts.kvm_path));
     vm->vm_fd_.emplace(*vm->kvm_);
     vm->vm_fd_->setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
-    vm->vm_fd_->register_memory(vm->mem_);
+    // track_dirty_pages: KVM logs vCPU writes, GuestMemory device writes, both from now on (after
+    // a load, the first Diff holds what changed since the load, as Firecracker's).
+    vm->track_dirty_ = cfg.machine.track_dirty_pages;
+    vm->vm_fd_->register_memory(vm->mem_, vm->track_dirty_);
+    if (vm->track_dirty_) vm->mem_.enable_dirty_tracking();
     for (unsigned i = 0; i < cfg.machine.vcpu_count; ++i) {
         auto vcpu = std::make_unique<Vcpu>(VcpuFd(*vm->kvm_, *vm->vm_fd_, i), dm.pio(), dm.mmio(), *vm);
         vcpu->restore_state(snap.vcpus[i]);

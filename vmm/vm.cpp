@@ -41,45 +41,8 @@ void Vm::start(bool paused) {
     }
 }
 
-namespace {
-
-bool all_zero(const std::byte* p, std::size_t n) noexcept {
-    static const std::array<std::byte, GuestMemory::PAGE_SIZE> zero{};
-    return std::memcmp(p, zero.data(), n) == 0;
-}
-
-// Guest RAM into a new file: each region at its offset in the backing mapping, the file as long
-// as all of RAM, pages that are all zero left as holes (they read back as zero).
-void write_memory_file(const GuestMemory& mem, const std::string& path) {
-    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd.valid()) throw ConfigError("cannot create memory file " + path + ": " + std::strerror(errno));
-    if (::ftruncate(fd.get(), static_cast<off_t>(mem.total_size())) != 0)
-        throw ConfigError("cannot size memory file " + path + ": " + std::strerror(errno));
-    constexpr std::size_t page = GuestMemory::PAGE_SIZE;
-    for (const auto& r : mem.regions()) {
-        const std::size_t size = static_cast<std::size_t>(r.range.size());
-        std::size_t at = 0;
-        while (at < size) {
-            if (all_zero(r.host + at, page)) {
-                at += page;
-                continue;
-            }
-            std::size_t end = at + page;
-            while (end < size && !all_zero(r.host + end, page)) end += page;
-            for (std::size_t done = at; done < end;) {
-                const ssize_t n = ::pwrite(fd.get(), r.host + done, end - done, static_cast<off_t>(r.offset + done));
-                if (n < 0 && errno == EINTR) continue;
-                if (n <= 0) throw ConfigError("cannot write memory file " + path + ": " + std::strerror(n < 0 ? errno : EIO));
-                done += static_cast<std::size_t>(n);
-            }
-            at = end;
-        }
-    }
-}
-
-} // namespace
-
-void Vm::create_snapshot(const std::string& snapshot_path, const std::string& mem_path, std::string vm_config) {
+void Vm::create_snapshot(const std::string& snapshot_path, const std::string& mem_path, std::string vm_config,
+                         SnapshotType type) {
     if (!paused_) throw ConfigError("the microVM must be paused (PATCH /vm {\"state\": \"Paused\"}) before a snapshot");
     for (auto& v : vcpus_)
         if (!v->wait_paused(std::chrono::seconds(2))) throw ConfigError("vCPU " + std::to_string(v->index()) + " is not parked");
@@ -87,6 +50,7 @@ void Vm::create_snapshot(const std::string& snapshot_path, const std::string& me
     s.ember_version = EMBER_VERSION;
     s.cpu_vendor = host_cpu().vendor;
     s.vm_config = std::move(vm_config);
+    s.diff = type == SnapshotType::Diff;
     for (const auto& r : mem_.regions()) s.memory.push_back({r.range.start(), r.range.size(), r.offset});
     // Devices first: a block device completes its requests in flight, which writes guest memory
     // and raises interrupts; the irqchip and the vCPUs are read after that.
@@ -106,20 +70,33 @@ void Vm::create_snapshot(const std::string& snapshot_path, const std::string& me
     if (boot_timer_) s.boot_timer = boot_timer_->save();
     s.vm = vm_fd_->save_state();
     for (auto& v : vcpus_) s.vcpus.push_back(v->save_state());
-    // Both files are written beside their targets and renamed over them at the end: a failed
+    // The dirty pages are taken before RAM is written (a device writing guest memory meanwhile
+    // marks its pages again) and given back if the snapshot fails, so the next Diff still holds
+    // them. A Full takes them only to start the next Diff from itself (Firecracker #4536).
+    DirtyBitmaps dirty;
+    if (type == SnapshotType::Diff || track_dirty_) dirty = take_dirty(mem_, *vm_fd_, track_dirty_);
+    // Full: both files are written beside their targets and renamed over them at the end: a failed
     // create leaves an earlier snapshot at those paths intact, and a VM whose memory is mapped
-    // from `mem_path` (it was loaded from it) keeps its mapping of the old file.
+    // from `mem_path` (it was loaded from it) keeps its mapping of the old file. Diff: the memory
+    // file is written in place (an existing one of RAM's size is merged into, as Firecracker).
     const std::string mem_tmp = mem_path + ".tmp", snap_tmp = snapshot_path + ".tmp";
     try {
-        write_memory_file(mem_, mem_tmp);
+        if (type == SnapshotType::Diff) {
+            const std::uint64_t pages = write_diff_memory(mem_, dirty, mem_path);
+            LOG_INFO("Diff snapshot: %llu dirty pages of %llu written to %s", static_cast<unsigned long long>(pages),
+                     static_cast<unsigned long long>(mem_.total_size() / GuestMemory::PAGE_SIZE), mem_path.c_str());
+        } else {
+            write_full_memory(mem_, mem_tmp);
+        }
         write_snapshot_file(snap_tmp, s);
-        if (::rename(mem_tmp.c_str(), mem_path.c_str()) != 0)
+        if (type == SnapshotType::Full && ::rename(mem_tmp.c_str(), mem_path.c_str()) != 0)
             throw ConfigError("cannot rename " + mem_tmp + " to " + mem_path + ": " + std::strerror(errno));
         if (::rename(snap_tmp.c_str(), snapshot_path.c_str()) != 0)
             throw ConfigError("cannot rename " + snap_tmp + " to " + snapshot_path + ": " + std::strerror(errno));
     } catch (...) {
-        ::unlink(mem_tmp.c_str());
+        if (type == SnapshotType::Full) ::unlink(mem_tmp.c_str());
         ::unlink(snap_tmp.c_str());
+        restore_dirty(mem_, dirty, track_dirty_);
         throw;
     }
 }

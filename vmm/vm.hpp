@@ -6,6 +6,7 @@
 #include "vmm/base/guest_memory.hpp"
 #include "vmm/device_manager.hpp"
 #include "vmm/kvm/kvm.hpp"
+#include "vmm/snapshot_memory.hpp"
 #include "vmm/vcpu.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -42,13 +43,19 @@ public:
     bool pause();
     void resume();
     bool paused() const noexcept { return paused_; }
-    // Writes a Full snapshot of the paused VM: the state to `snapshot_path` (vmm/snapshot_file.hpp)
-    // and guest RAM to `mem_path` (regions at their backing offsets; all-zero pages left as
-    // holes). `vm_config` is stored as given (the API layer's rendering of the configuration).
+    // Writes a snapshot of the paused VM: the state to `snapshot_path` (vmm/snapshot_file.hpp)
+    // and guest RAM to `mem_path` (vmm/snapshot_memory.hpp: Full = all of it, all-zero pages left
+    // as holes; Diff = the pages written since the previous snapshot, from the dirty logs when
+    // tracking, else every resident page). Either starts the next Diff afresh. `vm_config` is
+    // stored as given (the API layer's rendering of the configuration).
     // Devices are quiesced first (block requests in flight complete), then the in-kernel
     // devices, clock and vCPUs are read. Throws ConfigError (not paused, files) or SystemError;
     // the VM stays paused and usable either way.
-    void create_snapshot(const std::string& snapshot_path, const std::string& mem_path, std::string vm_config);
+    void create_snapshot(const std::string& snapshot_path, const std::string& mem_path, std::string vm_config,
+                         SnapshotType type = SnapshotType::Full);
+    // Whether KVM and GuestMemory log written pages (machine-config track_dirty_pages at boot,
+    // the load request's after a load).
+    bool tracks_dirty_pages() const noexcept { return track_dirty_; }
     // Ctrl-Alt-Del through the i8042 (false if its buffer is full).
     bool send_ctrl_alt_del() noexcept;
 
@@ -84,6 +91,7 @@ private:
     std::unique_ptr<HostConsole> host_console_;
     std::vector<std::unique_ptr<Vcpu>> vcpus_;
     bool paused_ = false;
+    bool track_dirty_ = false;
 
     std::mutex exit_mu_;
     std::optional<std::pair<VmExitKind, std::string>> exit_;

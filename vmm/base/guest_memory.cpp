@@ -146,6 +146,30 @@ std::vector<std::uint64_t> GuestMemory::take_dirty_bitmap(std::size_t index) noe
     return out;
 }
 
+void GuestMemory::restore_dirty_bitmap(std::size_t index, std::span<const std::uint64_t> bits) noexcept {
+    if (index >= regions_.size()) return;
+    const std::size_t n = std::min(bits.size(), tracking_->words[index]);
+    for (std::size_t w = 0; w < n; ++w) tracking_->bitmaps[index][w].fetch_or(bits[w], std::memory_order_relaxed);
+}
+
+std::vector<std::uint64_t> GuestMemory::resident_bitmap(std::size_t index) const {
+    if (index >= regions_.size()) return {};
+    const auto& r = regions_[index];
+    const std::size_t pages = static_cast<std::size_t>(r.range.size() / PAGE_SIZE);
+    std::vector<std::uint64_t> out((pages + 63) / 64);
+    // mincore fills one byte per page; bit 0 set = resident (mincore(2)). In chunks, so a large
+    // region does not need a byte per page at once.
+    constexpr std::size_t kChunk = 64 * 1024;
+    std::vector<unsigned char> vec(std::min(pages, kChunk));
+    for (std::size_t first = 0; first < pages; first += kChunk) {
+        const std::size_t n = std::min(kChunk, pages - first);
+        if (::mincore(r.host + first * PAGE_SIZE, n * PAGE_SIZE, vec.data()) != 0) throw_errno("mincore of guest memory");
+        for (std::size_t i = 0; i < n; ++i)
+            if (vec[i] & 1u) out[(first + i) / 64] |= std::uint64_t{1} << ((first + i) % 64);
+    }
+    return out;
+}
+
 std::span<std::byte> GuestMemory::slice_or_throw(GuestAddr addr, std::uint64_t len, const std::string& what) const {
     auto s = slice(addr, len);
     if (!s) {

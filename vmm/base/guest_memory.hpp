@@ -96,6 +96,16 @@ public:
     // The dirty bitmap of region `index` (bit i of word i / 64: page i of the region), cleared as
     // it is taken. Empty for an index past the last region.
     std::vector<std::uint64_t> take_dirty_bitmap(std::size_t index) noexcept;
+    // ORs `bits` (laid out as take_dirty_bitmap()'s) back into region `index`'s bitmap: a diff
+    // snapshot whose write failed gives back the pages it took, so the next one still holds them
+    // (Firecracker memory.rs dump_dirty: store_dirty_bitmap on error). Words past the region's
+    // are ignored.
+    void restore_dirty_bitmap(std::size_t index, std::span<const std::uint64_t> bits) noexcept;
+    // The pages of region `index` the host holds in memory (mincore(2), one bit per page as
+    // take_dirty_bitmap()): for a diff snapshot without dirty tracking, as Firecracker 1.16's
+    // mincore_bitmap. Over-approximates what changed (every page ever touched, read or written,
+    // counts) and misses pages swapped out. Throws SystemError when mincore fails.
+    std::vector<std::uint64_t> resident_bitmap(std::size_t index) const;
 
 private:
     struct Tracking {

@@ -176,16 +176,27 @@ void VmFd::setup_x86_platform(std::uint64_t identity_map_addr, std::uint64_t tss
     must_ioctl(fd_.get(), KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
 }
 
-void VmFd::register_memory(const GuestMemory& mem) {
+void VmFd::register_memory(const GuestMemory& mem, bool log_dirty) {
     std::uint32_t slot = 0;
     for (const auto& r : mem.regions()) {
         kvm_userspace_memory_region region{};
         region.slot = slot++;
+        region.flags = log_dirty ? KVM_MEM_LOG_DIRTY_PAGES : 0u;
         region.guest_phys_addr = r.range.start().raw();
         region.memory_size = r.range.size();
         region.userspace_addr = reinterpret_cast<std::uint64_t>(r.host);
         must_ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
     }
+}
+
+std::vector<std::uint64_t> VmFd::get_dirty_log(std::uint32_t slot, std::uint64_t pages) const {
+    // KVM copies ALIGN(npages, BITS_PER_LONG) / 8 bytes (kvm_get_dirty_log): whole 64-bit words.
+    std::vector<std::uint64_t> bitmap(static_cast<std::size_t>((pages + 63) / 64));
+    kvm_dirty_log log{};
+    log.slot = slot;
+    log.dirty_bitmap = bitmap.data();
+    must_ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log, "KVM_GET_DIRTY_LOG");
+    return bitmap;
 }
 
 void VmFd::register_irqfd(int efd, std::uint32_t gsi) {

@@ -87,7 +87,15 @@ public:
     // x86 platform: the identity-map page and the TSS (three pages) at the given guest addresses,
     // which must be clear of RAM and devices; in-kernel IOAPIC/PIC/LAPIC and PIT.
     void setup_x86_platform(std::uint64_t identity_map_addr, std::uint64_t tss_addr);
-    void register_memory(const GuestMemory& mem);
+    // One slot per region, slot i = region i. `log_dirty`: KVM_MEM_LOG_DIRTY_PAGES, so
+    // get_dirty_log() reports the pages vCPUs write (KVM then maps guest RAM in 4 KiB pages only,
+    // a cost Firecracker's docs warn of: track_dirty_pages is off by default).
+    void register_memory(const GuestMemory& mem, bool log_dirty = false);
+    // KVM_GET_DIRTY_LOG of `slot` (registered with log_dirty), `pages` long: bit i of word i / 64
+    // is page i, written by a vCPU since the previous call. Without
+    // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled (Ember never enables it) the call also clears
+    // the log and write-protects the pages again (api.rst 4.8).
+    std::vector<std::uint64_t> get_dirty_log(std::uint32_t slot, std::uint64_t pages) const;
     // Edge-triggered interrupt on `gsi` whenever `efd` is signalled (KVM_IRQFD).
     void register_irqfd(int efd, std::uint32_t gsi);
     // Guest writes of `len` bytes to `addr` (PIO when `pio`) signal `efd` without a VM exit;
