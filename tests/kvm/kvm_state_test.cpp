@@ -59,15 +59,16 @@ const std::vector<std::uint8_t> GUEST = {
 };
 const std::uint64_t OUT_INSN = CODE + GUEST.size() - 4; // the `out` above
 
-VmFd make_vm(const Kvm& kvm, const GuestMemory& mem) {
+VmFd make_vm(const Kvm& kvm, const GuestMemory& mem, bool log_dirty) {
     VmFd vm(kvm);
     vm.setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
-    vm.register_memory(mem);
+    vm.register_memory(mem, log_dirty);
     return vm;
 }
 
 struct Machine {
-    explicit Machine(const Kvm& kvm) : mem(layout::guest_memory(2 * layout::MiB)), vm(make_vm(kvm, mem)), cpu(kvm, vm, 0) {}
+    explicit Machine(const Kvm& kvm, bool log_dirty = false)
+        : mem(layout::guest_memory(2 * layout::MiB)), vm(make_vm(kvm, mem, log_dirty)), cpu(kvm, vm, 0) {}
     GuestMemory mem;
     VmFd vm;
     VcpuFd cpu;
@@ -347,4 +348,33 @@ TEST_CASE("kvm_vcpu_state_roundtrip: modified state is what a restored machine r
     REQUIRE(run_outs(c, 3) == iota16(1001, 3));
     CHECK(sum_word(c) == static_cast<std::uint16_t>(N * (N + 1) / 2 + 1001 + 1002 + 1003));
     REQUIRE(run_outs(a, 1) == iota16(N + 1, 1));
+}
+
+TEST_CASE("kvm_vcpu_state_roundtrip: KVM's dirty log holds the pages the guest wrote, cleared as it is read") {
+    const Kvm kvm = Kvm::open();
+    Machine m(kvm, true);
+    const std::uint64_t pages = m.mem.regions()[0].range.size() / GuestMemory::PAGE_SIZE;
+    const auto bit = [](const std::vector<std::uint64_t>& bm, std::uint64_t page) { return (bm[page / 64] >> (page % 64) & 1u) != 0; };
+    boot_real_mode(kvm, m);
+    // Host writes (the code at CODE) are not in KVM's log: only vCPU writes are.
+    auto log = m.vm.get_dirty_log(0, pages);
+    REQUIRE(log.size() == (pages + 63) / 64);
+    CHECK(!bit(log, CODE / GuestMemory::PAGE_SIZE));
+    REQUIRE(run_outs(m, 5) == iota16(1, 5));
+    log = m.vm.get_dirty_log(0, pages);
+    CHECK(bit(log, SUM / GuestMemory::PAGE_SIZE));  // the loop's `add [SUM], bx`
+    CHECK(!bit(log, CODE / GuestMemory::PAGE_SIZE)); // only read
+    std::uint64_t set = 0;
+    for (auto w : log) set += static_cast<std::uint64_t>(__builtin_popcountll(w));
+    CHECK(set == 1);
+    // Read and cleared: nothing ran since.
+    for (auto w : m.vm.get_dirty_log(0, pages)) CHECK(w == 0);
+    // The page is write-protected again: the next write is logged again.
+    REQUIRE(run_outs(m, 1) == iota16(6, 1));
+    CHECK(bit(m.vm.get_dirty_log(0, pages), SUM / GuestMemory::PAGE_SIZE));
+    CHECK(sum_word(m) == 21);
+
+    // A slot registered without logging has no log (KVM answers ENOENT).
+    Machine plain(kvm);
+    CHECK_THROWS_WITH(plain.vm.get_dirty_log(0, pages), Catch::Contains("KVM_GET_DIRTY_LOG"));
 }
