@@ -54,7 +54,12 @@ diff_case() {
   local full_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
   echo 'dd if=/dev/urandom of=/tmp/d bs=1M count=16 seek=8 conv=notrunc 2>/dev/null; dd if=/dev/zero of=/tmp/d bs=1M count=1 seek=40 conv=notrunc 2>/dev/null; echo DATAB=$(md5sum /tmp/d | cut -c1-32)' >&3
-  wait_for DATAB 300
+  if ! wait_line DATAB 150; then
+    local t1; t1=$(ticks a | tail -n 1); sleep 5
+    fail "no DATAB= line after the Full snapshot (ticks $t1, then $(ticks a | tail -n 1) 5 s later)"
+    tail -n 20 "$T/ember.log" >&2
+    give_up
+  fi
   local data_b; data_b=$(guest_value DATAB)
   [[ -n $data_b && $data_b != "$data_a" ]] && pass "the guest rewrote its data" || fail "data after rewrite: '$data_b' (before '$data_a')"
   expect_status "pause again" 204 PATCH /vm '{"state": "Paused"}'
