@@ -13,7 +13,9 @@
 #         (Full), resumed, rewrites 16 MiB of that data (and zeroes 1 MiB more), is snapshotted
 #         again (Diff) and killed. The Diff's memory file holds far fewer blocks than the Full's;
 #         `ember snapshot-merge` layers it onto the Full's, and the Diff's state loaded with the
-#         merged memory has the later data and counts on from where the Diff stopped.
+#         merged memory has the later data and counts on from where the Diff stopped. Loaded
+#         with track_dirty_pages, it rewrites 4 MiB and takes a second Diff (only the pages since
+#         the load), merged in place; that loads and goes on too.
 #   diff-untracked: the same without track_dirty_pages: the Diff holds every resident page
 #         (Firecracker 1.16's mincore fallback), so it is bigger, and still merges and loads.
 source "$(dirname "$0")/lib.sh"
@@ -98,7 +100,7 @@ diff_case() {
   exec 4<> "$T/b.in"
   SOCK=$T/b.sock
   EMBER_CONSOLE=$T/b.out EMBER_STDIN=$T/b.in start_ember
-  expect_status "load the Diff's state with merged memory" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/diff.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/merged.mem\"}, \"resume_vm\": true}"
+  expect_status "load the Diff's state with merged memory" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/diff.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/merged.mem\"}, \"resume_vm\": true, \"track_dirty_pages\": $track}"
   grep -q 'Diff snapshot' "$T/ember.log" && pass "loading a Diff's state is logged" || fail "no Diff warning in the log"
   for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
   local first; first=$(ticks b | head -n 1)
@@ -107,8 +109,42 @@ diff_case() {
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&4
   wait_for DATA2 300
   expect_eq "tmpfs data after the merged restore" "$(guest_value DATA2)" "$data_b"
+  if [[ $track != true ]]; then
+    kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+    exec 4>&-
+    return
+  fi
+  # A chain: the restored VM (tracking from the load's track_dirty_pages) rewrites 4 MiB, takes
+  # a second Diff holding only what changed since the load, merged in place onto merged.mem.
+  echo 'dd if=/dev/urandom of=/tmp/d bs=1M count=4 seek=30 conv=notrunc 2>/dev/null; echo DATAC=$(md5sum /tmp/d | cut -c1-32)' >&4
+  wait_for DATAC 150
+  local data_c; data_c=$(guest_value DATAC)
+  expect_status "pause the restored VM" 204 PATCH /vm '{"state": "Paused"}'
+  expect_status "second Diff" 204 PUT /snapshot/create "{\"snapshot_type\": \"Diff\", \"snapshot_path\": \"$T/d2.snap\", \"mem_file_path\": \"$T/d2.mem\"}"
+  sleep 1
+  n=$(ticks b | tail -n 1)
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 4>&-
+  local d2_b=$(( $(stat -c %b "$T/d2.mem") * $(stat -c %B "$T/d2.mem") ))
+  echo "second Diff (after a load with track_dirty_pages): $((d2_b >> 10)) KiB allocated"
+  [[ $d2_b -ge $((4 << 20)) && $d2_b -lt $((32 << 20)) ]] && pass "the second Diff holds what changed since the load" \
+    || fail "second Diff: $d2_b bytes"
+  "$EMBER_BIN" snapshot-merge "$T/merged.mem" "$T/d2.mem" > /dev/null
+  expect_eq "in-place snapshot-merge status" $? 0
+  mkfifo "$T/c.in"
+  exec 5<> "$T/c.in"
+  SOCK=$T/c.sock
+  EMBER_CONSOLE=$T/c.out EMBER_STDIN=$T/c.in start_ember
+  expect_status "load the second Diff's state" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/d2.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/merged.mem\"}, \"resume_vm\": true}"
+  for _ in $(seq 1 150); do [[ $(ticks c | wc -l) -ge 2 ]] && break; sleep 0.2; done
+  first=$(ticks c | head -n 1)
+  [[ -n $n && -n $first && ( $first -eq $((n + 1)) || $first -eq $((n + 2)) ) ]] && pass "the chain's counter went on: $n before, $first after" \
+    || fail "counter after the second restore: '$n' before, '$first' after"
+  echo 'echo DATA3=$(md5sum /tmp/d | cut -c1-32)' >&5
+  wait_for DATA3 150
+  expect_eq "tmpfs data after the chained restore" "$(guest_value DATA3)" "$data_c"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  exec 5>&-
 }
 
 case $case_name in
