@@ -23,7 +23,11 @@ throughput both ways and ping RTT from the namespace's side, Ember and QEMU (vho
 With --vsockperf (a static build of vsock_perf.c) it stages a fourth initrd (the first plus
 /bin/vsockperf) and measures virtio-vsock: Ember's device through its Unix socket with
 Firecracker's `CONNECT <port>` scheme, QEMU's vhost-vsock-device through AF_VSOCK to CID 3.
---only limits `kvm` to some of the figure groups boot, mem, blk, net, vsock, api (default: all).
+The snap group (snapbench.py) measures snapshot create time and size (idle and with 128 MiB
+dirtied), and restore to a responding guest against a cold boot: Ember's Full snapshot loaded
+from a File, QEMU's migration stream saved with `migrate` and loaded with -incoming.
+--only limits `kvm` to some of the figure groups boot, mem, blk, net, vsock, api, snap (default:
+all).
 `startup` measures Ember's process start to API socket accepting; it needs no KVM.
 Each writes raw samples as JSON to FILE; report.py turns them into statistics.
 """
@@ -43,6 +47,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import snapbench
 
 BOOT_ARGS = ("console=ttyS0 quiet reboot=k panic=-1 pci=off i8042.noaux i8042.nomux "
              "i8042.nopnp i8042.dumbkbd -- ")
@@ -75,7 +81,7 @@ NET_VARIANTS = ["ember", "qemu"]
 # Vsock figures: the guest (vsock_perf.c) listens on VSOCK_PORT; both VMMs give it CID 3.
 VSOCK_RUN_TIMEOUT_S = 150
 VSOCK_CID, VSOCK_PORT = 3, 5201
-GROUPS = ("boot", "mem", "blk", "net", "vsock", "api")
+GROUPS = ("boot", "mem", "blk", "net", "vsock", "api", "snap")
 
 
 def log(msg):
@@ -231,7 +237,8 @@ def vmm_argv(vmm, st, vcpus, mem_mib, cmd, tag, io_engine=None, tap=None, vsock_
 class VmmRun:
     MARKERS = ("EMBER_GUEST_INIT", "EMBER_EXIT_STATUS=")
 
-    def __init__(self, argv, env):
+    def __init__(self, argv, env, stdin=subprocess.DEVNULL, markers=()):
+        self.markers = self.MARKERS + tuple(markers)
         self.events = {}
         self.values = {}      # BLK_*, NET_* and VSOCK_*=VALUE lines on the console
         self.value_t = {}     # when each of those first appeared (s since exec)
@@ -242,7 +249,7 @@ class VmmRun:
         self.eof = 0
         self.cond = threading.Condition()
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(argv, env=env, stdin=stdin,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True)
         for name in ("stdout", "stderr"):
@@ -262,7 +269,7 @@ class VmmRun:
                     if kv and kv.group(1) not in self.values:
                         self.values[kv.group(1)] = kv.group(2)
                         self.value_t[kv.group(1)] = now - self.t0
-                    for m in self.MARKERS:
+                    for m in self.markers:
                         if m in line and m not in self.events:
                             self.events[m] = now - self.t0
                             if m == "EMBER_EXIT_STATUS=":
@@ -305,6 +312,11 @@ class VmmRun:
 
     def kill(self):
         """SIGKILLs the VMM; returns None, or a description if it is still there after 20 s."""
+        if self.proc.stdin:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -1071,6 +1083,13 @@ def cmd_kvm(args):
             res["vsock"], res["vsock_params"] = samples, params
             save(res, args.out)
         vsock_interleaved(args, st, save_vsock)
+    if "snap" in args.only:
+        def save_snap(samples):
+            res["snap"] = samples
+            res["snap_params"] = {"vcpus": 1, "mem_mib": 256, "dirty_mib": snapbench.DIRTY_MIB,
+                                  "ping_interval_ms": snapbench.PING_INTERVAL_S * 1000}
+            save(res, args.out)
+        snapbench.run(sys.modules[__name__], args, st, base, save_snap)
     if "api" in args.only:
         ember, env = st["ember"]
         res["api_startup"] = {"ember": [dict(startup_once(ember, env, base, i), run=i)

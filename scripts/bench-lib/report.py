@@ -86,7 +86,31 @@ RUN_METRICS = {"net": NET_METRICS, "vsock": VSOCK_METRICS}
 for _group, _metrics in RUN_METRICS.items():
     for _metric, _key, _unit, _label, _better in _metrics:
         FIGURES.append((_key, "kvm", f"{_group}:{_metric}", _unit, _label, _better))
-GROUPS = ("boot", "mem", "blk", "net", "vsock", "api")
+# Snapshots (measure.py's "snap" samples, see snapbench.py): Ember's Full snapshot (File back end)
+# against QEMU's migration stream saved to a file and loaded with -incoming.
+# (key in results.json, key in the snap samples, sample field or None for "value", unit, label)
+SNAP_FIGURES = [
+    ("snap_restore_to_respond_ms", "restore_to_respond", None, "ms",
+     "Snapshot restore to guest responding, 1 vCPU / 256 MiB (exec to first console answer; "
+     "Ember: PUT /snapshot/load File + resume_vm; QEMU: -incoming exec:cat)"),
+    ("snap_cold_boot_to_respond_ms", "cold_to_respond", None, "ms",
+     "Cold boot to guest responding, same guest (exec to first console answer)"),
+    ("snap_create_idle_ms", "create_idle", None, "ms",
+     "Snapshot create, idle 256 MiB guest (Ember: PUT /snapshot/create Full; QEMU: migrate to "
+     "exec:cat > FILE)"),
+    ("snap_create_dirty128_ms", "create_dirty128", None, "ms",
+     "Snapshot create, 256 MiB guest with 128 MiB of random data in tmpfs"),
+    ("snap_size_idle_mib", "create_idle", "size_mib", "MiB",
+     "Snapshot size on disk, idle guest (Ember: memory file's allocated blocks + state file; "
+     "QEMU: the stream)"),
+    ("snap_size_dirty128_mib", "create_dirty128", "size_mib", "MiB",
+     "Snapshot size on disk, 128 MiB dirtied"),
+    ("snap_vmm_load_ms", "restore_to_respond", "vmm_load_ms", "ms",
+     "Ember only: load request to vCPUs running (Ember's own log of PUT /snapshot/load)"),
+]
+for _key, _skey, _field, _unit, _label in SNAP_FIGURES:
+    FIGURES.append((_key, "kvm", f"snap:{_key}", _unit, _label, "lower"))
+GROUPS = ("boot", "mem", "blk", "net", "vsock", "api", "snap")
 DECIMALS = {"net_rtt_ms": 2, "vsock_connect_ms": 2}  # in results.md; otherwise by unit (see fmt)
 
 
@@ -166,6 +190,23 @@ def net_samples(net, metric):
             else:
                 out[vmm].append({"ok": False, "run": s.get("run"),
                                  "error": s.get("error", f"no {metric}")})
+    return out
+
+
+def snap_samples(snap, skey, field):
+    """One snapshot figure: the samples of snap[skey], their "value" or another field."""
+    out = {}
+    for vmm, samples in snap.get(skey, {}).items():
+        if field == "vmm_load_ms" and vmm != "ember":
+            continue
+        out[vmm] = []
+        for s in samples:
+            v = s.get("value") if field is None else s.get(field)
+            if s.get("ok") and v is not None:
+                out[vmm].append({"ok": True, "value": v, "run": s.get("run")})
+            else:
+                out[vmm].append({"ok": False, "run": s.get("run"),
+                                 "error": s.get("error", f"no {field or 'value'}")})
     return out
 
 
@@ -262,6 +303,10 @@ def main():
         for metric, *_ in metrics if runs else ():
             src["kvm"][f"{name}:{metric}"] = net_samples(runs, metric)
 
+    snap = src["kvm"].get("snap")
+    for key, skey, field, _, _ in SNAP_FIGURES if snap else ():
+        src["kvm"][f"snap:{key}"] = snap_samples(snap, skey, field)
+
     figs, missing = {}, []
     for key, where, skey, unit, label, better in FIGURES:
         if group(key) not in only:
@@ -293,6 +338,12 @@ def main():
         env["blk_params"] = src["kvm"]["blk_params"]
     if src["kvm"].get("net_params") and "net" in only:
         env["net_params"] = src["kvm"]["net_params"]
+    if src["kvm"].get("snap_params") and "snap" in only:
+        env["snap_params"] = src["kvm"]["snap_params"]
+        r = figs.get("snap_restore_to_respond_ms", {}).get("stats", {}).get("ember")
+        c = figs.get("snap_cold_boot_to_respond_ms", {}).get("stats", {}).get("ember")
+        if r and c and r["median"] is not None and c["median"]:
+            env["snap_restore_over_cold_ember"] = r["median"] / c["median"]
     if src["kvm"].get("vsock_params") and "vsock" in only:
         env["vsock_params"] = src["kvm"]["vsock_params"]
     for kv in args.env:
@@ -305,7 +356,7 @@ def main():
         # The net runs too: ping details, guest values, VMM log notes.
         json.dump({"environment": env, "figures": figs,
                    "block_runs": src["kvm"].get("blk"), "net_runs": src["kvm"].get("net"),
-                  "vsock_runs": src["kvm"].get("vsock")}, f, indent=1)
+                  "vsock_runs": src["kvm"].get("vsock"), "snap_runs": snap}, f, indent=1)
 
     lines = ["| figure | Ember median (p10–p90) | QEMU median (p10–p90) | Ember/QEMU "
              "| Ember better if |",
@@ -360,6 +411,21 @@ def main():
                   "docs/vsock.md), datapath in Ember's process; QEMU: -device "
                   "vhost-vsock-device, a Python AF_VSOCK socket to the CID, datapath in L1's "
                   "kernel (vhost_vsock)."]
+    sp = env.get("snap_params")
+    if sp:
+        lines += ["", f"Snapshots: {sp['vcpus']} vCPU / {sp['mem_mib']} MiB guest whose init "
+                  "answers every console line with PONG<line>; each run writes a line to the "
+                  f"VMM's stdin every {sp['ping_interval_ms']:.0f} ms (a restore from its exec "
+                  "on, a cold boot from the guest's ready line on), so "
+                  "'responding' is the same event for a cold boot and a restore, for both VMMs. "
+                  f"dirty128: the guest first writes {sp['dirty_mib']} MiB of /dev/urandom into "
+                  "a tmpfs. Snapshot files live on L1's tmpfs. Ember: Full snapshot, memory file "
+                  "mapped MAP_PRIVATE at load (pages fault in lazily); QEMU 7.2: `migrate` to "
+                  "exec:cat (no file: URI before 8.2) and `-incoming exec:cat FILE`, which reads "
+                  "all of it before the guest runs."]
+        if env.get("snap_restore_over_cold_ember") is not None:
+            lines += ["", "Ember restore / Ember cold boot (medians, to responding): "
+                      f"{env['snap_restore_over_cold_ember']:.3f} (goal <= 0.2)."]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
