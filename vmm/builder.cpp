@@ -262,7 +262,7 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
 
 std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const SnapshotFile& snap, const VmConfig& cfg,
                                              int mem_fd, const std::string& mem_path, const RunOptions& opts,
-                                             Vm::ExitHandler on_exit) {
+                                             Vm::ExitHandler on_exit, bool clock_realtime) {
     if (snap.arch != "x86_64") throw ConfigError("the snapshot is for " + snap.arch + ", not x86_64");
     const HostCpu host = host_cpu();
     if (snap.cpu_vendor != host.vendor)
@@ -298,6 +298,8 @@ std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const 
     // device raised while it was restored reaches the restored irqchip; then every pending
     // interrupt once more, for edges raised before KVM existed.
     vm->kvm_.emplace(Kvm::open(opts.kvm_path));
+    if (clock_realtime && (vm->kvm_->adjust_clock_flags() & KVM_CLOCK_REALTIME) == 0)
+        throw ConfigError("clock_realtime is not supported by this host's KVM (KVM_CAP_ADJUST_CLOCK lacks KVM_CLOCK_REALTIME: Linux 5.16 or later)");
     vm->vm_fd_.emplace(*vm->kvm_);
     vm->vm_fd_->setup_x86_platform(layout::KVM_IDENTITY_MAP, layout::KVM_TSS);
     // track_dirty_pages: KVM logs vCPU writes, GuestMemory device writes, both from now on (after
@@ -310,7 +312,7 @@ std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const 
         vcpu->restore_state(snap.vcpus[i]);
         vm->vcpus_.push_back(std::move(vcpu));
     }
-    vm->vm_fd_->restore_state(snap.vm);
+    vm->vm_fd_->restore_state(snap.vm, clock_realtime);
     dm.register_with(*vm->vm_fd_);
     vm->refire_interrupts();
     return vm;

@@ -28,7 +28,7 @@ public:
     // snapshot does not fit the configuration or this host, or SystemError.
     static std::unique_ptr<Vm> from_snapshot(boost::asio::io_context& io, const SnapshotFile& snap, const VmConfig& cfg,
                                              int mem_fd, const std::string& mem_path, const RunOptions& opts,
-                                             Vm::ExitHandler on_exit);
+                                             Vm::ExitHandler on_exit, bool clock_realtime = false);
 
 private:
     struct HostResources;

@@ -18,6 +18,15 @@
 #         the load), merged in place; that loads and goes on too.
 #   diff-untracked: the same without track_dirty_pages: the Diff holds every resident page
 #         (Firecracker 1.16's mincore fallback), so it is bigger, and still merges and loads.
+#   clock: a 1-vCPU guest on kvm-clock prints a counter and /proc/uptime every second; it is
+#         snapshotted, and 5 s later loaded twice. Without clock_realtime the uptime across the
+#         snapshot grows by no more than a normal tick (kvmclock resumes where it stopped); with
+#         it, by at least the 5 s (KVM_CLOCK_REALTIME). Never backward; the counter goes on.
+#   clones: a 1-vCPU 128 MiB guest on a read-only root answers console lines (PONG) and echoes
+#         on vsock port 52; it is snapshotted and scripts/clone restores it once alone, then 8
+#         times at once from the one memory file: every clone answers on its own console and on
+#         its own vsock socket (vsock_override), and the clones' summed Pss stays below 8 times
+#         the lone clone's Rss, their guest-RAM mappings' Pss below half their Rss (shared pages).
 source "$(dirname "$0")/lib.sh"
 need_guest
 K=$EMBER_KERNEL_DIR
@@ -250,6 +259,123 @@ full)
   ;;
 diff) diff_case true ;;
 diff-untracked) diff_case false ;;
+clock)
+  # uptime_ticks NAME: "counter uptime" per tick line T=counter:uptime.
+  uptime_ticks() { tr -d '\r' < "$T/$1.out" | sed -n 's/^T=\([0-9]*\):\([0-9.]*\)$/\1 \2/p'; }
+  # clock_load NAME CLOCK_REALTIME: a fresh Ember loading vm.snap resumed; waits for 3 ticks.
+  clock_load() {
+    SOCK=$T/$1.sock
+    EMBER_CONSOLE=$T/$1.out start_ember
+    expect_status "load, clock_realtime $2" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/vm.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/vm.mem\"}, \"resume_vm\": true, \"clock_realtime\": $2}"
+    for _ in $(seq 1 300); do [[ $(uptime_ticks "$1" | wc -l) -ge 3 ]] && break; sleep 0.2; done
+    kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  }
+  # check_across NAME MAX_S MIN_S: the restored guest's first tick follows the source's last, its
+  # uptime moved forward by at most MAX_S and at least MIN_S; no uptime ever goes back.
+  check_across() {
+    local first up prev
+    read -r first up < <(uptime_ticks "$1" | head -n 1)
+    [[ -n $first && ( $first -eq $((N + 1)) || $first -eq $((N + 2)) ) ]] && pass "$1: the counter went on: $N, then $first" \
+      || fail "$1: counter after restore: $N before, '$first' after"
+    local delta
+    delta=$(awk -v a="$U" -v b="${up:-0}" 'BEGIN { printf "%.2f", b - a }')
+    awk -v d="$delta" -v hi="$2" -v lo="$3" 'BEGIN { exit !(d <= hi && d >= lo) }' \
+      && pass "$1: uptime across the snapshot +$delta s (within $3..$2)" || fail "$1: uptime across the snapshot +$delta s, wanted $3..$2 ($U, then $up)"
+    prev=$U
+    while read -r _ up; do
+      awk -v a="$prev" -v b="$up" 'BEGIN { exit !(b >= a) }' || fail "$1: uptime went back: $prev, then $up"
+      prev=$up
+    done < <(uptime_ticks "$1")
+  }
+  CMD='echo CS=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource); i=0; while true; do i=$((i+1)); read u r </proc/uptime; echo T=$i:$u; sleep 1; done'
+  SOCK=$T/a.sock
+  EMBER_CONSOLE=$T/a.out start_ember
+  expect_status "machine-config" 204 PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+  # kvmclock rates itself below an invariant TSC (kvmclock.c): the guest is told to use it.
+  expect_status "boot-source" 204 PUT /boot-source "{\"kernel_image_path\": \"$K/vmlinux\", \"initrd_path\": \"$EMBER_ROOTFS_DIR/initrd.cpio.gz\", \"boot_args\": \"$BASE_ARGS clocksource=kvm-clock -- $CMD\"}"
+  expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  for _ in $(seq 1 600); do [[ $(uptime_ticks a | wc -l) -ge 4 ]] && break; kill -0 "$EMBER_PID" 2>/dev/null || break; sleep 0.2; done
+  expect_eq "guest clocksource" "$(guest_value CS)" kvm-clock
+  expect_status "pause" 204 PATCH /vm '{"state": "Paused"}'
+  expect_status "snapshot/create" 204 PUT /snapshot/create "{\"snapshot_path\": \"$T/vm.snap\", \"mem_file_path\": \"$T/vm.mem\"}"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  read -r N U < <(uptime_ticks a | tail -n 1)
+  # The longest tick interval before the snapshot: what one tick takes on this (TCG) host.
+  TICK=$(uptime_ticks a | awk 'NR > 1 && $2 - p > m { m = $2 - p } { p = $2 } END { printf "%.2f", m }')
+  [[ -n $N && $N -ge 4 ]] && pass "counter $N, uptime $U s, longest tick $TICK s before the snapshot" || { fail "no ticks before the snapshot"; give_up; }
+  sleep 5
+  # Without clock_realtime: at most one tick plus 1 s, although 5 s passed.
+  clock_load b false
+  check_across b "$(awk -v t="$TICK" 'BEGIN { print t + 1 }')" 0
+  # With it: KVM_GET_CLOCK has a realtime reading only in master-clock mode (host clocksource tsc).
+  if [[ $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) == tsc ]]; then
+    clock_load c true
+    check_across c 100000 5
+  else
+    SOCK=$T/c.sock
+    EMBER_CONSOLE=$T/c.out start_ember
+    expect_status "load, clock_realtime true, no realtime in the state" 400 PUT /snapshot/load "{\"snapshot_path\": \"$T/vm.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/vm.mem\"}, \"clock_realtime\": true}"
+    [[ $LAST == *'clock_realtime requested but not present in the snapshot state'* ]] && pass "Firecracker's error" || fail "load: $LAST"
+    kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  fi
+  ;;
+clones)
+  gcc -static -O2 -Wall -Wextra -Werror -o "$T/vsock_echo" "$(dirname "$0")/guest/vsock_echo.c" || { fail "cannot build vsock_echo.c"; finish; }
+  put_file "$T/vsock_echo" /vsock_echo 0100755
+  printf '%s\n' '/vsock_echo listen 52 &' 'sleep 1' 'echo READY=1' 'while read l; do echo PONG $l; done' > "$T/t.sh"
+  put_file "$T/t.sh" /t.sh 0100644
+  SOCK=$T/a.sock
+  EMBER_CONSOLE=$T/a.out start_ember
+  expect_status "machine-config" 204 PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 128}'
+  expect_status "boot-source" 204 PUT /boot-source "{\"kernel_image_path\": \"$K/vmlinux\", \"boot_args\": \"$BASE_ARGS -- sh /t.sh\"}"
+  # Read-only: every clone runs from this one image (a writable one must not be shared).
+  expect_status "rootfs" 204 PUT /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$T/root.ext4\", \"is_root_device\": true, \"is_read_only\": true}"
+  expect_status "vsock" 204 PUT /vsock "{\"guest_cid\": 3, \"uds_path\": \"$T/src.vsock\"}"
+  expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  wait_for READY 300
+  expect_status "pause" 204 PATCH /vm '{"state": "Paused"}'
+  expect_status "snapshot/create" 204 PUT /snapshot/create "{\"snapshot_path\": \"$T/vm.snap\", \"mem_file_path\": \"$T/vm.mem\"}"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  # The source's socket file stays behind: a clone without vsock_override could not bind it.
+  [[ -S $T/src.vsock ]] && pass "the source's vsock socket is still there" || fail "no $T/src.vsock"
+  CLONE=$(dirname "$0")/../../scripts/clone
+  EMBER_BIN=$EMBER_BIN python3 "$CLONE" -n 8 --snapshot "$T/vm.snap" --mem "$T/vm.mem" --vsock-port 52 --baseline \
+    --dir "$T/clones" --json "$T/clones.json" --timeout 400 2> "$T/clone.err"
+  rc=$?
+  cat "$T/clone.err"
+  expect_eq "scripts/clone status" "$rc" 0
+  [[ -f $T/clones.json ]] || { fail "no clones.json"; finish; }
+  python3 - "$T/clones.json" <<'PY' || fail "clone figures (above)"
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = []
+base = r["baseline"]
+one_rss = base["rss_kib"]
+rnd = r["rounds"][0]
+if rnd["errors"] or base["errors"]:
+    bad.append(f"errors: {base['errors'] + rnd['errors']}")
+for c in rnd["clones"]:
+    if not all(k in c for k in ("t_loaded", "t_respond", "t_vsock")):
+        bad.append(f"clone {c['clone']} did not answer everywhere: {c}")
+s = rnd["summary"]
+print(f"FIGURES: one restore alone: loaded {base['clones'][0]['t_loaded']} ms, answered {base['clones'][0]['t_respond']} ms, Rss {one_rss >> 10} MiB")
+print(f"FIGURES: 8 clones: loaded p50 {s['t_loaded']['p50']} p95 {s['t_loaded']['p95']} ms; answered p50 {s['t_respond']['p50']} p95 {s['t_respond']['p95']} ms; vsock p95 {s['t_vsock']['p95']} ms")
+print(f"FIGURES: 8 clones: sum Rss {rnd['rss_kib'] >> 10} MiB, sum Pss {rnd['pss_kib'] >> 10} MiB; guest RAM mappings Rss {rnd['ram_rss_kib'] >> 10} MiB, Pss {rnd['ram_pss_kib'] >> 10} MiB")
+if not rnd["pss_kib"] < 8 * one_rss:
+    bad.append(f"sum Pss {rnd['pss_kib']} KiB >= 8 x one clone's Rss {one_rss} KiB: no sharing")
+if not 2 * rnd["ram_pss_kib"] < rnd["ram_rss_kib"]:
+    bad.append(f"guest RAM Pss {rnd['ram_pss_kib']} KiB not below half its Rss {rnd['ram_rss_kib']} KiB")
+for b in bad:
+    print("FAIL:", b)
+sys.exit(1 if bad else 0)
+PY
+  # Each console holds its own clone's answer and no other's.
+  for i in $(seq 0 7); do
+    mine=$(tr -d '\r' < "$T/clones/r0/c$i.out" | grep -c "^PONG ping $i\$")
+    others=$(tr -d '\r' < "$T/clones/r0/c$i.out" | grep '^PONG ping ' | grep -vc "^PONG ping $i\$")
+    [[ $mine -ge 1 && $others -eq 0 ]] && pass "clone $i: its own console answered ($mine)" || fail "clone $i console: $mine own, $others other answers"
+  done
+  ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
 finish

@@ -12,6 +12,7 @@
 
 #include <catch2/catch.hpp>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -19,6 +20,8 @@
 #include <span>
 #include <string>
 #include <sys/ioctl.h>
+#include <thread>
+#include <time.h>
 #include <type_traits>
 #include <vector>
 
@@ -378,4 +381,64 @@ TEST_CASE("kvm_vcpu_state_roundtrip: KVM's dirty log holds the pages the guest w
     // A slot registered without logging has no log (KVM answers ENOENT).
     Machine plain(kvm);
     CHECK_THROWS_WITH(plain.vm.get_dirty_log(0, pages), Catch::Contains("KVM_GET_DIRTY_LOG"));
+TEST_CASE("kvm_vcpu_state_roundtrip: KVM_CLOCK_REALTIME on restore advances the clock by the host time since the save") {
+    using namespace std::chrono;
+    const Kvm kvm = Kvm::open();
+    Machine a(kvm);
+    boot_real_mode(kvm, a);
+    REQUIRE(run_outs(a, 5) == iota16(1, 5)); // KVM_RUN settles the master clock
+    const VmState s = a.vm.save_state();
+    auto restore_clock = [&](const VmState& st, bool realtime) {
+        Machine m(kvm);
+        m.vm.restore_state(st, realtime);
+        return m.vm.get_clock();
+    };
+    // Firecracker's ClockRealtimeNotInState, before anything is set.
+    VmState no_rt = s;
+    no_rt.clock.flags &= ~std::uint32_t{KVM_CLOCK_REALTIME};
+    {
+        Machine m(kvm);
+        REQUIRE_THROWS_WITH(m.vm.restore_state(no_rt, true), "clock_realtime requested but not present in the snapshot state");
+    }
+    if ((s.clock.flags & KVM_CLOCK_REALTIME) == 0) {
+        // x86.c __get_kvmclock: a realtime reading needs the master clock (host clocksource tsc).
+        WARN("KVM_GET_CLOCK gave no KVM_CLOCK_REALTIME (host clocksource not tsc?): the realtime restore is unchecked");
+        REQUIRE_THROWS_WITH(restore_clock(s, true), "clock_realtime requested but not present in the snapshot state");
+        return;
+    }
+    CHECK((kvm.adjust_clock_flags() & KVM_CLOCK_REALTIME) != 0);
+    CHECK(s.clock.realtime > 0);
+
+    constexpr auto SLEEP = milliseconds(500);
+    std::this_thread::sleep_for(SLEEP);
+    const auto ns = [](auto d) { return static_cast<std::uint64_t>(duration_cast<nanoseconds>(d).count()); };
+    constexpr std::uint64_t SLACK = 50'000'000; // kvmclock vs. the host's clocks, ioctl latency in TCG
+
+    // Without the flag: where it was, plus only what passed during the restore itself.
+    auto t0 = steady_clock::now();
+    const kvm_clock_data plain = restore_clock(s, false);
+    const std::uint64_t plain_took = ns(steady_clock::now() - t0);
+    CHECK(plain.clock >= s.clock.clock);
+    CHECK(plain.clock - s.clock.clock <= plain_took + SLACK);
+    CHECK(plain.clock - s.clock.clock < ns(SLEEP));
+
+    // With it: at least the sleep ahead, at most the host wall time since the save.
+    const std::uint64_t since_save = [] {
+        timespec now{};
+        ::clock_gettime(CLOCK_REALTIME, &now);
+        return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(now.tv_nsec);
+    }() - s.clock.realtime;
+    t0 = steady_clock::now();
+    const kvm_clock_data rt = restore_clock(s, true);
+    const std::uint64_t rt_took = ns(steady_clock::now() - t0);
+    CHECK(rt.clock >= s.clock.clock + ns(SLEEP));
+    CHECK(rt.clock - s.clock.clock <= since_save + rt_took + SLACK);
+
+    // A saved realtime in the future never moves the clock back (x86.c: only now_real > realtime).
+    VmState future = s;
+    future.clock.realtime += 3600ULL * 1'000'000'000ULL;
+    t0 = steady_clock::now();
+    const kvm_clock_data f = restore_clock(future, true);
+    CHECK(f.clock >= s.clock.clock);
+    CHECK(f.clock - s.clock.clock <= ns(steady_clock::now() - t0) + SLACK);
 }

@@ -142,6 +142,10 @@ Kvm Kvm::open(const std::string& path, const std::vector<std::uint32_t>& add, co
 }
 
 int Kvm::check_extension(long cap) const noexcept { return xioctl(fd_.get(), KVM_CHECK_EXTENSION, cap); }
+std::uint32_t Kvm::adjust_clock_flags() const noexcept {
+    const int r = check_extension(KVM_CAP_ADJUST_CLOCK);
+    return r > 0 ? static_cast<std::uint32_t>(r) : 0;
+}
 
 std::vector<kvm_cpuid_entry2> Kvm::supported_cpuid() const {
     for (std::uint32_t n = 128; n <= 4096; n *= 2) {
@@ -257,7 +261,9 @@ VmState VmFd::save_state() const {
     return s;
 }
 
-void VmFd::restore_state(const VmState& state) {
+void VmFd::restore_state(const VmState& state, bool clock_realtime) {
+    if (clock_realtime && (state.clock.flags & KVM_CLOCK_REALTIME) == 0)
+        throw ConfigError("clock_realtime requested but not present in the snapshot state");
     // The chips before the PIT: a tick the restored PIT delivers lands in the restored chips
     // instead of being overwritten by them.
     set_irqchip(state.pic_master);
@@ -265,9 +271,15 @@ void VmFd::restore_state(const VmState& state) {
     set_irqchip(state.ioapic);
     set_pit(state.pit);
     // KVM_GET_CLOCK's flags describe the reading (KVM_CLOCK_TSC_STABLE is output only) and
-    // kernels before 5.16 refuse any flag on KVM_SET_CLOCK: the value alone goes back.
+    // kernels before 5.16 refuse any flag on KVM_SET_CLOCK: the value alone goes back, with
+    // KVM_CLOCK_REALTIME and its `realtime` only when asked (x86.c kvm_vm_ioctl_set_clock adds
+    // now_real - realtime when positive).
     kvm_clock_data clock{};
     clock.clock = state.clock.clock;
+    if (clock_realtime) {
+        clock.flags = KVM_CLOCK_REALTIME;
+        clock.realtime = state.clock.realtime;
+    }
     set_clock(clock);
 }
 

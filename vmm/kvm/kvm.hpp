@@ -62,6 +62,9 @@ public:
 
     int fd() const noexcept { return fd_.get(); }
     int check_extension(long cap) const noexcept;
+    // KVM_CHECK_EXTENSION(KVM_CAP_ADJUST_CLOCK): the KVM_SET_CLOCK flags this kernel takes
+    // (x86.c: KVM_CLOCK_VALID_FLAGS since 5.16, KVM_CLOCK_TSC_STABLE before); 0 when it has none.
+    std::uint32_t adjust_clock_flags() const noexcept;
     std::size_t vcpu_mmap_size() const noexcept { return mmap_size_; }
     // KVM_GET_SUPPORTED_CPUID, grown until the kernel's table fits.
     std::vector<kvm_cpuid_entry2> supported_cpuid() const;
@@ -116,9 +119,13 @@ public:
 
     // Needs the setup_x86_platform() devices. Save with every vCPU out of KVM_RUN.
     VmState save_state() const;
-    // Into a VM set up by setup_x86_platform(), before its vCPUs run. The clock is set to the
-    // saved value with no flags: it resumes where it stopped, not advanced by the time between.
-    void restore_state(const VmState& state);
+    // Into a VM set up by setup_x86_platform(), before its vCPUs run. Without `clock_realtime`
+    // the clock is set to the saved value with no flags: it resumes where it stopped, not
+    // advanced by the time between. With it, KVM_CLOCK_REALTIME goes along with the saved
+    // `realtime` and KVM advances the clock by the host wall time since the save, never back
+    // (Firecracker's KvmVm::restore_state); throws ConfigError with Firecracker's message when
+    // the saved reading has no realtime (KVM_GET_CLOCK gives one only in master-clock mode).
+    void restore_state(const VmState& state, bool clock_realtime = false);
 
 private:
     UniqueFd fd_;
