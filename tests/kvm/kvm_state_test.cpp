@@ -381,6 +381,8 @@ TEST_CASE("kvm_vcpu_state_roundtrip: KVM's dirty log holds the pages the guest w
     // A slot registered without logging has no log (KVM answers ENOENT).
     Machine plain(kvm);
     CHECK_THROWS_WITH(plain.vm.get_dirty_log(0, pages), Catch::Contains("KVM_GET_DIRTY_LOG"));
+}
+
 TEST_CASE("kvm_vcpu_state_roundtrip: KVM_CLOCK_REALTIME on restore advances the clock by the host time since the save") {
     using namespace std::chrono;
     const Kvm kvm = Kvm::open();
