@@ -318,7 +318,6 @@ Response Controller::pre_boot(const LoadSnapshot& a) {
     if (exited_) return Response::bad_request("the microVM has already ended");
     // Firecracker's LoadSnapshotNotAllowed (rpc_interface.rs).
     if (boot_configured_) return Response::bad_request("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
-    if (p.backend == MemBackend::Uffd) return Response::bad_request("mem_backend Uffd is not supported yet: load the memory file with File");
     if (p.mem_file_path_used) LOG_WARN("PUT /snapshot/load: mem_file_path field is deprecated.");
     if (p.enable_diff_snapshots_used) LOG_WARN("PUT /snapshot/load: enable_diff_snapshots field is deprecated.");
     const auto t0 = std::chrono::steady_clock::now();
@@ -345,9 +344,14 @@ Response Controller::pre_boot(const LoadSnapshot& a) {
         // vm_resources.serial_out_path), not the snapshotted process's.
         cfg.console.serial_out_path = cfg_.console.serial_out_path;
         cfg.console.serial_rate_limiter = cfg_.console.serial_rate_limiter;
-        UniqueFd mem(::open(p.backend_path.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!mem.valid()) throw ConfigError("cannot open memory file " + p.backend_path + ": " + std::strerror(errno));
-        vm_ = VmBuilder::from_snapshot(io_, snap, cfg, mem.get(), p.backend_path, opts_, exit_handler(), p.clock_realtime);
+        UniqueFd mem;
+        SnapshotMemory source = UffdMemory{p.backend_path};
+        if (p.backend == MemBackend::File) {
+            mem.reset(::open(p.backend_path.c_str(), O_RDONLY | O_CLOEXEC));
+            if (!mem.valid()) throw ConfigError("cannot open memory file " + p.backend_path + ": " + std::strerror(errno));
+            source = FileMemory{mem.get(), p.backend_path};
+        }
+        vm_ = VmBuilder::from_snapshot(io_, snap, cfg, source, opts_, exit_handler(), p.clock_realtime);
         vm_->start(!p.resume_vm);
     } catch (const std::exception& e) {
         vm_.reset();

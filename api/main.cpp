@@ -3,6 +3,7 @@
 #include "api/config.hpp"
 #include "api/controller.hpp"
 #include "api/http_server.hpp"
+#include "api/uffd_handler.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
 #include "vmm/base/sparse_file.hpp"
@@ -186,6 +187,8 @@ int run(const Settings& set) {
 } // namespace
 
 int main(int argc, char** argv) {
+    // `ember uffd-handler ...`: the page-fault handler for Uffd snapshot loads, not a VMM.
+    if (argc >= 2 && std::strcmp(argv[1], "uffd-handler") == 0) return ember::uffd_handler_main(argc - 1, argv + 1);
     ember::log::mark_process_start();
     pthread_setname_np(pthread_self(), "ember_vmm");
     std::signal(SIGPIPE, SIG_IGN);

@@ -20,11 +20,13 @@
 #include "vmm/base/logger.hpp"
 #include "vmm/drives.hpp"
 #include "vmm/host_console.hpp"
+#include "vmm/uffd_backend.hpp"
 
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <type_traits>
 
 namespace ember {
 namespace {
@@ -261,8 +263,8 @@ std::unique_ptr<Vm> VmBuilder::for_boot(boost::asio::io_context& io, const VmCon
 }
 
 std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const SnapshotFile& snap, const VmConfig& cfg,
-                                             int mem_fd, const std::string& mem_path, const RunOptions& opts,
-                                             Vm::ExitHandler on_exit, bool clock_realtime) {
+                                             const SnapshotMemory& memory, const RunOptions& opts, Vm::ExitHandler on_exit,
+                                             bool clock_realtime) {
     if (snap.arch != "x86_64") throw ConfigError("the snapshot is for " + snap.arch + ", not x86_64");
     const HostCpu host = host_cpu();
     if (snap.cpu_vendor != host.vendor)
@@ -286,9 +288,23 @@ std::unique_ptr<Vm> VmBuilder::from_snapshot(boost::asio::io_context& io, const 
     if (!same) throw ConfigError("the snapshot's memory regions do not match its " + std::to_string(cfg.machine.mem_size_mib) + " MiB configuration");
 
     HostResources res = open_host_resources(cfg);
-    GuestMemory mem = GuestMemory::with_regions_from_file(layout_regions, mem_fd, mem_path);
+    // Uffd: anonymous RAM nothing has touched, handed to the page-fault handler before any device
+    // restore reads guest memory (Firecracker's guest_memory_from_uffd, then the devices).
+    std::optional<UffdBackend> uffd;
+    GuestMemory mem = std::visit(
+        [&](const auto& m) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(m)>, FileMemory>) {
+                return GuestMemory::with_regions_from_file(layout_regions, m.fd, m.path);
+            } else {
+                GuestMemory g = GuestMemory::with_regions(layout_regions);
+                uffd = connect_uffd_backend(g, m.socket_path);
+                return g;
+            }
+        },
+        memory);
 
     std::unique_ptr<Vm> vm(new Vm(io, std::move(mem), std::move(on_exit)));
+    vm->uffd_ = std::move(uffd);
     DeviceManager& dm = vm->devices_;
     attach_devices(*vm, io, cfg, opts, res, &snap);
 

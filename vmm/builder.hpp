@@ -12,8 +12,21 @@
 
 #include <boost/asio/io_context.hpp>
 #include <memory>
+#include <string>
+#include <variant>
 
 namespace ember {
+
+// Where a loaded snapshot's guest memory comes from (PUT /snapshot/load mem_backend): a memory
+// file mapped privately (File), or a page-fault handler listening on a Unix socket (Uffd).
+struct FileMemory {
+    int fd;
+    std::string path;
+};
+struct UffdMemory {
+    std::string socket_path;
+};
+using SnapshotMemory = std::variant<FileMemory, UffdMemory>;
 
 class VmBuilder {
 public:
@@ -27,8 +40,8 @@ public:
     // slot it had, and the VM and vCPUs get their KVM state back. Throws ConfigError when the
     // snapshot does not fit the configuration or this host, or SystemError.
     static std::unique_ptr<Vm> from_snapshot(boost::asio::io_context& io, const SnapshotFile& snap, const VmConfig& cfg,
-                                             int mem_fd, const std::string& mem_path, const RunOptions& opts,
-                                             Vm::ExitHandler on_exit, bool clock_realtime = false);
+                                             const SnapshotMemory& mem, const RunOptions& opts, Vm::ExitHandler on_exit,
+                                             bool clock_realtime = false);
 
 private:
     struct HostResources;

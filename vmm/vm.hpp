@@ -7,6 +7,7 @@
 #include "vmm/device_manager.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/snapshot_memory.hpp"
+#include "vmm/uffd_backend.hpp"
 #include "vmm/vcpu.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -80,6 +81,7 @@ private:
     boost::asio::io_context& io_;
     ExitHandler on_exit_;
     GuestMemory mem_;
+    std::optional<UffdBackend> uffd_; // Uffd-loaded RAM: the handler's socket and uffd, held for the VM's life
     std::optional<Kvm> kvm_;
     std::optional<VmFd> vm_fd_;
     // Declared after mem_ so they are destroyed first: their in-flight I/O targets guest RAM.

@@ -27,6 +27,10 @@
 #         times at once from the one memory file: every clone answers on its own console and on
 #         its own vsock socket (vsock_override), and the clones' summed Pss stays below 8 times
 #         the lone clone's Rss, their guest-RAM mappings' Pss below half their Rss (shared pages).
+#   uffd: the same guest, snapshotted, then loaded with mem_backend Uffd and its pages served
+#         lazily by `ember uffd-handler` (after a 400 for a socket nobody listens on): the
+#         counter goes on, the data's hash is unchanged, the console and the disk work, and
+#         the handler copied some but not all of the guest's pages.
 source "$(dirname "$0")/lib.sh"
 need_guest
 K=$EMBER_KERNEL_DIR
@@ -154,6 +158,72 @@ diff_case() {
   expect_eq "tmpfs data after the chained restore" "$(guest_value DATA3)" "$data_c"
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 5>&-
+}
+
+# uffd_case: see `uffd` above. Self-contained (its own boot and snapshot) so other cases can
+# change independently.
+uffd_case() {
+  printf '%s\n' 'cd /tmp' 'head -c 33554432 /dev/urandom > d' 'echo DATA=$(md5sum d | cut -c1-32)' 'i=0' \
+    'while true; do i=$((i+1)); echo TICK=$i; if read -t 1 c; then eval "$c"; fi; done' > "$T/t.sh"
+  put_file "$T/t.sh" /t.sh 0100644
+  SOCK=$T/a.sock
+  EMBER_CONSOLE=$T/a.out start_ember
+  expect_status "machine-config" 204 PUT /machine-config '{"vcpu_count": 2, "mem_size_mib": 256}'
+  expect_status "boot-source" 204 PUT /boot-source "{\"kernel_image_path\": \"$K/vmlinux\", \"boot_args\": \"$BASE_ARGS -- sh /t.sh\"}"
+  expect_status "rootfs" 204 PUT /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$T/root.ext4\", \"is_root_device\": true, \"is_read_only\": false}"
+  expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  wait_for DATA 300
+  DATA=$(tr -d '\r' < "$T/a.out" | sed -n 's/^DATA=//p')
+  for _ in $(seq 1 150); do [[ $(ticks a | tail -n 1) -ge 3 ]] && break; sleep 0.2; done
+  expect_status "pause" 204 PATCH /vm '{"state": "Paused"}'
+  expect_status "snapshot/create" 204 PUT /snapshot/create "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$T/vm.snap\", \"mem_file_path\": \"$T/vm.mem\"}"
+  N=$(ticks a | tail -n 1)
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  [[ -n $N && $N -ge 3 ]] && pass "the counter reached $N before the snapshot" || fail "counter before snapshot: '$N'"
+
+  mkfifo "$T/b.in"
+  exec 3<> "$T/b.in"
+  SOCK=$T/b.sock
+  EMBER_CONSOLE=$T/b.out EMBER_STDIN=$T/b.in start_ember
+  # Nobody listens on the handler's socket yet: Firecracker's error, and nothing started.
+  expect_status "load with no handler" 400 PUT /snapshot/load "{\"snapshot_path\": \"$T/vm.snap\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"$T/uffd.sock\"}}"
+  [[ $LAST == *'Failed to connect to UDS Unix stream'* ]] && pass "missing handler named as Firecracker does" || fail "no handler: $LAST"
+  expect_status "GET / after the refusal" 200 GET / ''
+  [[ $LAST == *'"state":"Not started"'* ]] && pass "nothing started" || fail "state: $LAST"
+
+  "$EMBER_BIN" uffd-handler --accept-timeout 120 "$T/uffd.sock" "$T/vm.mem" 2> "$T/uffd.err" &
+  HANDLER_PID=$!
+  for _ in $(seq 1 100); do grep -q listening "$T/uffd.err" 2>/dev/null && break; sleep 0.1; done
+  t0=$(date +%s%N)
+  expect_status "snapshot/load Uffd" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/vm.snap\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"$T/uffd.sock\"}, \"resume_vm\": false}"
+  echo "snapshot load (Uffd) took $(( ($(date +%s%N) - t0) / 1000000 )) ms (under TCG)"
+  expect_status "GET / after load" 200 GET / ''
+  [[ $LAST == *'"state":"Paused"'* ]] && pass "loaded paused" || fail "state after load: $LAST"
+  expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
+  for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
+  first=$(ticks b | head -n 1)
+  [[ -n $first && ( $first -eq $((N + 1)) || $first -eq $((N + 2)) ) ]] && pass "the counter went on: $N before, $first after" \
+    || fail "counter after restore: $N before, '$first' after"
+  echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&3
+  wait_for DATA2 120
+  expect_eq "tmpfs data after a Uffd restore" "$(tr -d '\r' < "$T/b.out" | sed -n 's/^DATA2=//p')" "$DATA"
+  echo 'echo written-after-uffd-restore > /after.txt; sync; echo WROTE=1' >&3
+  wait_for WROTE 120
+  echo 'reboot -f' >&3
+  wait_exit 60
+  exec 3>&-
+  expect_eq "restored Ember status" "$RC" 0
+  expect_eq "file written after restore" "$(debugfs -R 'cat /after.txt' "$T/root.ext4" 2>/dev/null)" written-after-uffd-restore
+  # The handler ends with the VMM and reports what it served.
+  for _ in $(seq 1 100); do kill -0 "$HANDLER_PID" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$HANDLER_PID" 2>/dev/null; then fail "the handler outlived the VMM"; kill -9 "$HANDLER_PID"; fi
+  wait "$HANDLER_PID"; hrc=$?
+  expect_eq "handler status" "$hrc" 0
+  stats=$(grep '^pages_copied=' "$T/uffd.err")
+  echo "handler: $stats (guest RAM: $(( 256 << 8 )) pages)"
+  copied=$(sed -n 's/^pages_copied=\([0-9]*\).*/\1/p' <<< "$stats")
+  [[ -n $copied && $copied -gt 0 && $copied -lt $(( 256 << 8 )) ]] && pass "lazy: $copied of $(( 256 << 8 )) pages copied" \
+    || { fail "pages copied: '$stats'"; cat "$T/uffd.err" >&2; }
 }
 
 case $case_name in
@@ -376,6 +446,7 @@ PY
     [[ $mine -ge 1 && $others -eq 0 ]] && pass "clone $i: its own console answered ($mine)" || fail "clone $i console: $mine own, $others other answers"
   done
   ;;
+uffd) uffd_case ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
 finish
