@@ -107,6 +107,16 @@ SNAP_FIGURES = [
      "Snapshot size on disk, 128 MiB dirtied"),
     ("snap_vmm_load_ms", "restore_to_respond", "vmm_load_ms", "ms",
      "Ember only: load request to vCPUs running (Ember's own log of PUT /snapshot/load)"),
+    ("snap_fanout1_respond_ms", "fanout", "baseline_ms", "ms",
+     "Ember only: one clone restored alone by scripts/clone, exec to console answer"),
+    ("snap_fanout8_respond_p50_ms", "fanout", "p50_ms", "ms",
+     "Ember only: 8 clones of one snapshot at once (scripts/clone), exec to answer, p50"),
+    ("snap_fanout8_respond_p95_ms", "fanout", None, "ms",
+     "Ember only: 8 clones at once, exec to answer, p95"),
+    ("snap_fanout8_rss_mib", "fanout", "rss_mib", "MiB",
+     "Ember only: 8 clones' summed Rss once all answered"),
+    ("snap_fanout8_pss_mib", "fanout", "pss_mib", "MiB",
+     "Ember only: 8 clones' summed Pss (shared page cache counted once)"),
 ]
 for _key, _skey, _field, _unit, _label in SNAP_FIGURES:
     FIGURES.append((_key, "kvm", f"snap:{_key}", _unit, _label, "lower"))
@@ -344,6 +354,10 @@ def main():
         c = figs.get("snap_cold_boot_to_respond_ms", {}).get("stats", {}).get("ember")
         if r and c and r["median"] is not None and c["median"]:
             env["snap_restore_over_cold_ember"] = r["median"] / c["median"]
+        f = figs.get("snap_fanout8_respond_p95_ms", {}).get("stats", {}).get("ember")
+        o = figs.get("snap_fanout1_respond_ms", {}).get("stats", {}).get("ember")
+        if f and o and f["median"] is not None and o["median"]:
+            env["snap_fanout8_p95_over_one"] = f["median"] / o["median"]
     if src["kvm"].get("vsock_params") and "vsock" in only:
         env["vsock_params"] = src["kvm"]["vsock_params"]
     for kv in args.env:
@@ -426,6 +440,10 @@ def main():
         if env.get("snap_restore_over_cold_ember") is not None:
             lines += ["", "Ember restore / Ember cold boot (medians, to responding): "
                       f"{env['snap_restore_over_cold_ember']:.3f} (goal <= 0.2)."]
+        if env.get("snap_fanout8_p95_over_one") is not None:
+            lines += ["", "Ember fan-out: p95 of 8 clones at once / one clone alone: "
+                      f"{env['snap_fanout8_p95_over_one']:.2f} (goal <= 2; L1 has 2 vCPUs for 8 "
+                      "clones)."]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)

@@ -19,6 +19,9 @@ Restore (idle snapshot, `runs` rounds, Ember and QEMU interleaved, alternating w
          first PONG, the PUT's wall time and Ember's "snapshot loaded ... in N us".
   QEMU:  exec with -incoming "exec:cat FILE" (reads the whole state eagerly); exec to first PONG.
 Cold boot (same rounds): each VMM booted from scratch with the same command; exec to first PONG.
+Fan-out (Ember only): scripts/clone restores the idle snapshot once alone, then FANOUT clones at
+once from the one memory file; each clone's time from the common exec moment to its console
+answer (p50, p95), and the clones' summed Rss and Pss once all answered.
 """
 import json
 import os
@@ -32,6 +35,8 @@ DIRTY_MIB = 128
 PING_INTERVAL_S = 0.01
 SNAP_TIMEOUT_S = 120
 SNAP_RUN_TIMEOUT_S = 90
+FANOUT = 8
+CLONE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clone")
 
 
 def snap_cmd(dirty):
@@ -293,6 +298,37 @@ def cold_to_respond(m, st, vmm):
     return m.finish(r, m.guarded(r, measure))
 
 
+def fanout(m, st, snap, mem, d):
+    """scripts/clone -n FANOUT --baseline on the idle snapshot; one sample of Ember figures."""
+    out = f"{d}/clone.json"
+    exe, env = st["ember"]
+    argv = ["python3", CLONE, "-n", str(FANOUT), "--snapshot", snap, "--mem", mem, "--baseline",
+            "--ember", exe, "--dir", f"{d}/clones", "--json", out, "--send", "ping {i}",
+            "--expect", r"PONGping {i}$", "--timeout", str(SNAP_RUN_TIMEOUT_S)]
+    try:
+        p = subprocess.run(argv, env=env, capture_output=True, text=True,
+                           timeout=3 * SNAP_RUN_TIMEOUT_S + 60)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "scripts/clone timed out"}
+    try:
+        with open(out) as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return {"ok": False, "error": f"scripts/clone exit {p.returncode}",
+                "stderr_tail": p.stderr.splitlines()[-8:]}
+    if p.returncode != 0 or not r.get("ok") or not r.get("rounds"):
+        return {"ok": False, "error": f"scripts/clone exit {p.returncode}",
+                "stderr_tail": p.stderr.splitlines()[-8:]}
+    rnd, s = r["rounds"][0], r["rounds"][0]["summary"]["t_respond"]
+    base = r["baseline"]["clones"][0]
+    return {"ok": True, "value": s["p95"], "p50_ms": s["p50"], "baseline_ms": base["t_respond"],
+            "p95_over_one": s["p95"] / base["t_respond"] if base["t_respond"] else None,
+            "loaded_p95_ms": rnd["summary"]["t_loaded"]["p95"],
+            "rss_mib": rnd["rss_kib"] / 1024, "pss_mib": rnd["pss_kib"] / 1024,
+            "ram_rss_mib": rnd["ram_rss_kib"] / 1024, "ram_pss_mib": rnd["ram_pss_kib"] / 1024,
+            "one_rss_mib": r["baseline"]["rss_kib"] / 1024, "clones": FANOUT}
+
+
 def run(m, args, st, base, save_fn):
     """All snapshot figures; calls save_fn(partial results) after each figure."""
     d = f"{base}/snap"
@@ -327,6 +363,15 @@ def run(m, args, st, base, save_fn):
     res["restore_to_respond"] = m.interleaved(args.runs, ["ember", "qemu"], restore_counter(restore),
                                               "restore to respond ms")
     save_fn(res)
+    if ember_out:
+        s = fanout(m, st, *ember_out, d)
+        s["run"] = 0
+        res["fanout"] = {"ember": [s]}
+        m.log(f"fan-out of {FANOUT}: " + (
+            f"answered p50 {s['p50_ms']:.0f} p95 {s['value']:.0f} ms (one alone "
+            f"{s['baseline_ms']:.0f} ms); sum Rss {s['rss_mib']:.0f} MiB, Pss {s['pss_mib']:.0f} MiB"
+            if s["ok"] else f"FAILED ({s['error']})"))
+        save_fn(res)
     res["cold_to_respond"] = m.interleaved(args.runs, ["ember", "qemu"],
                                            lambda v: cold_to_respond(m, st, v),
                                            "cold boot to respond ms")
