@@ -428,7 +428,12 @@ static void handle_frame(struct run_state *r, const struct erp_frame *f) {
         r->stdin_eof = 1;
         break;
     case ERP_T_SIGNAL:
-        if (!r->child_done) kill(-r->io.pid, (int)erp_get_u32(f->payload));
+        if (!r->child_done) {
+            /* With a tty, the terminal's foreground group (a job-control shell may have moved
+             * it); otherwise the command's own group (it is a session leader). */
+            pid_t group = r->tty ? tcgetpgrp(r->io.pty) : -1;
+            kill(-(group > 0 ? group : r->io.pid), (int)erp_get_u32(f->payload));
+        }
         break;
     case ERP_T_WINSIZE:
         if (r->tty) {

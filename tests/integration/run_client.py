@@ -58,11 +58,12 @@ def read_frame(buf):
 
 
 def run(sock, argv, env=(), cwd="", stdin=b"", send_eof=True, tty=False, rows=24, cols=80,
-        signals=(), exec_chunk=MAX_PAYLOAD, read_delay=None):
+        signals=(), exec_chunk=MAX_PAYLOAD, read_delay=None, timeout=60):
     """Drives one run on a connected stream: waits for READY, sends the exec spec in chunks of
     exec_chunk bytes, stdin within the credit window (then EOF if send_eof), each signal in
     `signals` once the first output byte arrived, and collects the output until EXIT. With
-    read_delay (seconds) it sleeps before each read, as a slow reader would."""
+    read_delay (seconds) it sleeps before each read, as a slow reader would. Raises
+    ProtocolError after `timeout` seconds without anything to do."""
     import time
     res = Result()
     buf = bytearray()
@@ -89,7 +90,10 @@ def run(sock, argv, env=(), cwd="", stdin=b"", send_eof=True, tty=False, rows=24
             if signals and (res.stdout or res.stderr):
                 pending += frame(T_SIGNAL, 0, struct.pack("<I", signals.pop(0)))
         sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0))
-        for _, ev in sel.select(timeout=30):
+        events = sel.select(timeout=timeout)
+        if not events:
+            raise ProtocolError("nothing from the agent for %d s" % timeout)
+        for _, ev in events:
             if ev & selectors.EVENT_WRITE and pending:
                 try:
                     n = sock.send(pending)
