@@ -149,10 +149,10 @@ static unsigned setup_pid1(void) {
     char cmdline[4096], dev[256], fstype[64], port[16];
     unsigned vport = ERP_VSOCK_PORT;
     mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
-    if (fcntl(2, F_GETFD) < 0) { /* no /dev/console in the initramfs: the kernel gave us no fds */
-        int c = open("/dev/console", O_RDWR);
-        if (c >= 0 && c != 2) dup2(c, 2);
-    }
+    /* Without /dev/console in the initramfs the kernel starts init with no fds 0-2; fill them
+     * (in order: open returns the lowest free fd), so later pipes never land on them. */
+    for (int fd = 0; fd < 3; ++fd)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/console", O_RDWR) < 0) open("/dev/null", O_RDWR);
     mount_one("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     read_cmdline(cmdline, sizeof cmdline);
     if (cmdline_value(cmdline, "ember.port", port, sizeof port)) vport = (unsigned)strtoul(port, NULL, 10);
@@ -649,11 +649,15 @@ int main(int argc, char **argv) {
     sync();
     if (write_all(r.sock, exitf, exitn) != 0) finish_vm(1);
     shutdown(r.sock, SHUT_WR);
-    /* Wait (bounded) for the host to close: it has EXIT once it does. */
+    /* Wait (5 s at most) for the host to close: it has EXIT once it does. */
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
         struct pollfd p = {.fd = r.sock, .events = POLLIN};
         uint8_t sink[4096];
-        if (poll(&p, 1, 5000) <= 0 || read(r.sock, sink, sizeof sink) <= 0) break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = 5000 - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0 || read(r.sock, sink, sizeof sink) <= 0) break;
     }
     finish_vm(0);
     return 0;

@@ -35,7 +35,7 @@ JSON
   run_ember vm --no-api --config-file "$T/vm.json"
   t1=$(date +%s.%N)
   wait "$CLIENT"; crc=$?
-  echo "boot to exit: $(echo "$t1 - $t0" | bc) s"
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "boot to exit: %.2f s\n", b - a }'
   [[ $RC -eq 0 ]] && pass "Ember exited on the agent's reboot" || { fail "ember status $RC"; tail -n 30 "$OUT" "$ERR" >&2; }
   expect_eq "command status through the agent" "$crc" 7
   expect_eq "stdout bytes" "$(stat -c %s "$T/cmd.out")" 1048576
