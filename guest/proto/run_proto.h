@@ -59,16 +59,21 @@
  * SEQUENCE. agent connects -> READY -> EXEC chunks -> (DATA/EOF/SIGNAL/WINSIZE from the host,
  * DATA/CREDIT from the agent, in any order) -> EXIT, sent after the command ended, its output
  * pipes were drained and sync() returned, so the disks are consistent once Ember has EXIT and
- * Ember may stop the VM at once. The agent then waits (bounded) for the host to close the stream
- * and reboots (reboot(RB_AUTOBOOT), an i8042 reset with `reboot=k`, Ember's cue to exit).
+ * Ember may stop the VM at once. The agent then waits (5 s at most) for the host to close the
+ * stream and reboots (reboot(RB_AUTOBOOT), an i8042 reset with `reboot=k`, Ember's cue to exit).
+ * The host keeps the stream open until it has EXIT: a close before that aborts the run (the agent
+ * kills the command's process group and reboots). With a tty, stdin EOF is delivered as the
+ * terminal's VEOF (^D), and SIGNAL goes to the terminal's foreground process group.
  *
  * BACK-PRESSURE. Guest to host: by not reading. Ember reads the next frame only after it has
  * written the previous DATA to its stdout/stderr; vsock's own credit then stalls the agent, which
  * stops reading the command's pipes, which blocks the command: no byte is dropped and nothing
  * grows. Host to guest: by credit, so control frames (SIGNAL, WINSIZE) are never stuck behind
  * stdin the command does not read. The host may have at most the READY window of stdin bytes
- * sent and not yet returned by CREDIT; the agent buffers exactly that much and treats more as a
- * protocol error. EXEC is sent before any stdin and is bounded by ERP_MAX_EXEC.
+ * sent and not yet returned by CREDIT; the agent buffers at most that much and treats more as a
+ * protocol error. It returns credit as the command takes the bytes (or as it drops them once the
+ * command closed its stdin), batched: when a quarter of the window is due or its buffer is empty.
+ * EXEC is sent before any stdin and is bounded by ERP_MAX_EXEC.
  */
 #ifndef EMBER_GUEST_PROTO_RUN_PROTO_H
 #define EMBER_GUEST_PROTO_RUN_PROTO_H
