@@ -3,6 +3,7 @@
 #include "api/config.hpp"
 #include "api/controller.hpp"
 #include "api/http_server.hpp"
+#include "api/run/run_command.hpp"
 #include "api/uffd_handler.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
@@ -257,17 +258,58 @@ int main(int argc, char** argv) {
     // Firecracker's rebase-snap (deprecated in 1.16) / `snapshot-editor edit-memory rebase`.
     std::string merge_base, merge_out;
     std::vector<std::string> merge_diffs;
+    // `ember run [OPTIONS] -- COMMAND [ARG...]` (api/run/run_command.hpp has the exit statuses).
+    ember::run::RunArgs run_args;
+    std::optional<std::vector<std::string>> run_dashdash;
+    std::string run_kernel, run_initrd, run_rootfs, run_net, run_keep;
+    auto* run_cmd = app.add_subcommand("run", "Run COMMAND in a throwaway microVM and exit with its status "
+                                              "(123: the guest died, 124: --timeout, 125: Ember failed, 126/127: cannot run COMMAND)");
+    // Everything from COMMAND on is the guest's argv, options included (CLI11's prefix command).
+    run_cmd->prefix_command();
+    run_cmd->allow_extras();
+    auto* run_kernel_opt = run_cmd->add_option("--kernel", run_kernel, "Guest kernel (default: the one guest-kernels/build caches)");
+    auto* run_initrd_opt = run_cmd->add_option("--initrd", run_initrd, "Initramfs to run COMMAND from (the agent is added to it); no default root disk then");
+    auto* run_rootfs_opt = run_cmd->add_option("--rootfs", run_rootfs, "ext4 root image (default: the project's busybox rootfs); never modified");
+    run_cmd->add_option("--drive", run_args.drives, "Another disk, IMG or IMG:ro (/dev/vdb, ...); never modified")->allow_extra_args(false);
+    run_cmd->add_option("--cpus", run_args.cpus, "vCPUs (default 1)")->check(CLI::Range(1u, 32u));
+    run_cmd->add_option("--mem", run_args.mem_mib, "Guest memory in MiB (default 256)")->check(CLI::Range(16ull, 1048576ull));
+    auto* run_net_opt = run_cmd->add_option("--net", run_net, "Attach the guest's eth0 to this existing TAP device");
+    run_cmd->add_option("-e,--env", run_args.env, "VAR=VALUE (or VAR: Ember's own value) in the command's environment")->allow_extra_args(false);
+    run_cmd->add_option("-w,--workdir", run_args.workdir, "The command's working directory in the guest");
+    run_cmd->add_option("--timeout", run_args.timeout_s, "Stop the VM after this many seconds (status 124)")->check(CLI::PositiveNumber);
+    auto* run_keep_opt = run_cmd->add_option("--keep-disk", run_keep, "Write the root disk as the command left it to this file");
+    run_cmd->add_flag("-i,--interactive", run_args.interactive, "Pass Ember's stdin to the command (otherwise it reads an empty stdin)");
+    run_cmd->add_flag("-t,--tty", run_args.tty, "Give the command a terminal (the host terminal's size; -it for an interactive shell)");
     auto* merge_cmd = app.add_subcommand("snapshot-merge",
                                          "Merge Diff snapshot memory files onto their base memory file (in creation order) and exit");
     merge_cmd->add_option("BASE", merge_base, "Memory file of the Full snapshot (modified in place unless --out)")->required();
     merge_cmd->add_option("DIFF", merge_diffs, "Memory files of the Diff snapshots taken after it, oldest first")->required();
     auto* merge_out_opt = merge_cmd->add_option("--out", merge_out, "Write the merged memory to this new file; BASE stays as it is");
     try {
-        app.parse(argc, argv);
+        // `ember run [OPTIONS] -- COMMAND...`: CLI11 hands what follows "--" to the parent app,
+        // so the command is cut off here; without "--", prefix_command() stops at COMMAND.
+        int parse_argc = argc;
+        if (argc >= 2 && std::strcmp(argv[1], "run") == 0)
+            for (int i = 2; i < argc; ++i)
+                if (std::strcmp(argv[i], "--") == 0) {
+                    run_dashdash.emplace(argv + i + 1, argv + argc);
+                    parse_argc = i;
+                    break;
+                }
+        app.parse(parse_argc, argv);
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        return fail(EXIT_ARG_PARSING, e.what());
+        return fail(run_cmd->parsed() ? ember::run::kStatusEmberFailed : EXIT_ARG_PARSING, e.what());
+    }
+    if (run_cmd->parsed()) {
+        if (run_kernel_opt->count() > 0) run_args.kernel = run_kernel;
+        if (run_initrd_opt->count() > 0) run_args.initrd = run_initrd;
+        if (run_rootfs_opt->count() > 0) run_args.rootfs = run_rootfs;
+        if (run_net_opt->count() > 0) run_args.net = run_net;
+        if (run_keep_opt->count() > 0) run_args.keep_disk = run_keep;
+        run_args.command = run_dashdash ? *run_dashdash : run_cmd->remaining();
+        return ember::run::run_command(run_args);
     }
     if (merge_cmd->parsed()) {
         try {

@@ -184,7 +184,7 @@ void VmBuilder::attach_devices(Vm& vm, boost::asio::io_context& io, const VmConf
         dm.attach_virtio(console, "", "virtio_console");
         if (saved.restoring()) saved.check_slot(dm);
     }
-    vm.host_console_ = std::make_unique<HostConsole>(io, *vm.serial_, console, res.console_on_stdout);
+    if (opts.console_input) vm.host_console_ = std::make_unique<HostConsole>(io, *vm.serial_, console, res.console_on_stdout);
     if (cfg.entropy) {
         auto dev = saved.restoring() ? virtio::rng::EntropyDevice::restore(mem, io, *cfg.entropy, virtio::rng::host_random(),
                                                                            saved.take<virtio::rng::EntropyState>("", "entropy device"))

@@ -32,7 +32,7 @@ Vm::~Vm() {
 }
 
 void Vm::start(bool paused) {
-    host_console_->start();
+    if (host_console_) host_console_->start();
     for (auto& v : vcpus_) v->start(paused);
     if (paused) {
         for (auto& v : vcpus_)

@@ -71,6 +71,9 @@ struct RunOptions {
     SeccompMode seccomp = SeccompMode::Default;
     std::string seccomp_filter; // the filter file, with SeccompMode::Custom
     std::string kvm_path = "/dev/kvm";
+    // Ember's stdin feeds the guest console (HostConsole). `ember run` turns it off: there stdin
+    // is the command's, relayed over vsock.
+    bool console_input = true;
 };
 
 } // namespace ember

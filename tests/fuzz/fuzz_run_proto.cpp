@@ -1,4 +1,4 @@
-// libFuzzer target: the `ember run` agent protocol decoder (guest/proto/run_proto.h) as Ember
+// libFuzzer target: the `ember run` agent protocol decoder (api/run/run_proto.h) as Ember
 // will use it on the guest's bytes, plus the agent's exec-spec parser. Input: one selector byte,
 // then the bytes. Selector bits 0-1: 0/1 = a frame stream to the host / to the guest, 2 = an
 // exec spec; bits 2-7 (v): the stream arrives in reads of (v+1)^2 * 17 bytes (17..69632) into
@@ -8,7 +8,7 @@
 // re-encodes to the same header; an accepted exec spec walks to its exact end, has a non-empty
 // argv[0] and NAME= env entries, and re-encodes to the same bytes.
 
-#include "guest/proto/run_proto.h"
+#include "api/run/run_proto.h"
 
 #include <cstdint>
 #include <cstdlib>

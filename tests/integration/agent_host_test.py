@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The `ember run` guest agent (guest/agent/ember_agent.c) on this host, without a VM:
+"""The `ember run` guest agent (guest-kernels/agent/ember_agent.c) on this host, without a VM:
 `agent_host_test.py AGENT [CASE...]` starts `AGENT --fd N` on one end of a socketpair per case and
 drives the other end with run_client.py (an independent implementation of the protocol). Covers
 what the agent does between its vsock connection and its reboot: exit statuses, signals both

@@ -1,4 +1,4 @@
-"""Host side of the `ember run` agent protocol (guest/proto/run_proto.h), written from that
+"""Host side of the `ember run` agent protocol (api/run/run_proto.h), written from that
 header's description rather than from its code, so tests that use it check the C codec against
 the documented format. Used by tests/integration/agent_host_test.py (the agent on this host,
 over a socketpair) and by hand against a guest (the agent connecting to <uds_path>_10789).

@@ -1,9 +1,9 @@
-// The `ember run` agent protocol codec (guest/proto/run_proto.h), compiled as C++ here as Ember
+// The `ember run` agent protocol codec (api/run/run_proto.h), compiled as C++ here as Ember
 // will compile it (the agent compiles the same header as C): every frame type round trips in its
 // direction, every prefix of a valid frame asks for more, and every malformed header or payload
 // is refused with its own error, a bad header before any of its payload has arrived.
 
-#include "guest/proto/run_proto.h"
+#include "api/run/run_proto.h"
 
 #include <catch2/catch.hpp>
 #include <cstdint>

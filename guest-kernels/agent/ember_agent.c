@@ -1,4 +1,4 @@
-/* ember-agent: the guest side of `ember run` (protocol: guest/proto/run_proto.h). Static C, run as
+/* ember-agent: the guest side of `ember run` (protocol: api/run/run_proto.h). Static C, run as
  * PID 1 from an initramfs that holds only this program:
  *   1. mounts devtmpfs and proc; with `ember.root=DEV` on the kernel command line (optionally
  *      `ember.rootfstype=T`, default ext4) mounts DEV and makes it the root (switch_root), so any
@@ -19,7 +19,7 @@
  * Diagnostics go to stderr (the console when PID 1), never to the command's streams.
  */
 #define _GNU_SOURCE
-#include "../proto/run_proto.h"
+#include "run_proto.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /* The `ember run` agent protocol: one framed byte stream between Ember (host) and the guest
- * agent (guest/agent/ember_agent.c). Pure code, no allocation, no I/O: this one header is
+ * agent (guest-kernels/agent/ember_agent.c). Pure code, no allocation, no I/O: this one header is
  * compiled as C11 by the static agent and as C++20 by Ember, its unit tests and its fuzz target,
  * so both ends share one definition of every byte.
  *
