@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# `ember run` on real KVM (issue 16, point 7). `run_test.sh CASE`:
+#   statuses: exit 0, 1, 7; killed by SIGUSR1 (138); not found (127) and not executable (126)
+#             with one line on stderr; a guest that dies (a root image that is no filesystem: the
+#             agent cannot mount it) gives 123 and one line; a -t run gets a pty of 24x80.
+#   streams:  64 MiB of random bytes through stdout and another 64 MiB through stderr at once
+#             (read by the command from two read-only drives), each arriving intact and apart;
+#             nothing else on either stream; stdin round trip of 8 MiB with -i.
+#   args:     argv with spaces, quotes, newlines, non-ASCII and 1 MiB of arguments, -e and -w,
+#             arrive exactly (hashed in the guest, compared on the host).
+#   disk:     a command that writes to the root image and a writable --drive leaves both images'
+#             hashes unchanged; --keep-disk writes an image holding the change.
+#   signals:  --timeout ends a sleeping command with 124; SIGINT to Ember reaches the command
+#             (130); SIGTERM reaches a command that traps it (its own status).
+#   repeat:   20 runs in a row leave no Ember process, socket or file behind.
+source "$(dirname "$0")/lib.sh"
+need_guest
+case_name=${1:?usage: run_test.sh CASE}
+export TMPDIR=$T/tmp # ember run's private directories go here: the repeat case counts them
+mkdir -p "$TMPDIR"
+
+# er NAME [EMBER RUN ARGS...]: `ember run` with a timeout; stdin from $T/NAME.in when it exists.
+# Sets RC, OUT, ERR.
+er() {
+  local name=$1 in=/dev/null; shift
+  [[ -f $T/$name.in ]] && in=$T/$name.in
+  timeout -k "$KILL_AFTER" "$VM_TIMEOUT" "$EMBER_BIN" run "$@" < "$in" > "$T/$name.out" 2> "$T/$name.err"
+  RC=$?
+  OUT=$T/$name.out ERR=$T/$name.err
+}
+md5() { md5sum "$1" | cut -d' ' -f1; }
+lines() { wc -l < "$1" | tr -d ' '; }
+
+case $case_name in
+statuses)
+  for code in 0 1 7; do
+    er "exit$code" -- sh -c "exit $code"
+    expect_eq "exit $code" "$RC" "$code"
+    expect_eq "exit $code: empty stderr" "$(cat "$ERR")" ""
+  done
+  er usr1 -- sh -c 'kill -USR1 $$'
+  expect_eq "killed by SIGUSR1: 128+10" "$RC" 138
+  er notfound -- no-such-command arg
+  expect_eq "not found" "$RC" 127
+  expect_eq "not found: one line" "$(lines "$ERR")" 1
+  grep -q "no-such-command" "$ERR" && pass "not found: names the command" || fail "not found: $(cat "$ERR")"
+  er notexec -- /etc
+  expect_eq "not executable" "$RC" 126
+  expect_eq "not executable: one line" "$(lines "$ERR")" 1
+  truncate -s 16M "$T/zeros.img"
+  er dead --rootfs "$T/zeros.img" -- true
+  expect_eq "guest dies: status" "$RC" 123
+  expect_eq "guest dies: one line" "$(lines "$ERR")" 1
+  grep -q "guest" "$ERR" && pass "guest dies: says so ($(cat "$ERR"))" || fail "guest dies: $(cat "$ERR")"
+  er tty -t -- sh -c 'tty; stty size'
+  expect_eq "-t: status" "$RC" 0
+  expect_eq "-t: a pty of 24x80" "$(tr -d '\r' < "$OUT" | tr '\n' ' ')" "/dev/pts/0 24 80 "
+  ;;
+streams)
+  head -c 64M /dev/urandom > "$T/a.img"
+  head -c 64M /dev/urandom > "$T/b.img"
+  er big --drive "$T/a.img:ro" --drive "$T/b.img:ro" -- sh -c 'cat /dev/vdb & cat /dev/vdc >&2; wait'
+  expect_eq "64 MiB each way: status" "$RC" 0
+  expect_eq "stdout: 64 MiB intact" "$(md5 "$OUT")" "$(md5 "$T/a.img")"
+  expect_eq "stderr: 64 MiB intact" "$(md5 "$ERR")" "$(md5 "$T/b.img")"
+  head -c 8M /dev/urandom > "$T/echo.in"
+  er echo -i -- cat
+  expect_eq "stdin round trip: status" "$RC" 0
+  expect_eq "stdin round trip: 8 MiB back" "$(md5 "$OUT")" "$(md5 "$T/echo.in")"
+  expect_eq "stdin round trip: empty stderr" "$(stat -c %s "$ERR")" 0
+  er noin -- sh -c 'wc -c'
+  expect_eq "without -i the command's stdin is empty" "$(tr -d ' ' < "$OUT")" 0
+  ;;
+args)
+  args=("a b" "'single'" '"double"' 'back\slash' $'new\nline' "tab	x" "ünïcödé ✓" '$HOME' '*' '')
+  big=$(head -c 3000 /dev/zero | tr '\0' 'x')
+  for i in $(seq 1 350); do args+=("$i$big"); done # 1 MiB and more in all
+  printf '%s\0' "${args[@]}" > "$T/args.expected"
+  er argv -- sh -c 'printf "%s\0" "$@" | md5sum' argv0 "${args[@]}"
+  expect_eq "argv: status" "$RC" 0
+  expect_eq "argv: $(stat -c %s "$T/args.expected") bytes of arguments arrive exactly" "$(cut -d' ' -f1 "$OUT")" "$(md5 "$T/args.expected")"
+  er env -e 'X=a b=c' -e 'U=ünï' -e EMPTY= -e FROM_HOST -w /proc -- sh -c 'printf "%s|%s|%s|%s|%s" "$X" "$U" "${EMPTY-unset}" "$FROM_HOST" "$(pwd)"'
+  expect_eq "env and workdir" "$(cat "$OUT")" "a b=c|ünï|||/proc"
+  FROM_HOST=hostvalue er env2 -e FROM_HOST -- sh -c 'printf %s "$FROM_HOST"'
+  expect_eq "-e VAR takes Ember's value" "$(cat "$OUT")" hostvalue
+  ;;
+disk)
+  cp "$EMBER_ROOTFS_DIR/rootfs.ext4" "$T/root.img"
+  head -c 4M /dev/urandom > "$T/data.img"
+  root_md5=$(md5 "$T/root.img") data_md5=$(md5 "$T/data.img")
+  er write --rootfs "$T/root.img" --drive "$T/data.img" --keep-disk "$T/kept.img" -- \
+    sh -c 'echo changed > /marker && head -c 1048576 /dev/zero > /dev/vdb && sync && cat /marker'
+  expect_eq "write: status" "$RC" 0
+  expect_eq "the guest saw its own write" "$(cat "$OUT")" changed
+  expect_eq "root image unchanged" "$(md5 "$T/root.img")" "$root_md5"
+  expect_eq "data drive unchanged" "$(md5 "$T/data.img")" "$data_md5"
+  expect_eq "--keep-disk holds the change" "$("$(command -v debugfs || echo /sbin/debugfs)" -R 'cat /marker' "$T/kept.img" 2>/dev/null)" changed
+  er again --rootfs "$T/root.img" -- sh -c 'cat /marker 2>/dev/null || echo absent'
+  expect_eq "the next run starts from the unchanged image" "$(cat "$OUT")" absent
+  er kept --rootfs "$T/kept.img" -- cat /marker
+  expect_eq "the kept image boots and holds the change" "$(cat "$OUT")" changed
+  ;;
+signals)
+  er timeout --timeout 2 -- sleep 600
+  expect_eq "--timeout: 124" "$RC" 124
+  expect_eq "--timeout: one line" "$(lines "$ERR")" 1
+  # The command says "ready" once it runs; then Ember gets the signal.
+  for sig in INT TERM; do
+    timeout -k "$KILL_AFTER" "$VM_TIMEOUT" "$EMBER_BIN" run -- sh -c 'trap "echo trapped; exit 3" TERM; echo ready; sleep 600 & wait' \
+      < /dev/null > "$T/sig$sig.out" 2> "$T/sig$sig.err" &
+    pid=$!
+    for _ in $(seq 1 600); do grep -q ready "$T/sig$sig.out" && break; sleep 0.1; done
+    kill -"$sig" "$pid"
+    wait "$pid"; rc=$?
+    if [[ $sig == INT ]]; then
+      expect_eq "SIGINT reaches the command: 128+2" "$rc" 130
+    else
+      expect_eq "SIGTERM reaches the command's trap: its status" "$rc" 3
+      expect_eq "SIGTERM: the trap's output" "$(tail -n 1 "$T/sig$sig.out")" trapped
+    fi
+  done
+  ;;
+repeat)
+  for i in $(seq 1 20); do
+    er "r$i" -- true
+    [[ $RC -eq 0 ]] || fail "run $i: status $RC: $(cat "$ERR")"
+  done
+  expect_eq "20 runs: nothing left in TMPDIR" "$(ls -A "$TMPDIR" | wc -l)" 0
+  left=$(pgrep -f "$EMBER_BIN run" | wc -l)
+  expect_eq "20 runs: no Ember process left" "$left" 0
+  ;;
+*) fail "unknown case $case_name" ;;
+esac
+finish
