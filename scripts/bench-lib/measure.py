@@ -1064,6 +1064,10 @@ def cmd_kvm(args):
             args.mem_runs, order, lambda v, c=vcpus, m=mem: memory_once(v, st, c, m),
             f"memory overhead MiB ({vcpus} vCPU, {mem} MiB)")
         save(res, args.out)
+    if "rootfs_img" in st:
+        res["run_true"] = interleaved(args.runs, order, lambda v: run_once(v, st),
+                                      "`run -- true` ms")
+        save(res, args.out)
     if "blk_initrd" in st:
         res["blk"] = blk_interleaved(args, st)
         res["blk_params"] = {"disk_mib": BLK_DISK_MIB, "region_mib": BLK_REGION_MIB,
@@ -1127,6 +1131,7 @@ def main():
     ap.add_argument("--mem-runs", type=int, default=3)
     ap.add_argument("--kernel")
     ap.add_argument("--initrd")
+    ap.add_argument("--rootfs-img", help="run: the ext4 root image both VMMs boot")
     ap.add_argument("--ember", required=True)
     ap.add_argument("--blkbench")
     ap.add_argument("--blk-runs", type=int, default=3)

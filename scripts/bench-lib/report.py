@@ -32,6 +32,9 @@ FIGURES = [
      "VMM memory overhead, idle guest, 1 vCPU / 256 MiB (Rss minus guest RAM)", "lower"),
     ("mem_overhead_2vcpu_1024mib", "kvm", "mem_2_1024", "MiB",
      "VMM memory overhead, idle guest, 2 vCPU / 1024 MiB (Rss minus guest RAM)", "lower"),
+    ("run_true_cold_ms", "kvm", "run_true", "ms",
+     "`ember run -- true` (exec to exit) vs QEMU booting the same kernel and ext4 image to `true`",
+     "lower"),
     ("api_startup_l1", "kvm", "api_startup", "ms",
      "Start to API socket accepting, inside nested L1", "lower"),
     ("api_startup_host", "host", "api_startup", "ms",
@@ -120,7 +123,7 @@ SNAP_FIGURES = [
 ]
 for _key, _skey, _field, _unit, _label in SNAP_FIGURES:
     FIGURES.append((_key, "kvm", f"snap:{_key}", _unit, _label, "lower"))
-GROUPS = ("boot", "mem", "blk", "net", "vsock", "api", "snap")
+GROUPS = ("boot", "mem", "blk", "net", "vsock", "api", "snap", "run")
 DECIMALS = {"net_rtt_ms": 2, "vsock_connect_ms": 2}  # in results.md; otherwise by unit (see fmt)
 
 
