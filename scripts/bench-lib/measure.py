@@ -81,7 +81,7 @@ NET_VARIANTS = ["ember", "qemu"]
 # Vsock figures: the guest (vsock_perf.c) listens on VSOCK_PORT; both VMMs give it CID 3.
 VSOCK_RUN_TIMEOUT_S = 150
 VSOCK_CID, VSOCK_PORT = 3, 5201
-GROUPS = ("boot", "mem", "blk", "net", "vsock", "api", "snap")
+GROUPS = ("boot", "mem", "blk", "net", "vsock", "api", "snap", "run")
 
 
 def log(msg):
@@ -140,6 +140,8 @@ def stage(args, base):
     if args.vsockperf and "vsock" in args.only:
         st["vsock_initrd"] = append_program(initrd, f"{base}/guest/initrd-vsock.cpio.gz",
                                             "vsockperf", args.vsockperf)
+    if args.rootfs_img and "run" in args.only:
+        st["rootfs_img"] = shutil.copy(args.rootfs_img, f"{base}/guest/rootfs.ext4")
     log(f"staged in {time.monotonic() - t:.1f} s")
     return st
 
@@ -418,6 +420,46 @@ def boot_measure(vmm, r):
             sample["note"] = "Ember did not exit within 10 s of the guest's reboot"
         sample["boot_timer_us"] = r.boot_timer_us
     return sample
+
+
+def run_once(vmm, st):
+    """`ember run -- true` against QEMU microvm booting the same kernel and ext4 image (its /init
+    runs `true`): 1 vCPU, 256 MiB. Ember: exec to its exit with the command's status 0 (its write
+    layer, boot, agent, vsock, teardown included). QEMU: exec to EMBER_EXIT_STATUS=0 on its
+    console (its image opened with snapshot=on, so it is not written either); then killed."""
+    if vmm == "ember":
+        exe, env = st["ember"]
+        argv = [exe, "run", "--cpus", "1", "--mem", "256", "--kernel", st["kernel"],
+                "--rootfs", st["rootfs_img"], "--", "true"]
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": "ember run did not end within timeout"}
+        ms = (time.monotonic() - t0) * 1000.0
+        if p.returncode != 0:
+            return {"ok": False, "error": f"ember run exited {p.returncode}: "
+                                          f"{p.stderr.decode(errors='replace')[-300:]}"}
+        return {"ok": True, "value": ms}
+    exe, env = st["qemu"]
+    append = ("console=ttyS0 quiet reboot=k panic=-1 pci=off i8042.noaux i8042.nomux "
+              f"i8042.nopnp i8042.dumbkbd {QEMU_BLK_MMIO_ARG} root=/dev/vda rw init=/init -- true")
+    argv = [exe, "-L", st["qemu_share"], "-M", "microvm,acpi=off,auto-kernel-cmdline=off",
+            "-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "1", "-nographic",
+            "-no-reboot", "-nic", "none", "-kernel", st["kernel"], "-append", append,
+            "-drive", f"id=d0,file={st['rootfs_img']},format=raw,if=none,snapshot=on",
+            "-device", "virtio-blk-device,drive=d0,bus=virtio-mmio-bus.0"]
+    r = VmmRun(argv, env)
+
+    def measure():
+        t = r.wait_marker("EMBER_EXIT_STATUS=", RUN_TIMEOUT_S)
+        if t is None:
+            return r.failure("no EMBER_EXIT_STATUS within timeout or QEMU exited")
+        if r.exit_status != 0:
+            return r.failure(f"guest command status {r.exit_status}")
+        return {"ok": True, "value": t * 1000.0}
+    return finish(r, guarded(r, measure))
 
 
 def parse_smaps(pid):
