@@ -334,6 +334,11 @@ Response Controller::pre_boot(const LoadSnapshot& a) {
             if (it == cfg.net.end()) throw ConfigError("network_overrides: the snapshot has no network interface \"" + id + "\"");
             it->host_dev_name = dev;
         }
+        for (const auto& [id, path] : p.drive_overrides) {
+            auto it = std::find_if(cfg.drives.begin(), cfg.drives.end(), [&](const DriveConfig& d) { return d.drive_id == id; });
+            if (it == cfg.drives.end()) throw ConfigError("the snapshot has no drive \"" + id + "\"");
+            it->path_on_host = path;
+        }
         if (p.vsock_uds_path) {
             if (!cfg.vsock) throw ConfigError("vsock_override: the snapshot has no vsock device");
             cfg.vsock->uds_path = *p.vsock_uds_path;

@@ -278,6 +278,7 @@ int main(int argc, char** argv) {
     run_cmd->add_option("-w,--workdir", run_args.workdir, "The command's working directory in the guest");
     run_cmd->add_option("--timeout", run_args.timeout_s, "Stop the VM after this many seconds (status 124)")->check(CLI::PositiveNumber);
     auto* run_keep_opt = run_cmd->add_option("--keep-disk", run_keep, "Write the root disk as the command left it to this file");
+    run_cmd->add_flag("--warm", run_args.warm, "Start from a snapshot taken at agent-ready by the first --warm run with the same kernel, disks, vCPUs and memory");
     run_cmd->add_flag("-i,--interactive", run_args.interactive, "Pass Ember's stdin to the command (otherwise it reads an empty stdin)");
     run_cmd->add_flag("-t,--tty", run_args.tty, "Give the command a terminal (the host terminal's size; -it for an interactive shell)");
     auto* merge_cmd = app.add_subcommand("snapshot-merge",

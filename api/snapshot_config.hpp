@@ -31,6 +31,9 @@ struct SnapshotLoadParams {
     std::vector<std::pair<std::string, std::string>> network_overrides; // iface_id, host_dev_name
     std::optional<std::string> vsock_uds_path;                          // vsock_override.uds_path
     bool clock_realtime = false;
+    // Ember-internal (`ember run --warm`, never from the API): drive_id -> the file that replaces
+    // the snapshotted drive's path_on_host (a copy of the disk as it was at snapshot time).
+    std::vector<std::pair<std::string, std::string>> drive_overrides;
     bool operator==(const SnapshotLoadParams&) const = default;
 };
 

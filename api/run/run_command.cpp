@@ -22,9 +22,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <span>
 #include <fstream>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -173,6 +175,56 @@ std::optional<std::pair<std::uint16_t, std::uint16_t>> terminal_size() {
     return std::nullopt;
 }
 
+std::uint64_t fnv1a(std::span<const std::uint8_t> b, std::uint64_t h = 1469598103934665603ull) {
+    for (std::uint8_t c : b) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
+
+// What a cached warm snapshot depends on: a file by path, size and modification time.
+std::string identity(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) throw_errno("stat " + path);
+    std::error_code ec;
+    const auto canon = fs::weakly_canonical(path, ec);
+    return (ec ? path : canon.string()) + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+           std::to_string(st.st_mtim.tv_nsec);
+}
+
+std::string warm_root() {
+    const char* c = std::getenv("EMBER_CACHE");
+    const char* h = std::getenv("HOME");
+    return (c && *c ? std::string(c) : std::string(h && *h ? h : "/tmp") + "/.cache/ember") + "/run-warm";
+}
+
+// Pauses the VM, writes its snapshot and the root disk as it is now into a new cache entry, and
+// resumes it. The entry appears whole (a rename) or not at all; a failure only costs the cache.
+void create_warm(api::Controller& ctl, const DiskLayer& root, const std::string& entry) {
+    fs::create_directories(fs::path(entry).parent_path());
+    std::string tmpl = entry + ".tmp-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) throw_errno("mkdtemp " + tmpl);
+    const std::string tmp = tmpl;
+    auto check = [](const api::Response& r, const char* what) {
+        if (r.status >= 300) throw ConfigError(std::string(what) + ": " + r.body);
+    };
+    std::string error;
+    try {
+        check(ctl.handle(api::PatchVmState{true}), "pause");
+        try {
+            check(ctl.handle(api::CreateSnapshot{{tmp + "/state", tmp + "/memory", false}}), "snapshot");
+            root.export_to(tmp + "/disk");
+        } catch (const std::exception& e) {
+            error = e.what();
+        }
+        check(ctl.handle(api::PatchVmState{false}), "resume");
+    } catch (const std::exception& e) {
+        error = e.what();
+    }
+    std::error_code ec;
+    if (error.empty() && ::rename(tmp.c_str(), entry.c_str()) == 0) return;
+    fs::remove_all(tmp, ec);
+    if (!error.empty()) LOG_WARN("ember run --warm: no snapshot cached: %s", error.c_str());
+}
+
 std::string seconds(double s) {
     char b[32];
     std::snprintf(b, sizeof b, "%g", s);
@@ -188,6 +240,8 @@ int run_command(const RunArgs& args) {
     CommandSpec spec;
     std::vector<DiskLayer> layers; // index 0: the root image's, when there is one
     bool rootfs_given = false;
+    std::string warm_entry;
+    bool warm_hit = false;
     UniqueFd initrd;
     try {
         tmp.emplace();
@@ -223,8 +277,20 @@ int run_command(const RunArgs& args) {
             disks.emplace_back(ro ? d.substr(0, d.size() - 3) : d, ro);
         }
         if (disks.size() > 20) throw ConfigError("at most 20 disks");
+        if (args.warm) {
+            if (args.net) throw ConfigError("--warm with --net is not supported yet");
+            std::string k = std::string(EMBER_VERSION) + "|" + std::to_string(fnv1a(agent_binary())) + "|" +
+                            identity(boot.kernel_image_path) + "|" + (args.initrd ? identity(*args.initrd) : "") + "|" +
+                            std::to_string(args.cpus) + "|" + std::to_string(args.mem_mib) + "|" + cmdline;
+            for (const auto& [path, ro] : disks) k += "|" + identity(path) + (ro ? ":ro" : ":rw");
+            char hex[17];
+            std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a({reinterpret_cast<const std::uint8_t*>(k.data()), k.size()})));
+            warm_entry = warm_root() + "/" + hex;
+            warm_hit = rootfs.has_value() && ::access((warm_entry + "/state").c_str(), R_OK) == 0;
+        }
         for (std::size_t i = 0; i < disks.size(); ++i) {
-            const auto& [path, ro] = disks[i];
+            auto [path, ro] = disks[i];
+            if (i == 0 && warm_hit) path = warm_entry + "/disk"; // the root disk as the snapshot left it
             DriveConfig dc;
             dc.drive_id = i == 0 && rootfs ? "rootfs" : "drive" + std::to_string(i);
             dc.is_read_only = ro;
@@ -269,14 +335,35 @@ int run_command(const RunArgs& args) {
         });
         // The agent has synced the disks before it sends EXIT (run_proto.h, SEQUENCE): the VM can
         // stop at once instead of waiting for the guest's reboot.
+        if (args.warm && !warm_hit && rootfs_given)
+            session->hold_at_ready([&] {
+                boost::asio::post(io, [&] {
+                    create_warm(*ctl, layers.front(), warm_entry);
+                    session->release();
+                });
+            });
         session->start([&] {
             boost::asio::post(io, [&] {
                 if (ctl->vm()) ctl->vm()->request_exit(VmExitKind::HostRequest, "the command ended");
             });
         });
-        ConfigFile doc;
-        doc.vm = vm;
-        ctl->boot_from_config(doc);
+        if (warm_hit) {
+            // The agent's old connection is reset by the restore (TRANSPORT_RESET); it connects
+            // again, to this run's listener.
+            (void)ctl->handle(api::PutSerial{vm.console.serial_out_path, std::nullopt});
+            SnapshotLoadParams p;
+            p.snapshot_path = warm_entry + "/state";
+            p.backend_path = warm_entry + "/memory";
+            p.resume_vm = true;
+            p.vsock_uds_path = vm.vsock->uds_path;
+            for (const auto& d : vm.drives) p.drive_overrides.emplace_back(d.drive_id, d.path_on_host);
+            const auto r = ctl->handle(api::LoadSnapshot{p});
+            if (r.status >= 300) throw ConfigError("--warm: " + r.body + " (remove " + warm_entry + " to make a new one)");
+        } else {
+            ConfigFile doc;
+            doc.vm = vm;
+            ctl->boot_from_config(doc);
+        }
     } catch (const std::exception& e) {
         return fail(kStatusEmberFailed, e.what());
     }

@@ -33,6 +33,9 @@ struct RunArgs {
     double timeout_s = 0; // 0: none
     std::optional<std::string> keep_disk;
     bool interactive = false, tty = false;
+    // Restore a snapshot of this kernel/image/vCPUs/memory taken at "agent ready" (made by the
+    // first --warm run, under $EMBER_CACHE or ~/.cache/ember, in run-warm/<key>/).
+    bool warm = false;
     std::vector<std::string> command;
     std::string kvm_path = "/dev/kvm";
 };

@@ -96,8 +96,20 @@ void Session::start(std::function<void()> on_end) {
     });
 }
 
+void Session::release() noexcept {
+    {
+        std::lock_guard lk(mu_);
+        released_ = true;
+    }
+    released_cv_.notify_all();
+}
+
 void Session::stop() noexcept {
-    stop_ = true;
+    {
+        std::lock_guard lk(mu_);
+        stop_ = true;
+    }
+    released_cv_.notify_all();
     const std::uint64_t one = 1;
     if (::write(wake_fd_.get(), &one, sizeof one) < 0) {
     }
@@ -258,6 +270,12 @@ void Session::loop() noexcept {
                 if (ready) return finish({Outcome::Kind::Failed, 0, "protocol error from the guest agent: a second READY"});
                 ready = true;
                 window = erp_get_u32(f.payload + 4);
+                if (on_ready_) {
+                    on_ready_();
+                    std::unique_lock lk(mu_);
+                    released_cv_.wait(lk, [this] { return released_ || stop_; });
+                    if (stop_) return;
+                }
                 send.insert(send.end(), exec.begin(), exec.end());
                 exec = {};
                 if (stdin_done) {

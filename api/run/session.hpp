@@ -10,6 +10,7 @@
 #include "vmm/base/unique_fd.hpp"
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -49,6 +50,10 @@ public:
     Session& operator=(const Session&) = delete;
 
     void start(std::function<void()> on_end);
+    // Before start(): at the agent's READY, call on_ready (on the session thread) and send the
+    // exec spec only after release() (`--warm` snapshots the VM in between).
+    void hold_at_ready(std::function<void()> on_ready) { on_ready_ = std::move(on_ready); }
+    void release() noexcept;
     // Thread-safe. false when no agent is connected yet (nothing to deliver the signal to).
     bool send_signal(int sig) noexcept;
     void send_winsize(std::uint16_t rows, std::uint16_t cols) noexcept;
@@ -66,7 +71,9 @@ private:
     CommandSpec spec_;
     int in_fd_, out_fd_, err_fd_;
     UniqueFd listen_fd_, conn_fd_, wake_fd_;
-    std::function<void()> on_end_;
+    std::function<void()> on_end_, on_ready_;
+    std::condition_variable released_cv_;
+    bool released_ = false; // under mu_
     std::thread thread_;
     std::atomic<bool> stop_{false};
     std::atomic<bool> connected_{false};
