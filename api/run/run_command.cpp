@@ -245,7 +245,11 @@ int run_command(const RunArgs& args) {
     UniqueFd initrd;
     try {
         tmp.emplace();
-        log::configure({"ember-run", log::Level::Warning, true, false, tmp->path() + "/ember.log", ""});
+        // EMBER_RUN_LOG=FILE keeps Ember's log (at Info, with phase timings) where it can be read.
+        const char* keep_log = std::getenv("EMBER_RUN_LOG");
+        log::configure({"ember-run", keep_log && *keep_log ? log::Level::Info : log::Level::Warning, true, false,
+                        keep_log && *keep_log ? std::string(keep_log) : tmp->path() + "/ember.log", ""});
+        LOG_INFO("ember run: start");
         spec.argv = args.command;
         for (const auto& e : args.env) {
             if (e.find('=') != std::string::npos) {
@@ -367,6 +371,7 @@ int run_command(const RunArgs& args) {
     } catch (const std::exception& e) {
         return fail(kStatusEmberFailed, e.what());
     }
+    LOG_INFO("ember run: VM %s", warm_hit ? "restored" : "booting");
     if (args.tty && args.interactive && ::isatty(STDIN_FILENO)) raw.emplace(STDIN_FILENO);
 
     // SIGINT/SIGTERM/SIGHUP go to the command (its process group, or the tty's foreground group);
@@ -399,8 +404,10 @@ int run_command(const RunArgs& args) {
         });
     }
     if (!vm_ended) io.run();
+    LOG_INFO("ember run: VM ended");
     session->stop();
     ctl.reset();
+    LOG_INFO("ember run: VM torn down");
     raw.reset();
     const Outcome out = session->outcome();
     session.reset();

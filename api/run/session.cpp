@@ -2,6 +2,7 @@
 
 #include "api/run/run_proto.h"
 #include "vmm/base/error.hpp"
+#include "vmm/base/logger.hpp"
 
 #include <cerrno>
 #include <csignal>
@@ -192,6 +193,7 @@ void Session::loop() noexcept {
     if (stop_) return;
     listen_fd_ = UniqueFd();
     connected_ = true;
+    LOG_INFO("ember run: agent connected");
 
     std::vector<std::uint8_t> in(ERP_MAX_FRAME);
     std::size_t inlen = 0;
@@ -270,6 +272,7 @@ void Session::loop() noexcept {
                 if (ready) return finish({Outcome::Kind::Failed, 0, "protocol error from the guest agent: a second READY"});
                 ready = true;
                 window = erp_get_u32(f.payload + 4);
+                LOG_INFO("ember run: agent ready");
                 if (on_ready_) {
                     on_ready_();
                     std::unique_lock lk(mu_);
@@ -294,6 +297,7 @@ void Session::loop() noexcept {
                 break;
             }
             case ERP_T_EXIT: {
+                LOG_INFO("ember run: command exited");
                 const std::uint32_t kind = erp_get_u32(f.payload), value = erp_get_u32(f.payload + 4);
                 Outcome o;
                 o.kind = kind == ERP_EXIT_CODE ? Outcome::Kind::Exited
