@@ -1,0 +1,194 @@
+# The `devices` case of snapshot_test.sh (sourced by it, inside a network namespace of its own):
+# one guest with a TAP network interface, vsock, entropy and a balloon with statistics is
+# snapshotted (Full) while a host->guest vsock connection is open; its Ember is killed, the TAP
+# deleted and a fresh Ember loads the snapshot onto another TAP (network_overrides). Then:
+#   net: the guest pings the host and the host the guest over the new TAP, and 4 MiB go each
+#        way over TCP with matching md5s;
+#   vsock: the connection open at snapshot time ends in the guest (the device's
+#        TRANSPORT_RESET), and a new one echoes 1 MiB intact;
+#   entropy: the guest reads 4 KiB from /dev/hwrng, counted by the new Ember's metrics;
+#   balloon: GET /balloon shows the configuration as before, the statistics endpoint answers
+#        with the driver's `actual`, a PATCH inflates the balloon (actual grows) and the
+#        guest's free memory, as its statistics report it, drops (the stats timer runs again).
+# shellcheck shell=bash
+
+devices_case() {
+  local uds=$T/v.sock mib=4
+  ip link set lo up
+  ip tuntap add dev tap0 mode tap && ip addr add 172.16.0.1/24 dev tap0 && ip link set tap0 up || { fail "tap0"; finish; }
+  gcc -static -O2 -Wall -Wextra -Werror -o "$T/vsock_echo" "$(dirname "$0")/guest/vsock_echo.c" || { fail "cannot build vsock_echo.c"; finish; }
+  put_file "$T/vsock_echo" /vsock_echo 0100755
+  # The guest runs what arrives on its console, one line at a time.
+  printf '%s\n' 'ip addr add 172.16.0.2/24 dev eth0' 'ip link set eth0 up' \
+    '/vsock_echo listen 52 &' '/vsock_echo drain 62 &' 'echo READY=1' \
+    'while true; do if read -t 1 c; then eval "$c"; fi; done' > "$T/t.sh"
+  put_file "$T/t.sh" /t.sh 0100644
+  mkfifo "$T/a.in" "$T/b.in"
+  exec 3<> "$T/a.in"
+  SOCK=$T/a.sock
+  EMBER_CONSOLE=$T/a.out EMBER_STDIN=$T/a.in start_ember
+  expect_status "machine-config" 204 PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 256}'
+  expect_status "boot-source" 204 PUT /boot-source "{\"kernel_image_path\": \"$K/vmlinux\", \"boot_args\": \"$BASE_ARGS -- sh /t.sh\"}"
+  expect_status "rootfs" 204 PUT /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$T/root.ext4\", \"is_root_device\": true, \"is_read_only\": false}"
+  expect_status "eth0" 204 PUT /network-interfaces/eth0 '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}'
+  expect_status "vsock" 204 PUT /vsock "{\"guest_cid\": 3, \"uds_path\": \"$uds\"}"
+  expect_status "entropy" 204 PUT /entropy '{}'
+  expect_status "balloon" 204 PUT /balloon '{"amount_mib": 16, "deflate_on_oom": false, "stats_polling_interval_s": 1}'
+  expect_status "InstanceStart" 204 PUT /actions '{"action_type": "InstanceStart"}'
+  wait_for READY 300
+
+  # The balloon's driver took the target (its `actual` reached it) and reports statistics.
+  local st=""
+  for _ in $(seq 1 300); do
+    st=$(api GET /balloon/statistics)
+    [[ $st == *'"actual_mib":16'* && $st == *'"free_memory"'* ]] && break
+    sleep 0.2
+  done
+  [[ $st == *'"actual_mib":16'* && $st == *'"free_memory"'* ]] && pass "balloon inflated to 16 MiB before the snapshot" \
+    || { fail "balloon before the snapshot: $st"; give_up; }
+  expect_status "GET /balloon before" 200 GET /balloon
+  local balloon_before=${LAST% *}
+
+  # A host->guest vsock connection, open across the snapshot (the guest drains it).
+  python3 - "$uds" > "$T/held.out" 2>&1 <<'PY' &
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1])
+s.sendall(b"CONNECT 62\n")
+line = b""
+while not line.endswith(b"\n"):
+    line += s.recv(1)
+s.sendall(b"x" * 1000)
+print("HELD=" + line.decode().strip(), flush=True)
+time.sleep(600)
+PY
+  local held_pid=$!
+  for _ in $(seq 1 100); do grep -q '^HELD=' "$T/held.out" && break; sleep 0.1; done
+  grep -q '^HELD=OK ' "$T/held.out" && pass "a vsock connection is open ($(cat "$T/held.out"))" || { fail "held connection: $(cat "$T/held.out")"; give_up; }
+  # The guest got the 1000 bytes (its drain counts them at the end): wait for its rx counters
+  # to settle by a console round trip, then check the connection has not ended.
+  echo 'echo SYNC1=1' >&3
+  wait_for SYNC1 60
+  [[ -z $(guest_value DRAIN_END) ]] && pass "the held connection is open in the guest" || fail "drain ended before the snapshot: $(guest_value DRAIN_END)"
+
+  expect_status "pause" 204 PATCH /vm '{"state": "Paused"}'
+  expect_status "Full snapshot with every device" 204 PUT /snapshot/create "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$T/vm.snap\", \"mem_file_path\": \"$T/vm.mem\"}"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  exec 3>&-
+  kill "$held_pid" 2>/dev/null; wait "$held_pid" 2>/dev/null
+
+  # Another TAP with the host's address; tap0 is gone, so only the override can carry traffic.
+  ip link del tap0
+  ip tuntap add dev tapb mode tap && ip addr add 172.16.0.1/24 dev tapb && ip link set tapb up || { fail "tapb"; finish; }
+  rm -f "$uds" # the killed Ember's listener
+  exec 4<> "$T/b.in"
+  SOCK=$T/b.sock
+  EMBER_CONSOLE=$T/b.out EMBER_STDIN=$T/b.in start_ember
+  expect_status "metrics" 204 PUT /metrics "{\"metrics_path\": \"$T/metrics.json\"}"
+  local t0; t0=$(date +%s%N)
+  expect_status "load onto another TAP" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/vm.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/vm.mem\"}, \"network_overrides\": [{\"iface_id\": \"eth0\", \"host_dev_name\": \"tapb\"}]}"
+  [[ ${LAST##* } == 204 ]] || give_up
+  echo "snapshot load took $(( ($(date +%s%N) - t0) / 1000000 )) ms (under TCG)"
+  ip link show tap0 > /dev/null 2>&1 && fail "tap0 exists again: the override was not used" || pass "the load did not open tap0"
+  expect_status "GET /balloon after load" 200 GET /balloon
+  expect_eq "balloon configuration after the load" "${LAST% *}" "$balloon_before"
+  expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
+  OUT=$T/b.out
+
+  # vsock: the held connection ended in the guest (TRANSPORT_RESET), a new one echoes.
+  wait_line DRAIN_END 60 && pass "the connection open at snapshot time ended in the guest: $(guest_value DRAIN_END)" \
+    || fail "the guest's held vsock connection never ended"
+  local echo_res
+  echo_res=$(timeout 120 python3 -c "$(cat <<'PY'
+import hashlib, os, socket, sys, threading
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1]); s.settimeout(60)
+s.sendall(b"CONNECT 52\n")
+line = b""
+while not line.endswith(b"\n"):
+    b = s.recv(1)
+    if not b: break
+    line += b
+if not line.startswith(b"OK "): sys.exit(print("no OK: %r" % line))
+data = os.urandom(1 << 20)
+threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR))).start()
+got = bytearray()
+while True:
+    b = s.recv(1 << 16)
+    if not b: break
+    got += b
+print("ok" if hashlib.md5(got).digest() == hashlib.md5(data).digest() else "mismatch %d/%d" % (len(got), len(data)))
+PY
+)" "$uds" 2>&1)
+  expect_eq "a new vsock connection echoes 1 MiB" "$echo_res" ok
+
+  # net: ping both ways, then MIB MiB each way over TCP.
+  echo 'ping -c 3 -W 5 172.16.0.1 >/dev/null && echo PING_HOST=ok || echo PING_HOST=fail' >&4
+  wait_for PING_HOST 60
+  expect_eq "the guest pings the host over tapb" "$(guest_value PING_HOST)" ok
+  busybox ping -c 3 -W 5 172.16.0.2 > /dev/null && pass "the host pings the guest over tapb" || fail "the host cannot ping the guest"
+  head -c $((mib << 20)) /dev/urandom > "$T/host.bin"
+  echo 'echo RX_MD5=$(nc -l -p 5001 </dev/null | md5sum | cut -c1-32)' >&4
+  timeout 120 python3 - "$T/host.bin" <<'PY' || fail "host -> guest transfer"
+import socket, sys, time
+for _ in range(300):  # until the guest's nc listens
+    try:
+        s = socket.create_connection(("172.16.0.2", 5001), timeout=5); break
+    except OSError:
+        time.sleep(0.2)
+else:
+    sys.exit("cannot connect to the guest")
+s.settimeout(None)
+with open(sys.argv[1], "rb") as f:
+    s.sendfile(f)
+s.close()
+PY
+  wait_for RX_MD5 60
+  expect_eq "host -> guest $mib MiB intact" "$(guest_value RX_MD5)" "$(md5sum < "$T/host.bin" | cut -c1-32)"
+  timeout 120 python3 - > "$T/rx_host.md5" 2> "$T/rx_host.err" <<'PY' &
+import hashlib, socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("172.16.0.1", 5002)); srv.listen(1)
+print("LISTENING", file=sys.stderr, flush=True)
+c, _ = srv.accept()
+h = hashlib.md5()
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    h.update(b)
+print(h.hexdigest())
+PY
+  local recv_pid=$!
+  for _ in $(seq 1 100); do grep -q LISTENING "$T/rx_host.err" && break; sleep 0.1; done
+  echo "dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=$mib 2>/dev/null; echo TX_MD5=\$(md5sum /tmp/tx.bin | cut -c1-32); nc 172.16.0.1 5002 < /tmp/tx.bin; echo TX_DONE=1" >&4
+  wait "$recv_pid"
+  wait_for TX_DONE 60
+  local got; got=$(cat "$T/rx_host.md5")
+  if [[ -n $got ]]; then expect_eq "guest -> host $mib MiB intact" "$got" "$(guest_value TX_MD5)"; else fail "guest -> host: nothing received"; fi
+
+  # entropy: 4 KiB from /dev/hwrng, counted by this Ember.
+  echo 'echo HWRNG=$(head -c 4096 /dev/hwrng | wc -c)' >&4
+  wait_for HWRNG 60
+  expect_eq "bytes read from /dev/hwrng after the restore" "$(guest_value HWRNG)" 4096
+  expect_status "FlushMetrics" 204 PUT /actions '{"action_type": "FlushMetrics"}'
+  local rng_bytes
+  rng_bytes=$(python3 -c 'import json,sys; print(sum(json.loads(l).get("entropy",{}).get("entropy_bytes",0) for l in open(sys.argv[1]) if l.strip()))' "$T/metrics.json")
+  [[ $rng_bytes -ge 4096 ]] && pass "entropy_bytes after the restore: $rng_bytes" || fail "entropy_bytes after the restore: $rng_bytes"
+
+  # balloon: statistics answer; a new target inflates it; the guest's reported free memory drops.
+  expect_status "balloon statistics after the restore" 200 GET /balloon/statistics
+  [[ $LAST == *'"actual_mib":16'* ]] && pass "the driver's actual is 16 MiB after the restore" || fail "statistics after the restore: $LAST"
+  local free0; free0=$(sed -n 's/.*"free_memory":\([0-9]*\).*/\1/p' <<< "$LAST")
+  expect_status "PATCH /balloon after the restore" 204 PATCH /balloon '{"amount_mib": 64}'
+  local free1=""
+  for _ in $(seq 1 300); do
+    st=$(api GET /balloon/statistics)
+    free1=$(sed -n 's/.*"free_memory":\([0-9]*\).*/\1/p' <<< "$st")
+    [[ $st == *'"actual_mib":64'* && -n $free0 && -n $free1 && $free1 -lt $((free0 - (32 << 20))) ]] && break
+    sleep 0.2
+  done
+  [[ $st == *'"actual_mib":64'* ]] && pass "the balloon inflated to 64 MiB after the restore" || fail "balloon after PATCH: $st"
+  [[ -n $free0 && -n $free1 && $free1 -lt $((free0 - (32 << 20))) ]] \
+    && pass "the guest's statistics follow: free memory $((free0 >> 20)) -> $((free1 >> 20)) MiB" \
+    || fail "guest free memory did not drop: '$free0' -> '$free1'"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  exec 4>&-
+}
