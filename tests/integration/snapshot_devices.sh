@@ -17,6 +17,69 @@ devices_case() {
   ip link set lo up
   ip tuntap add dev tap0 mode tap && ip addr add 172.16.0.1/24 dev tap0 && ip link set tap0 up || { fail "tap0"; finish; }
   SECONDS=0
+  # The host's end of every connection is one python3 process, started before the boot (its
+  # start-up takes seconds under TCG), stepping on files: go1 holds a vsock connection to the
+  # guest's port 62 (the guest drains it) across the snapshot; go2 (after the restore) echoes
+  # 1 MiB on a new connection to port 52, then sends MIB MiB to the guest's TCP port 5001 and
+  # takes MIB MiB on its own port 5002, printing the md5s.
+  python3 - "$uds" "$T" "$mib" > "$T/helper.out" 2>&1 <<'PY' &
+import hashlib, os, socket, sys, threading, time
+uds, tdir, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def say(k, v): print("%s=%s" % (k, v), flush=True)
+def wait_file(name):  # the test gave up if it takes longer
+    deadline = time.time() + 600
+    while not os.path.exists(os.path.join(tdir, name)):
+        if time.time() > deadline: sys.exit("no " + name)
+        time.sleep(0.05)
+def vsock(port):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(uds); s.settimeout(60)
+    s.sendall(b"CONNECT %d\n" % port)
+    line = b""
+    while not line.endswith(b"\n"):
+        b = s.recv(1)
+        if not b: break
+        line += b
+    return s, line.decode(errors="replace").strip()
+print("WAITING", flush=True)
+wait_file("go1")
+held, line = vsock(62)
+held.sendall(b"x" * 1000)
+say("HELD", line)
+wait_file("go2")
+s, line = vsock(52)
+if not line.startswith("OK "):
+    say("ECHO", "no OK: %r" % line)
+else:
+    data = os.urandom(1 << 20)
+    threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)), daemon=True).start()
+    got = bytearray()
+    while True:
+        b = s.recv(1 << 16)
+        if not b: break
+        got += b
+    say("ECHO", "ok" if got == data else "mismatch %d/%d" % (len(got), len(data)))
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("172.16.0.1", 5002)); srv.listen(1); srv.settimeout(120)
+out = os.urandom(mib << 20)
+for _ in range(600):  # until the guest's nc listens
+    try:
+        c = socket.create_connection(("172.16.0.2", 5001), timeout=5); break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("cannot connect to the guest's port 5001")
+c.settimeout(120); c.sendall(out); c.close()
+say("SENT_MD5", hashlib.md5(out).hexdigest())
+say("LISTENING", 1)
+c, _ = srv.accept(); c.settimeout(120)
+h = hashlib.md5()
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    h.update(b)
+say("RX_HOST_MD5", h.hexdigest())
+PY
+  local helper_pid=$!
   # The guest program, built once per build tree (gcc under TCG takes most of a boot's time);
   # rebuilt when its source is newer, renamed into place so concurrent cases see a whole file.
   local src bin
@@ -60,36 +123,24 @@ devices_case() {
   local balloon_before=${LAST% *}
 
   echo "phase: balloon checked at ${SECONDS}s"
-  # A host->guest vsock connection, open across the snapshot (the guest drains it).
-  python3 - "$uds" > "$T/held.out" 2>&1 <<'PY' &
-import socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1])
-s.sendall(b"CONNECT 62\n")
-line = b""
-while not line.endswith(b"\n"):
-    line += s.recv(1)
-s.sendall(b"x" * 1000)
-print("HELD=" + line.decode().strip(), flush=True)
-time.sleep(600)
-PY
-  local held_pid=$!
-  for _ in $(seq 1 100); do grep -q '^HELD=' "$T/held.out" && break; sleep 0.1; done
-  grep -q '^HELD=OK ' "$T/held.out" && pass "a vsock connection is open ($(cat "$T/held.out"))" || { fail "held connection: $(cat "$T/held.out")"; give_up; }
-  # The guest got the 1000 bytes (its drain counts them at the end): wait for its rx counters
-  # to settle by a console round trip, then check the connection has not ended.
+  # The helper holds a vsock connection across the snapshot.
+  local held_line
+  for _ in $(seq 1 300); do grep -q '^WAITING' "$T/helper.out" && break; sleep 0.1; done
+  : > "$T/go1"
+  for _ in $(seq 1 300); do held_line=$(grep '^HELD=' "$T/helper.out") && break; sleep 0.1; done
+  [[ $held_line == 'HELD=OK '* ]] && pass "a vsock connection is open ($held_line)" || { fail "held connection: $(cat "$T/helper.out")"; give_up; }
+  # The guest has the connection (a console round trip later it is still open).
   echo 'echo SYNC1=1' >&3
   wait_for SYNC1 60
   [[ -z $(guest_value DRAIN_END) ]] && pass "the held connection is open in the guest" || fail "drain ended before the snapshot: $(guest_value DRAIN_END)"
 
-  echo "phase: pause at ${SECONDS}s"
   expect_status "pause" 204 PATCH /vm '{"state": "Paused"}'
   expect_status "Full snapshot with every device" 204 PUT /snapshot/create "{\"snapshot_type\": \"Full\", \"snapshot_path\": \"$T/vm.snap\", \"mem_file_path\": \"$T/vm.mem\"}"
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 3>&-
-  kill "$held_pid" 2>/dev/null; wait "$held_pid" 2>/dev/null
 
-  # Another TAP with the host's address; tap0 is gone, so only the override can carry traffic.
   echo "phase: snapshot done at ${SECONDS}s"
+  # Another TAP with the host's address; tap0 is gone, so only the override can carry traffic.
   ip link del tap0
   ip tuntap add dev tapb mode tap && ip addr add 172.16.0.1/24 dev tapb && ip link set tapb up || { fail "tapb"; finish; }
   rm -f "$uds" # the killed Ember's listener
@@ -106,83 +157,42 @@ PY
   expect_eq "balloon configuration after the load" "${LAST% *}" "$balloon_before"
   expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
   OUT=$T/b.out
-
   echo "phase: resumed at ${SECONDS}s"
+
   # vsock: the held connection ended in the guest (TRANSPORT_RESET), a new one echoes.
   wait_line DRAIN_END 60 && pass "the connection open at snapshot time ended in the guest: $(guest_value DRAIN_END)" \
     || fail "the guest's held vsock connection never ended"
-  echo "phase: reset seen at ${SECONDS}s"
-  local echo_res
-  echo_res=$(timeout 120 python3 -c "$(cat <<'PY'
-import hashlib, os, socket, sys, threading
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1]); s.settimeout(60)
-s.sendall(b"CONNECT 52\n")
-line = b""
-while not line.endswith(b"\n"):
-    b = s.recv(1)
-    if not b: break
-    line += b
-if not line.startswith(b"OK "): sys.exit(print("no OK: %r" % line))
-data = os.urandom(1 << 20)
-threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR))).start()
-got = bytearray()
-while True:
-    b = s.recv(1 << 16)
-    if not b: break
-    got += b
-print("ok" if hashlib.md5(got).digest() == hashlib.md5(data).digest() else "mismatch %d/%d" % (len(got), len(data)))
-PY
-)" "$uds" 2>&1)
-  expect_eq "a new vsock connection echoes 1 MiB" "$echo_res" ok
-
+  : > "$T/go2"
+  helper_value() { # KEY TIMEOUT_S: KEY=VALUE from the helper
+    local v
+    for _ in $(seq 1 $(($2 * 10))); do
+      v=$(sed -n "s/^$1=//p" "$T/helper.out" | tail -n 1)
+      [[ -n $v ]] && { echo "$v"; return 0; }
+      kill -0 "$helper_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    return 1
+  }
+  expect_eq "a new vsock connection echoes 1 MiB" "$(helper_value ECHO 60)" ok
   echo "phase: vsock done at ${SECONDS}s"
+
   # net: ping both ways, then MIB MiB each way over TCP.
   echo 'ping -c 1 -W 5 172.16.0.1 >/dev/null && echo PING_HOST=ok || echo PING_HOST=fail' >&4
   wait_for PING_HOST 60
   expect_eq "the guest pings the host over tapb" "$(guest_value PING_HOST)" ok
   busybox ping -c 1 -W 5 172.16.0.2 > /dev/null && pass "the host pings the guest over tapb" || fail "the host cannot ping the guest"
   echo "phase: pinged at ${SECONDS}s"
-  head -c $((mib << 20)) /dev/urandom > "$T/host.bin"
   echo 'echo RX_MD5=$(nc -l -p 5001 </dev/null | md5sum | cut -c1-32)' >&4
-  timeout 120 python3 - "$T/host.bin" <<'PY' || fail "host -> guest transfer"
-import socket, sys, time
-for _ in range(300):  # until the guest's nc listens
-    try:
-        s = socket.create_connection(("172.16.0.2", 5001), timeout=5); break
-    except OSError:
-        time.sleep(0.2)
-else:
-    sys.exit("cannot connect to the guest")
-s.settimeout(None)
-with open(sys.argv[1], "rb") as f:
-    s.sendfile(f)
-s.close()
-PY
-  wait_for RX_MD5 60
-  expect_eq "host -> guest $mib MiB intact" "$(guest_value RX_MD5)" "$(md5sum < "$T/host.bin" | cut -c1-32)"
+  wait_for RX_MD5 90
+  expect_eq "host -> guest $mib MiB intact" "$(guest_value RX_MD5)" "$(helper_value SENT_MD5 5)"
   echo "phase: host -> guest done at ${SECONDS}s"
-  timeout 120 python3 - > "$T/rx_host.md5" 2> "$T/rx_host.err" <<'PY' &
-import hashlib, socket, sys
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("172.16.0.1", 5002)); srv.listen(1)
-print("LISTENING", file=sys.stderr, flush=True)
-c, _ = srv.accept()
-h = hashlib.md5()
-while True:
-    b = c.recv(1 << 20)
-    if not b: break
-    h.update(b)
-print(h.hexdigest())
-PY
-  local recv_pid=$!
-  for _ in $(seq 1 100); do grep -q LISTENING "$T/rx_host.err" && break; sleep 0.1; done
+  [[ $(helper_value LISTENING 30) == 1 ]] || fail "the host's TCP receiver is not listening: $(cat "$T/helper.out")"
   echo "dd if=/dev/urandom of=/tmp/tx.bin bs=1M count=$mib 2>/dev/null; echo TX_MD5=\$(md5sum /tmp/tx.bin | cut -c1-32); nc 172.16.0.1 5002 < /tmp/tx.bin; echo TX_DONE=1" >&4
-  wait "$recv_pid"
-  wait_for TX_DONE 60
-  local got; got=$(cat "$T/rx_host.md5")
-  if [[ -n $got ]]; then expect_eq "guest -> host $mib MiB intact" "$got" "$(guest_value TX_MD5)"; else fail "guest -> host: nothing received"; fi
-
+  wait_for TX_DONE 90
+  local got; got=$(helper_value RX_HOST_MD5 30)
+  if [[ -n $got ]]; then expect_eq "guest -> host $mib MiB intact" "$got" "$(guest_value TX_MD5)"; else fail "guest -> host: nothing received: $(cat "$T/helper.out")"; fi
   echo "phase: net done at ${SECONDS}s"
+
   # entropy: 4 KiB from /dev/hwrng, counted by this Ember.
   echo 'echo HWRNG=$(head -c 4096 /dev/hwrng | wc -c)' >&4
   wait_for HWRNG 60
@@ -191,7 +201,6 @@ PY
   local rng_bytes
   rng_bytes=$(grep -o '"entropy":{[^}]*}' "$T/metrics.json" | sed -n 's/.*"entropy_bytes":\([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}')
   [[ $rng_bytes -ge 4096 ]] && pass "entropy_bytes after the restore: $rng_bytes" || fail "entropy_bytes after the restore: $rng_bytes"
-
   echo "phase: entropy done at ${SECONDS}s"
   # balloon: statistics answer; a new target inflates it; the guest's reported free memory drops.
   expect_status "balloon statistics after the restore" 200 GET /balloon/statistics
@@ -210,6 +219,7 @@ PY
     && pass "the guest's statistics follow: free memory $((free0 >> 20)) -> $((free1 >> 20)) MiB" \
     || fail "guest free memory did not drop: '$free0' -> '$free1'"
   echo "phase: balloon done at ${SECONDS}s"
+  kill "$helper_pid" 2>/dev/null; wait "$helper_pid" 2>/dev/null
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 4>&-
 }
