@@ -61,7 +61,7 @@ void Vm::create_snapshot(const std::string& snapshot_path, const std::string& me
         else if (auto con = std::dynamic_pointer_cast<virtio::console::ConsoleDevice>(slot.dev)) d.state = con->save();
         else if (auto rng = std::dynamic_pointer_cast<virtio::rng::EntropyDevice>(slot.dev)) d.state = rng->save();
         else if (auto vs = std::dynamic_pointer_cast<virtio::vsock::VsockDevice>(slot.dev)) d.state = vs->save();
-        else if (std::dynamic_pointer_cast<virtio::balloon::BalloonDevice>(slot.dev)) throw ConfigError("a VM with a balloon device cannot be snapshotted yet");
+        else if (auto bal = std::dynamic_pointer_cast<virtio::balloon::BalloonDevice>(slot.dev)) d.state = bal->save();
         else throw ConfigError("virtio device \"" + slot.id + "\" cannot be saved in a snapshot");
         s.devices.push_back(std::move(d));
     }

@@ -31,6 +31,11 @@
 #         lazily by `ember uffd-handler` (after a 400 for a socket nobody listens on): the
 #         counter goes on, the data's hash is unchanged, the console and the disk work, and
 #         the handler copied some but not all of the guest's pages.
+#   devices: every device kind across one Full snapshot (tests/integration/snapshot_devices.sh).
+# `devices` runs in a network namespace of its own (its TAPs exist only there).
+if [[ ${1:-} == devices && -z ${EMBER_IN_NETNS:-} ]]; then
+  exec env EMBER_IN_NETNS=1 unshare --net bash "$0" "$@"
+fi
 source "$(dirname "$0")/lib.sh"
 need_guest
 K=$EMBER_KERNEL_DIR
@@ -447,6 +452,7 @@ PY
   done
   ;;
 uffd) uffd_case ;;
+devices) source "$(dirname "$0")/snapshot_devices.sh"; devices_case ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
 finish
