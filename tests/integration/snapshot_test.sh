@@ -15,7 +15,9 @@
 #         `ember snapshot-merge` layers it onto the Full's, and the Diff's state loaded with the
 #         merged memory has the later data and counts on from where the Diff stopped. Loaded
 #         with track_dirty_pages, it rewrites 4 MiB and takes a second Diff (only the pages since
-#         the load), merged in place; that loads and goes on too.
+#         the load), merged in place; that loads and goes on too. Before that in-place merge,
+#         the first Diff's state loads once more with the merged memory served through
+#         mem_backend Uffd by `ember uffd-handler`: same data, and the counter goes on.
 #   diff-untracked: the same without track_dirty_pages: the Diff holds every resident page
 #         (Firecracker 1.16's mincore fallback), so it is bigger, and still merges and loads.
 #   clock: a 1-vCPU guest on kvm-clock prints a counter and /proc/uptime every second; it is
@@ -49,6 +51,37 @@ give_up() {
   echo "--- console and log:" >&2; tail -n 20 "$OUT" "$T/ember.err" >&2
   kill -9 "$EMBER_PID" 2>/dev/null; wait "$EMBER_PID" 2>/dev/null
   finish
+}
+
+# diff_uffd_load N DATA: the Diff's state with the merged memory once more, its pages served by
+# `ember uffd-handler` from merged.mem (holes in the sparse file are zero pages): the counter
+# goes on from N and the data hashes to DATA.
+diff_uffd_load() {
+  local n=$1 data=$2
+  mkfifo "$T/u.in"
+  exec 6<> "$T/u.in"
+  "$EMBER_BIN" uffd-handler --accept-timeout 120 "$T/uffd.sock" "$T/merged.mem" 2> "$T/uffd.err" &
+  local hpid=$!
+  for _ in $(seq 1 100); do grep -q listening "$T/uffd.err" 2>/dev/null && break; sleep 0.1; done
+  SOCK=$T/u.sock
+  EMBER_CONSOLE=$T/u.out EMBER_STDIN=$T/u.in start_ember
+  expect_status "load the Diff's state with merged memory through Uffd" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/diff.snap\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"$T/uffd.sock\"}, \"resume_vm\": true}"
+  for _ in $(seq 1 150); do [[ $(ticks u | wc -l) -ge 2 ]] && break; sleep 0.2; done
+  local first; first=$(ticks u | head -n 1)
+  [[ -n $n && -n $first && ( $first -eq $((n + 1)) || $first -eq $((n + 2)) ) ]] && pass "Uffd: the counter went on: $n before, $first after" \
+    || fail "counter after the Uffd restore: '$n' before, '$first' after"
+  echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&6
+  wait_for DATA2 150
+  expect_eq "tmpfs data after the merged restore through Uffd" "$(guest_value DATA2)" "$data"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  exec 6>&-
+  # The handler ends with the VMM (its uffd and socket close) and reports what it served.
+  for _ in $(seq 1 100); do kill -0 "$hpid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$hpid" 2>/dev/null; then fail "the handler outlived the VMM"; kill -9 "$hpid"; fi
+  wait "$hpid"
+  local copied; copied=$(sed -n 's/^pages_copied=\([0-9]*\).*/\1/p' "$T/uffd.err")
+  [[ -n $copied && $copied -gt 0 ]] && pass "the handler served $copied pages of the merged file" \
+    || { fail "handler report: $(cat "$T/uffd.err")"; }
 }
 
 # diff_case TRACK: the `diff` (TRACK=true) and `diff-untracked` (false) cases.
@@ -92,6 +125,7 @@ diff_case() {
     || fail "no diff_create_snapshot in metrics: $(tail -c 600 "$T/metrics.json")"
   sleep 1
   local n; n=$(ticks a | tail -n 1)
+  local n_diff=$n
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 3>&-
   expect_eq "Diff memory file size" "$(stat -c %s "$T/diff.mem")" $((256 << 20))
@@ -143,6 +177,8 @@ diff_case() {
   n=$(ticks b | tail -n 1)
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 4>&-
+  # merged.mem is still the first merge (the in-place one comes below).
+  diff_uffd_load "$n_diff" "$data_b"
   local d2_b=$(( $(stat -c %b "$T/d2.mem") * $(stat -c %B "$T/d2.mem") ))
   echo "second Diff (after a load with track_dirty_pages): $((d2_b >> 10)) KiB allocated"
   [[ $d2_b -ge $((4 << 20)) && $d2_b -lt $((32 << 20)) ]] && pass "the second Diff holds what changed since the load" \
