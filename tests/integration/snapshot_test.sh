@@ -47,6 +47,15 @@ cp "$EMBER_ROOTFS_DIR/rootfs.ext4" "$T/root.ext4"
 # wait_for KEY TIMEOUT_S: wait_line, with the console and log of a guest that never said KEY.
 wait_for() { wait_line "$1" "$2" || { fail "no $1= line on the console"; give_up; }; }
 ticks() { tr -d '\r' < "$T/$1.out" | sed -n 's/^TICK=\([0-9]*\)$/\1/p'; }
+# counter_goes_on NAME BEFORE LABEL: waits for NAME's second tick and checks that its first tick
+# follows BEFORE, the source's last (one tick may have been under way when it was saved). Sets
+# FIRST to that first tick.
+counter_goes_on() {
+  for _ in $(seq 1 150); do [[ $(ticks "$1" | wc -l) -ge 2 ]] && break; sleep 0.2; done
+  FIRST=$(ticks "$1" | head -n 1)
+  [[ -n $2 && -n $FIRST && ( $FIRST -eq $(($2 + 1)) || $FIRST -eq $(($2 + 2)) ) ]] && pass "$3: the counter went on: $2 before, $FIRST after" \
+    || fail "$3: counter '$2' before, '$FIRST' after"
+}
 give_up() {
   echo "--- console and log:" >&2; tail -n 20 "$OUT" "$T/ember.err" >&2
   kill -9 "$EMBER_PID" 2>/dev/null; wait "$EMBER_PID" 2>/dev/null
@@ -66,10 +75,7 @@ diff_uffd_load() {
   SOCK=$T/u.sock
   EMBER_CONSOLE=$T/u.out EMBER_STDIN=$T/u.in start_ember
   expect_status "load the Diff's state with merged memory through Uffd" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/diff.snap\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"$T/uffd.sock\"}, \"resume_vm\": true}"
-  for _ in $(seq 1 150); do [[ $(ticks u | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  local first; first=$(ticks u | head -n 1)
-  [[ -n $n && -n $first && ( $first -eq $((n + 1)) || $first -eq $((n + 2)) ) ]] && pass "Uffd: the counter went on: $n before, $first after" \
-    || fail "counter after the Uffd restore: '$n' before, '$first' after"
+  counter_goes_on u "$n" "Diff through Uffd"
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&6
   wait_for DATA2 150
   expect_eq "tmpfs data after the merged restore through Uffd" "$(guest_value DATA2)" "$data"
@@ -154,10 +160,7 @@ diff_case() {
   EMBER_CONSOLE=$T/b.out EMBER_STDIN=$T/b.in start_ember
   expect_status "load the Diff's state with merged memory" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/diff.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/merged.mem\"}, \"resume_vm\": true, \"track_dirty_pages\": $track}"
   grep -q 'Diff snapshot' "$T/ember.log" && pass "loading a Diff's state is logged" || fail "no Diff warning in the log"
-  for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  local first; first=$(ticks b | head -n 1)
-  [[ -n $n && -n $first && ( $first -eq $((n + 1)) || $first -eq $((n + 2)) ) ]] && pass "the counter went on: $n before, $first after" \
-    || fail "counter after restore: '$n' before, '$first' after"
+  counter_goes_on b "$n" "Diff"
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&4
   wait_for DATA2 300
   expect_eq "tmpfs data after the merged restore" "$(guest_value DATA2)" "$data_b"
@@ -190,10 +193,7 @@ diff_case() {
   SOCK=$T/c.sock
   EMBER_CONSOLE=$T/c.out EMBER_STDIN=$T/c.in start_ember
   expect_status "load the second Diff's state" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/d2.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/merged.mem\"}, \"resume_vm\": true}"
-  for _ in $(seq 1 150); do [[ $(ticks c | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  first=$(ticks c | head -n 1)
-  [[ -n $n && -n $first && ( $first -eq $((n + 1)) || $first -eq $((n + 2)) ) ]] && pass "the chain's counter went on: $n before, $first after" \
-    || fail "counter after the second restore: '$n' before, '$first' after"
+  counter_goes_on c "$n" "second Diff (chain)"
   echo 'echo DATA3=$(md5sum /tmp/d | cut -c1-32)' >&5
   wait_for DATA3 150
   expect_eq "tmpfs data after the chained restore" "$(guest_value DATA3)" "$data_c"
@@ -241,10 +241,8 @@ uffd_case() {
   expect_status "GET / after load" 200 GET / ''
   [[ $LAST == *'"state":"Paused"'* ]] && pass "loaded paused" || fail "state after load: $LAST"
   expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
-  for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  first=$(ticks b | head -n 1)
-  [[ -n $first && ( $first -eq $((N + 1)) || $first -eq $((N + 2)) ) ]] && pass "the counter went on: $N before, $first after" \
-    || fail "counter after restore: $N before, '$first' after"
+  counter_goes_on b "$N" "restore"
+  first=$FIRST
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&3
   wait_for DATA2 120
   expect_eq "tmpfs data after a Uffd restore" "$(tr -d '\r' < "$T/b.out" | sed -n 's/^DATA2=//p')" "$DATA"
@@ -334,10 +332,8 @@ full)
   sleep 1
   [[ -z $(ticks b) ]] && pass "no tick while paused" || fail "ticks while paused: $(ticks b | head -3)"
   expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
-  for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  first=$(ticks b | head -n 1)
-  [[ -n $first && ( $first -eq $((N + 1)) || $first -eq $((N + 2)) ) ]] && pass "the counter went on: $N before, $first after" \
-    || fail "counter after restore: $N before, '$first' after"
+  counter_goes_on b "$N" "restore"
+  first=$FIRST
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&3
   wait_for DATA2 120
   expect_eq "tmpfs data after restore" "$(tr -d '\r' < "$T/b.out" | sed -n 's/^DATA2=//p')" "$DATA"
