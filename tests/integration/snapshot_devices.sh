@@ -140,9 +140,13 @@ PY
   exec 3>&-
 
   echo "phase: snapshot done at ${SECONDS}s"
-  # Another TAP with the host's address; tap0 is gone, so only the override can carry traffic.
+  # Another TAP with the host's address and MAC (the guest's neighbour entry for 172.16.0.1 names
+  # tap0's MAC: a TAP with another MAC drops the guest's frames until that entry goes stale, as
+  # it would for a Firecracker clone); tap0 is gone, so only the override can carry traffic.
+  local host_mac; host_mac=$(ip -br link show tap0 | awk '{print $3}')  # not /sys: it shows the first netns
   ip link del tap0
-  ip tuntap add dev tapb mode tap && ip addr add 172.16.0.1/24 dev tapb && ip link set tapb up || { fail "tapb"; finish; }
+  ip tuntap add dev tapb mode tap && ip link set tapb address "$host_mac" && ip addr add 172.16.0.1/24 dev tapb \
+    && ip link set tapb up || { fail "tapb"; finish; }
   rm -f "$uds" # the killed Ember's listener
   exec 4<> "$T/b.in"
   SOCK=$T/b.sock
