@@ -253,6 +253,9 @@ bool Controller::write_metrics() { return metrics_.valid() && flush_metrics().st
 Response Controller::runtime(const PatchDrive& p) {
     auto blk = vm_->devices().find<virtio::block::BlockDevice>(p.drive_id);
     if (!blk) return Response::bad_request("Invalid block device ID: " + p.drive_id);
+    if (p.path_on_host && blk->config().cow)
+        return Response::bad_request("drive " + p.drive_id + " is a copy-on-write disk over " + blk->config().path_on_host +
+                                     ": its image cannot be replaced");
     if (p.path_on_host) {
         DriveConfig updated = blk->config();
         updated.path_on_host = *p.path_on_host;

@@ -192,11 +192,15 @@ void VmBuilder::attach_devices(Vm& vm, boost::asio::io_context& io, const VmConf
         dm.attach_virtio(std::move(dev), "", "entropy");
         if (saved.restoring()) saved.check_slot(dm);
     }
-    // virtio-balloon (Firecracker's attach_balloon_device), last. Vm::create_snapshot refuses a VM
-    // with a balloon, so no snapshot holds one.
+    // virtio-balloon (Firecracker's attach_balloon_device), last. Restored, it keeps the target,
+    // the driver's `actual`, the statistics, the held stats buffer and the hinting ids, and
+    // re-arms the statistics timer (Firecracker's balloon/persist.rs).
     if (cfg.balloon) {
-        if (saved.restoring()) throw ConfigError("the snapshot's configuration has a balloon device, which snapshots do not hold yet");
-        dm.attach_virtio(std::make_shared<virtio::balloon::BalloonDevice>(mem, io, *cfg.balloon), "", "balloon");
+        auto dev = saved.restoring() ? virtio::balloon::BalloonDevice::restore(mem, io, *cfg.balloon,
+                                                                               saved.take<virtio::balloon::BalloonState>("", "balloon device"))
+                                     : std::make_shared<virtio::balloon::BalloonDevice>(mem, io, *cfg.balloon);
+        dm.attach_virtio(std::move(dev), "", "balloon");
+        if (saved.restoring()) saved.check_slot(dm);
     }
     if (saved.restoring()) saved.check_all_taken();
 }

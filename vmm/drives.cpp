@@ -1,5 +1,6 @@
 #include "vmm/drives.hpp"
 
+#include "devices/virtio/block/cow.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
 #include "vmm/device_manager.hpp"
@@ -15,10 +16,16 @@
 #include <sys/stat.h>
 
 namespace ember {
+namespace {
+
+// Whether the guest's writes reach the drive's file (a copy-on-write drive writes its overlay).
+bool writes_file(const DriveConfig& c) noexcept { return !c.is_read_only && !c.cow; }
+
+} // namespace
 
 OpenedDrive open_drive(const DriveConfig& cfg) {
     const std::string what = "drive " + cfg.drive_id + ": " + cfg.path_on_host;
-    const int flags = (cfg.is_read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+    const int flags = (cfg.is_read_only || cfg.cow ? O_RDONLY : O_RDWR) | O_CLOEXEC;
     int fd = ::open(cfg.path_on_host.c_str(), flags);
     if (fd < 0) throw ConfigError(what + ": " + std::strerror(errno));
     OpenedDrive d{cfg, UniqueFd(fd), 0, 0, 0};
@@ -41,6 +48,8 @@ OpenedDrive open_drive(const DriveConfig& cfg) {
                  what.c_str(), static_cast<unsigned long long>(d.size));
     d.dev = st.st_dev;
     d.ino = st.st_ino;
+    if (cfg.cow && (cfg.cow->base_dev() != d.dev || cfg.cow->base_ino() != d.ino || cfg.cow->size() != d.size))
+        throw ConfigError(what + ": its copy-on-write layer is over another file (" + cfg.cow->base_path() + ")");
     return d;
 }
 
@@ -61,7 +70,7 @@ std::vector<OpenedDrive> open_drives(const std::vector<DriveConfig>& drives) {
         if (!d.is_root_device) out.push_back(open_drive(d));
     for (std::size_t i = 0; i < out.size(); ++i)
         for (std::size_t j = 0; j < i; ++j)
-            if (out[i].dev == out[j].dev && out[i].ino == out[j].ino && (!out[i].cfg.is_read_only || !out[j].cfg.is_read_only))
+            if (out[i].dev == out[j].dev && out[i].ino == out[j].ino && (writes_file(out[i].cfg) || writes_file(out[j].cfg)))
                 throw ConfigError("drives " + out[j].cfg.drive_id + " and " + out[i].cfg.drive_id +
                                   " are the same file, and at least one is writable");
     return out;

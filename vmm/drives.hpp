@@ -18,13 +18,15 @@ struct OpenedDrive {
     std::uint64_t dev = 0, ino = 0;
 };
 
-// Opens one image: O_RDONLY for read-only drives, else O_RDWR; O_CLOEXEC. Refuses anything but
-// a non-empty regular file (or block device). A size that is not a multiple of 512 is logged
+// Opens one image: O_RDONLY for read-only drives and copy-on-write drives (cfg.cow, whose base
+// must be this very file), else O_RDWR; O_CLOEXEC. Refuses anything but a regular file (or
+// block device). A size that is not a multiple of 512 is logged
 // as a warning (Firecracker's behaviour): the last partial sector is not visible to the guest.
 OpenedDrive open_drive(const DriveConfig& cfg);
 
 // Opens every drive, root drive first (it becomes /dev/vda), then the others in configuration
-// order. Refuses duplicate ids, two root drives and one file behind two writable drives.
+// order. Refuses duplicate ids, two root drives and one file behind two drives of which one
+// writes it (a copy-on-write drive only reads its base).
 std::vector<OpenedDrive> open_drives(const std::vector<DriveConfig>& drives);
 
 // root=/dev/vda (or root=PARTUUID=...) and ro/rw for the root drive, if there is one.

@@ -4,8 +4,10 @@
 #include "vmm/base/crc64.hpp"
 #include "vmm/base/unique_fd.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <optional>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -28,7 +30,28 @@ constexpr std::size_t kMaxQueues = 64;
 constexpr std::size_t kMaxId = 4096;
 
 // Device kinds as stored; the numbers are part of the format.
-enum class DeviceKind : std::uint8_t { Block = 1, Net = 2, Console = 3, Entropy = 4, Vsock = 5 };
+enum class DeviceKind : std::uint8_t { Block = 1, Net = 2, Console = 3, Entropy = 4, Vsock = 5, Balloon = 6 };
+
+// An optional value: a presence flag and the value, 0 when absent (one encoding per state, so a
+// stray value behind a cleared flag is corruption, not ignored).
+template <class T>
+void put_optional(ByteWriter& w, const std::optional<T>& v) {
+    w.boolean(v.has_value());
+    if constexpr (sizeof(T) == 2) w.u16(v.value_or(0));
+    else if constexpr (sizeof(T) == 4) w.u32(v.value_or(0));
+    else w.u64(v.value_or(0));
+}
+template <class T>
+std::optional<T> get_optional(ByteReader& r, const char* field) {
+    const bool has = r.boolean(field);
+    T v{};
+    if constexpr (sizeof(T) == 2) v = r.u16(field);
+    else if constexpr (sizeof(T) == 4) v = r.u32(field);
+    else v = r.u64(field);
+    if (!has && v != 0) r.fail(field, "holds a value but is marked absent");
+    return has ? std::optional<T>(v) : std::nullopt;
+}
+
 
 template <std::size_t N>
 void put_fifo(ByteWriter& w, const ByteFifo<N>& f) {
@@ -105,6 +128,50 @@ virtio::DeviceState get_virtio(ByteReader& r) {
     return d;
 }
 
+void put_balloon(ByteWriter& w, const virtio::balloon::BalloonState& s) {
+    put_virtio(w, s.virtio);
+    w.u32(s.num_pages);
+    w.u32(s.actual_pages);
+    w.u16(s.stats_polling_interval_s);
+    put_optional(w, s.stats_desc);
+    for (const auto& v : s.stats.values) put_optional(w, v);
+    w.u32(s.hinting.host_cmd);
+    put_optional(w, s.hinting.guest_cmd);
+    w.boolean(s.hint_ack_on_stop);
+    w.u32(s.hint_last_run);
+    w.u64(s.inflated_pages);
+    w.u64(s.deflated_pages);
+}
+// The device's own restore checks the state against the queues (BalloonDevice::restore); these
+// are the checks that need nothing but the record.
+virtio::balloon::BalloonState get_balloon(ByteReader& r) {
+    namespace vb = virtio::balloon;
+    vb::BalloonState s;
+    s.virtio = get_virtio(r);
+    s.num_pages = r.u32("balloon num_pages");
+    if (s.num_pages % vb::PAGES_PER_MIB != 0)
+        r.fail("balloon num_pages", std::to_string(s.num_pages) + " is not a whole number of MiB (the API sets the target in MiB)");
+    s.actual_pages = r.u32("balloon actual_pages");
+    s.stats_polling_interval_s = r.u16("balloon stats_polling_interval_s");
+    s.stats_desc = get_optional<std::uint16_t>(r, "balloon stats_desc");
+    if (s.stats_desc && s.stats_polling_interval_s == 0) r.fail("balloon stats_desc", "is held by a balloon without statistics");
+    if (s.stats_desc && *s.stats_desc >= vb::BalloonDevice::QUEUE_SIZE)
+        r.fail("balloon stats_desc", std::to_string(*s.stats_desc) + " is past the stats queue's " +
+                                         std::to_string(vb::BalloonDevice::QUEUE_SIZE) + " descriptors");
+    for (auto& v : s.stats.values) v = get_optional<std::uint64_t>(r, "balloon statistic");
+    if (s.stats_polling_interval_s == 0 && std::any_of(s.stats.values.begin(), s.stats.values.end(), [](const auto& v) { return v.has_value(); }))
+        r.fail("balloon statistic", "is held by a balloon without statistics");
+    s.hinting.host_cmd = r.u32("balloon hinting host_cmd");
+    s.hinting.guest_cmd = get_optional<std::uint32_t>(r, "balloon hinting guest_cmd");
+    s.hint_ack_on_stop = r.boolean("balloon hint_ack_on_stop");
+    s.hint_last_run = r.u32("balloon hint_last_run");
+    if (s.hinting.host_cmd >= vb::CMD_ID_FIRST && s.hinting.host_cmd != s.hint_last_run)
+        r.fail("balloon hinting host_cmd", std::to_string(s.hinting.host_cmd) + " is not the last run's id " + std::to_string(s.hint_last_run));
+    s.inflated_pages = r.u64("balloon inflated_pages");
+    s.deflated_pages = r.u64("balloon deflated_pages");
+    return s;
+}
+
 struct DevicePayloadWriter {
     ByteWriter& w;
     void operator()(const virtio::block::BlockState& s) const {
@@ -133,6 +200,10 @@ struct DevicePayloadWriter {
         w.u8(static_cast<std::uint8_t>(DeviceKind::Vsock));
         put_virtio(w, s.virtio);
         w.u64(s.guest_cid);
+    }
+    void operator()(const virtio::balloon::BalloonState& s) const {
+        w.u8(static_cast<std::uint8_t>(DeviceKind::Balloon));
+        put_balloon(w, s);
     }
 };
 
@@ -182,6 +253,7 @@ SnapshotDevice get_device(ByteReader& r) {
         d.state = std::move(s);
         break;
     }
+    case DeviceKind::Balloon: d.state = get_balloon(r); break;
     default:
         r.fail("device kind", std::to_string(kind) + " is not a device this Ember knows");
     }

@@ -13,6 +13,7 @@
 #include "devices/legacy/boot_timer.hpp"
 #include "devices/legacy/i8042.hpp"
 #include "devices/legacy/serial.hpp"
+#include "devices/virtio/balloon/device.hpp"
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/console/device.hpp"
 #include "devices/virtio/net/device.hpp"
@@ -30,6 +31,9 @@
 
 namespace ember {
 
+// The version changes when a record this version defines changes its layout or meaning. A new
+// device kind is not such a change: files without it read as before, and an Ember that does not
+// know the kind refuses the file naming it ("device kind N is not a device this Ember knows").
 inline constexpr std::uint32_t kSnapshotFormatVersion = 1;
 
 // One region of guest RAM and where its bytes sit in the memory file.
@@ -46,7 +50,7 @@ struct SnapshotDevice {
     std::uint64_t mmio_base = 0;
     std::uint32_t irq = 0;
     std::variant<virtio::block::BlockState, virtio::net::NetState, virtio::console::ConsoleState, virtio::rng::EntropyState,
-                 virtio::vsock::VsockState>
+                 virtio::vsock::VsockState, virtio::balloon::BalloonState>
         state;
 };
 

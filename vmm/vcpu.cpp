@@ -84,10 +84,7 @@ void Vcpu::start(bool paused) {
     started_ = true;
 }
 
-VcpuState Vcpu::save_state() {
-    (void)fd_.complete_pending_exit();
-    return fd_.save_state();
-}
+VcpuState Vcpu::save_state() { return fd_.save_state(); }
 
 void Vcpu::kick() noexcept {
     // immediate_exit covers the window between the loop's flag checks and KVM_RUN; the signal
@@ -207,12 +204,30 @@ void Vcpu::run_loop() noexcept {
             v.park_cv_.notify_all();
         }
     } end_guard{*this};
+    // True after KVM_RUN returned an exit: its PIO/MMIO completes on the next KVM_RUN only.
+    bool exit_pending = false;
     while (!stop_.load(std::memory_order_acquire)) {
         if (pause_.load()) {
-            park_while_paused();
-            continue;
-        }
-        if (::ioctl(fd_.fd(), KVM_RUN, 0) < 0) {
+            // Park with no exit pending, so save_state() reads the registers after the
+            // instruction. Completing happens here, on this thread: a completion that causes
+            // another exit (a rep string PIO, an MMIO that goes on) is handled below like any
+            // exit, then this is tried again (api.rst KVM_RUN immediate_exit).
+            bool done = true;
+            if (exit_pending) {
+                try {
+                    done = fd_.complete_pending_exit();
+                } catch (const std::exception& e) {
+                    fatal(e.what());
+                    return;
+                }
+            }
+            if (done) {
+                exit_pending = false;
+                park_while_paused();
+                continue;
+            }
+        } else if (::ioctl(fd_.fd(), KVM_RUN, 0) < 0) {
+            exit_pending = false;
             if (errno == EINTR || errno == EAGAIN) {
                 __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
                 continue;
@@ -220,6 +235,7 @@ void Vcpu::run_loop() noexcept {
             fatal(std::string("KVM_RUN failed: ") + std::strerror(errno));
             return;
         }
+        exit_pending = true;
         switch (run->exit_reason) {
         case KVM_EXIT_IO:
             if (!handle_io(run)) {

@@ -53,8 +53,8 @@ public:
     // `paused`: the thread parks before its first KVM_RUN (a VM restored without resume_vm).
     void start(bool paused = false);
     // The vCPU's state for a snapshot. Precondition: paused and parked (wait_paused()) or not
-    // started. Completes the last PIO/MMIO exit first (api.rst KVM_RUN, immediate_exit). Throws
-    // SystemError.
+    // started: the thread completed its last PIO/MMIO exit before parking (api.rst KVM_RUN,
+    // immediate_exit), so nothing runs KVM_RUN here. Throws SystemError.
     VcpuState save_state();
     // A snapshot's state, before start(). Throws SystemError.
     void restore_state(const VcpuState& s) { fd_.restore_state(s); }

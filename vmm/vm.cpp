@@ -46,6 +46,11 @@ void Vm::create_snapshot(const std::string& snapshot_path, const std::string& me
     if (!paused_) throw ConfigError("the microVM must be paused (PATCH /vm {\"state\": \"Paused\"}) before a snapshot");
     for (auto& v : vcpus_)
         if (!v->wait_paused(std::chrono::seconds(2))) throw ConfigError("vCPU " + std::to_string(v->index()) + " is not parked");
+    // A copy-on-write drive's disk is its overlay in this process plus the base: a snapshot
+    // would record the base's path alone and restore a disk without the guest's writes.
+    for (const auto& slot : devices_.virtio_slots())
+        if (auto blk = std::dynamic_pointer_cast<virtio::block::BlockDevice>(slot.dev); blk && blk->config().cow)
+            throw ConfigError("drive " + slot.id + ": a copy-on-write drive cannot be snapshotted yet");
     SnapshotFile s;
     s.ember_version = EMBER_VERSION;
     s.cpu_vendor = host_cpu().vendor;
@@ -61,7 +66,7 @@ void Vm::create_snapshot(const std::string& snapshot_path, const std::string& me
         else if (auto con = std::dynamic_pointer_cast<virtio::console::ConsoleDevice>(slot.dev)) d.state = con->save();
         else if (auto rng = std::dynamic_pointer_cast<virtio::rng::EntropyDevice>(slot.dev)) d.state = rng->save();
         else if (auto vs = std::dynamic_pointer_cast<virtio::vsock::VsockDevice>(slot.dev)) d.state = vs->save();
-        else if (std::dynamic_pointer_cast<virtio::balloon::BalloonDevice>(slot.dev)) throw ConfigError("a VM with a balloon device cannot be snapshotted yet");
+        else if (auto bal = std::dynamic_pointer_cast<virtio::balloon::BalloonDevice>(slot.dev)) d.state = bal->save();
         else throw ConfigError("virtio device \"" + slot.id + "\" cannot be saved in a snapshot");
         s.devices.push_back(std::move(d));
     }

@@ -15,7 +15,9 @@
 #         `ember snapshot-merge` layers it onto the Full's, and the Diff's state loaded with the
 #         merged memory has the later data and counts on from where the Diff stopped. Loaded
 #         with track_dirty_pages, it rewrites 4 MiB and takes a second Diff (only the pages since
-#         the load), merged in place; that loads and goes on too.
+#         the load), merged in place; that loads and goes on too. Before that in-place merge,
+#         the first Diff's state loads once more with the merged memory served through
+#         mem_backend Uffd by `ember uffd-handler`: same data, and the counter goes on.
 #   diff-untracked: the same without track_dirty_pages: the Diff holds every resident page
 #         (Firecracker 1.16's mincore fallback), so it is bigger, and still merges and loads.
 #   clock: a 1-vCPU guest on kvm-clock prints a counter and /proc/uptime every second; it is
@@ -31,6 +33,11 @@
 #         lazily by `ember uffd-handler` (after a 400 for a socket nobody listens on): the
 #         counter goes on, the data's hash is unchanged, the console and the disk work, and
 #         the handler copied some but not all of the guest's pages.
+#   devices: every device kind across one Full snapshot (tests/integration/snapshot_devices.sh).
+# `devices` runs in a network namespace of its own (its TAPs exist only there).
+if [[ ${1:-} == devices && -z ${EMBER_IN_NETNS:-} ]]; then
+  exec env EMBER_IN_NETNS=1 unshare --net bash "$0" "$@"
+fi
 source "$(dirname "$0")/lib.sh"
 need_guest
 K=$EMBER_KERNEL_DIR
@@ -40,10 +47,47 @@ cp "$EMBER_ROOTFS_DIR/rootfs.ext4" "$T/root.ext4"
 # wait_for KEY TIMEOUT_S: wait_line, with the console and log of a guest that never said KEY.
 wait_for() { wait_line "$1" "$2" || { fail "no $1= line on the console"; give_up; }; }
 ticks() { tr -d '\r' < "$T/$1.out" | sed -n 's/^TICK=\([0-9]*\)$/\1/p'; }
+# counter_goes_on NAME BEFORE LABEL: waits for NAME's second tick and checks that its first tick
+# follows BEFORE, the source's last (one tick may have been under way when it was saved). Sets
+# FIRST to that first tick.
+counter_goes_on() {
+  for _ in $(seq 1 150); do [[ $(ticks "$1" | wc -l) -ge 2 ]] && break; sleep 0.2; done
+  FIRST=$(ticks "$1" | head -n 1)
+  [[ -n $2 && -n $FIRST && ( $FIRST -eq $(($2 + 1)) || $FIRST -eq $(($2 + 2)) ) ]] && pass "$3: the counter went on: $2 before, $FIRST after" \
+    || fail "$3: counter '$2' before, '$FIRST' after"
+}
 give_up() {
   echo "--- console and log:" >&2; tail -n 20 "$OUT" "$T/ember.err" >&2
   kill -9 "$EMBER_PID" 2>/dev/null; wait "$EMBER_PID" 2>/dev/null
   finish
+}
+
+# diff_uffd_load N DATA: the Diff's state with the merged memory once more, its pages served by
+# `ember uffd-handler` from merged.mem (holes in the sparse file are zero pages): the counter
+# goes on from N and the data hashes to DATA.
+diff_uffd_load() {
+  local n=$1 data=$2
+  mkfifo "$T/u.in"
+  exec 6<> "$T/u.in"
+  "$EMBER_BIN" uffd-handler --accept-timeout 120 "$T/uffd.sock" "$T/merged.mem" 2> "$T/uffd.err" &
+  local hpid=$!
+  for _ in $(seq 1 100); do grep -q listening "$T/uffd.err" 2>/dev/null && break; sleep 0.1; done
+  SOCK=$T/u.sock
+  EMBER_CONSOLE=$T/u.out EMBER_STDIN=$T/u.in start_ember
+  expect_status "load the Diff's state with merged memory through Uffd" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/diff.snap\", \"mem_backend\": {\"backend_type\": \"Uffd\", \"backend_path\": \"$T/uffd.sock\"}, \"resume_vm\": true}"
+  counter_goes_on u "$n" "Diff through Uffd"
+  echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&6
+  wait_for DATA2 150
+  expect_eq "tmpfs data after the merged restore through Uffd" "$(guest_value DATA2)" "$data"
+  kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
+  exec 6>&-
+  # The handler ends with the VMM (its uffd and socket close) and reports what it served.
+  for _ in $(seq 1 100); do kill -0 "$hpid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$hpid" 2>/dev/null; then fail "the handler outlived the VMM"; kill -9 "$hpid"; fi
+  wait "$hpid"
+  local copied; copied=$(sed -n 's/^pages_copied=\([0-9]*\).*/\1/p' "$T/uffd.err")
+  [[ -n $copied && $copied -gt 0 ]] && pass "the handler served $copied pages of the merged file" \
+    || { fail "handler report: $(cat "$T/uffd.err")"; }
 }
 
 # diff_case TRACK: the `diff` (TRACK=true) and `diff-untracked` (false) cases.
@@ -87,6 +131,7 @@ diff_case() {
     || fail "no diff_create_snapshot in metrics: $(tail -c 600 "$T/metrics.json")"
   sleep 1
   local n; n=$(ticks a | tail -n 1)
+  local n_diff=$n
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 3>&-
   expect_eq "Diff memory file size" "$(stat -c %s "$T/diff.mem")" $((256 << 20))
@@ -115,10 +160,7 @@ diff_case() {
   EMBER_CONSOLE=$T/b.out EMBER_STDIN=$T/b.in start_ember
   expect_status "load the Diff's state with merged memory" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/diff.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/merged.mem\"}, \"resume_vm\": true, \"track_dirty_pages\": $track}"
   grep -q 'Diff snapshot' "$T/ember.log" && pass "loading a Diff's state is logged" || fail "no Diff warning in the log"
-  for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  local first; first=$(ticks b | head -n 1)
-  [[ -n $n && -n $first && ( $first -eq $((n + 1)) || $first -eq $((n + 2)) ) ]] && pass "the counter went on: $n before, $first after" \
-    || fail "counter after restore: '$n' before, '$first' after"
+  counter_goes_on b "$n" "Diff"
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&4
   wait_for DATA2 300
   expect_eq "tmpfs data after the merged restore" "$(guest_value DATA2)" "$data_b"
@@ -138,6 +180,8 @@ diff_case() {
   n=$(ticks b | tail -n 1)
   kill -9 "$EMBER_PID"; wait "$EMBER_PID" 2>/dev/null
   exec 4>&-
+  # merged.mem is still the first merge (the in-place one comes below).
+  diff_uffd_load "$n_diff" "$data_b"
   local d2_b=$(( $(stat -c %b "$T/d2.mem") * $(stat -c %B "$T/d2.mem") ))
   echo "second Diff (after a load with track_dirty_pages): $((d2_b >> 10)) KiB allocated"
   [[ $d2_b -ge $((4 << 20)) && $d2_b -lt $((32 << 20)) ]] && pass "the second Diff holds what changed since the load" \
@@ -149,10 +193,7 @@ diff_case() {
   SOCK=$T/c.sock
   EMBER_CONSOLE=$T/c.out EMBER_STDIN=$T/c.in start_ember
   expect_status "load the second Diff's state" 204 PUT /snapshot/load "{\"snapshot_path\": \"$T/d2.snap\", \"mem_backend\": {\"backend_type\": \"File\", \"backend_path\": \"$T/merged.mem\"}, \"resume_vm\": true}"
-  for _ in $(seq 1 150); do [[ $(ticks c | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  first=$(ticks c | head -n 1)
-  [[ -n $n && -n $first && ( $first -eq $((n + 1)) || $first -eq $((n + 2)) ) ]] && pass "the chain's counter went on: $n before, $first after" \
-    || fail "counter after the second restore: '$n' before, '$first' after"
+  counter_goes_on c "$n" "second Diff (chain)"
   echo 'echo DATA3=$(md5sum /tmp/d | cut -c1-32)' >&5
   wait_for DATA3 150
   expect_eq "tmpfs data after the chained restore" "$(guest_value DATA3)" "$data_c"
@@ -200,10 +241,8 @@ uffd_case() {
   expect_status "GET / after load" 200 GET / ''
   [[ $LAST == *'"state":"Paused"'* ]] && pass "loaded paused" || fail "state after load: $LAST"
   expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
-  for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  first=$(ticks b | head -n 1)
-  [[ -n $first && ( $first -eq $((N + 1)) || $first -eq $((N + 2)) ) ]] && pass "the counter went on: $N before, $first after" \
-    || fail "counter after restore: $N before, '$first' after"
+  counter_goes_on b "$N" "restore"
+  first=$FIRST
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&3
   wait_for DATA2 120
   expect_eq "tmpfs data after a Uffd restore" "$(tr -d '\r' < "$T/b.out" | sed -n 's/^DATA2=//p')" "$DATA"
@@ -293,10 +332,8 @@ full)
   sleep 1
   [[ -z $(ticks b) ]] && pass "no tick while paused" || fail "ticks while paused: $(ticks b | head -3)"
   expect_status "resume" 204 PATCH /vm '{"state": "Resumed"}'
-  for _ in $(seq 1 150); do [[ $(ticks b | wc -l) -ge 2 ]] && break; sleep 0.2; done
-  first=$(ticks b | head -n 1)
-  [[ -n $first && ( $first -eq $((N + 1)) || $first -eq $((N + 2)) ) ]] && pass "the counter went on: $N before, $first after" \
-    || fail "counter after restore: $N before, '$first' after"
+  counter_goes_on b "$N" "restore"
+  first=$FIRST
   echo 'echo DATA2=$(md5sum /tmp/d | cut -c1-32)' >&3
   wait_for DATA2 120
   expect_eq "tmpfs data after restore" "$(tr -d '\r' < "$T/b.out" | sed -n 's/^DATA2=//p')" "$DATA"
@@ -378,7 +415,11 @@ clock)
   clock_load b false
   check_across b "$(awk -v t="$TICK" 'BEGIN { print t + 1 }')" 0
   # With it: KVM_GET_CLOCK has a realtime reading only in master-clock mode (host clocksource tsc).
-  if [[ $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) == tsc ]]; then
+  # EMBER_EXPECT_TSC_HOST=1 in an L1 (scripts/test's kvm-tsc stage boots it with tsc=reliable)
+  # makes the positive path mandatory.
+  host_cs=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
+  [[ ${EMBER_EXPECT_TSC_HOST:-} != 1 || ${EMBER_IN_L1:-} != 1 || $host_cs == tsc ]] && pass "host clocksource $host_cs" || fail "host clocksource $host_cs, expected tsc"
+  if [[ $host_cs == tsc ]]; then
     clock_load c true
     check_across c 100000 5
   else
@@ -447,6 +488,7 @@ PY
   done
   ;;
 uffd) uffd_case ;;
+devices) source "$(dirname "$0")/snapshot_devices.sh"; devices_case ;;
 *) echo "unknown case $case_name" >&2; exit 2 ;;
 esac
 finish

@@ -71,6 +71,23 @@ VcpuState sample_vcpu(std::uint64_t seed) {
     return v;
 }
 
+SnapshotDevice sample_balloon_device() {
+    virtio::balloon::BalloonState b;
+    b.virtio = sample_virtio(6, 3);
+    b.num_pages = 64 * virtio::balloon::PAGES_PER_MIB;
+    b.actual_pages = 100;
+    b.stats_polling_interval_s = 1;
+    b.stats_desc = 5;
+    b.stats.values[virtio::balloon::stat_tag::MEMFREE] = 123;
+    b.stats.values[virtio::balloon::stat_tag::MEMTOT] = 0; // present and 0 is not absent
+    b.hinting = {3, 3};
+    b.hint_ack_on_stop = true;
+    b.hint_last_run = 3;
+    b.inflated_pages = 10;
+    b.deflated_pages = 2;
+    return SnapshotDevice{"", 0xd0005000, 10, b};
+}
+
 SnapshotFile sample() {
     SnapshotFile s;
     s.ember_version = "0.test";
@@ -101,7 +118,14 @@ SnapshotFile sample() {
     SnapshotDevice cons{"", 0xd0002000, 7, con};
     SnapshotDevice rng{"", 0xd0003000, 8, virtio::rng::EntropyState{sample_virtio(4, 1)}};
     SnapshotDevice vsock{"agent_api", 0xd0004000, 9, virtio::vsock::VsockState{sample_virtio(5, 3), 3}};
-    s.devices = {blk, net, cons, rng, vsock};
+    s.devices = {blk, net, cons, rng, sample_balloon_device(), vsock};
+    return s;
+}
+
+// The sample with its balloon last, so tests can address the balloon record from the file's end.
+SnapshotFile sample_balloon_last() {
+    SnapshotFile s = sample();
+    s.devices.push_back(sample_balloon_device());
     return s;
 }
 
@@ -253,7 +277,7 @@ TEST_CASE("snapshot files are written and read back; a missing or damaged one na
     REQUIRE(::mkdtemp(dir) != nullptr);
     const std::string path = std::string(dir) + "/vm.snap";
     write_snapshot_file(path, sample());
-    CHECK(read_snapshot_file(path).devices.size() == 5);
+    CHECK(read_snapshot_file(path).devices.size() == 6);
 
     REQUIRE(::truncate(path.c_str(), 100) == 0);
     try {
@@ -265,4 +289,52 @@ TEST_CASE("snapshot files are written and read back; a missing or damaged one na
     ::unlink(path.c_str());
     CHECK_THROWS_WITH(read_snapshot_file(path), Catch::Contains("cannot open snapshot file " + path));
     ::rmdir(dir);
+}
+
+TEST_CASE("a balloon state round-trips, and a corrupt or inconsistent one is refused naming its field", "[balloon]") {
+    const SnapshotFile s = sample_balloon_last();
+    const auto file = encode_snapshot(s);
+    const SnapshotFile d = decode_snapshot(file);
+    REQUIRE(d.devices.size() == s.devices.size());
+    const auto& b = std::get<virtio::balloon::BalloonState>(d.devices.back().state);
+    CHECK(b == std::get<virtio::balloon::BalloonState>(s.devices.back().state));
+    CHECK(b.stats.values[virtio::balloon::stat_tag::MEMTOT] == 0u);
+    CHECK_FALSE(b.stats.values[virtio::balloon::stat_tag::SWAP_IN].has_value());
+    CHECK(encode_snapshot(d) == file);
+
+    // The balloon record from its end (payload offsets counted back from the payload's end):
+    // deflated 8, inflated 8, hint_last_run 4, hint_ack_on_stop 1, guest_cmd 1+4, host_cmd 4,
+    // 16 statistics of 1+8, stats_desc 1+2, interval 2, actual 4, num_pages 4.
+    const auto at = [](std::vector<std::byte>& p, std::size_t back) -> std::byte& { return p[p.size() - back]; };
+    constexpr std::size_t kAck = 21, kHostCmd = 30, kStats = 174, kDescValue = 176, kDescFlag = 177, kInterval = 179,
+                          kNumPages = 187;
+    CHECK(std::to_integer<int>(file[file.size() - 8 - kNumPages + 1]) == 64); // 64 MiB = 0x4000 pages
+    CHECK(std::to_integer<int>(file[file.size() - 8 - kDescValue]) == 5);
+
+    // Each edit behind a valid CRC; each is a FormatError naming the field.
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kNumPages) = std::byte{1}; })),
+               Catch::Contains("balloon num_pages 16385 is not a whole number of MiB"));
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kDescFlag) = std::byte{0}; })),
+               Catch::Contains("balloon stats_desc holds a value but is marked absent"));
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kDescFlag) = std::byte{7}; })),
+               Catch::Contains("not a boolean"));
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kDescValue - 1) = std::byte{1}; })),
+               Catch::Contains("balloon stats_desc 261 is past the stats queue's 256 descriptors"));
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kInterval) = std::byte{0}; })),
+               Catch::Contains("balloon stats_desc is held by a balloon without statistics"));
+    // The first statistic (SWAP_IN, absent) given a value.
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kStats - 1) = std::byte{9}; })),
+               Catch::Contains("balloon statistic holds a value but is marked absent"));
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kHostCmd) = std::byte{4}; })),
+               Catch::Contains("balloon hinting host_cmd 4 is not the last run's id 3"));
+    CHECK_THAT(format_error(with_payload(file, [&](auto& p) { at(p, kAck) = std::byte{2}; })), Catch::Contains("not a boolean"));
+
+    // Statistics without a statistics queue.
+    SnapshotFile no_stats = sample_balloon_last();
+    auto& nb = std::get<virtio::balloon::BalloonState>(no_stats.devices.back().state);
+    nb.stats_polling_interval_s = 0;
+    nb.stats_desc.reset();
+    CHECK_THAT(format_error(encode_snapshot(no_stats)), Catch::Contains("balloon statistic is held by a balloon without statistics"));
+    nb.stats = {};
+    CHECK_NOTHROW(decode_snapshot(encode_snapshot(no_stats)));
 }

@@ -11,6 +11,7 @@
 #include "virtio_driver.hpp"
 #include "virtio_rings.hpp"
 #include "vmm/base/guest_memory.hpp"
+#include "vmm/snapshot_file.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
@@ -549,4 +550,44 @@ TEST_CASE("state: a virtio-balloon state that does not fit is refused", "[state]
     BalloonState queues = s;
     queues.virtio.queues.pop_back();
     CHECK_CONFIG_ERROR(BalloonDevice::restore(mem2, r.io, r.cfg, queues), "queue");
+}
+
+TEST_CASE("state: a restored virtio-balloon re-arms its statistics timer and takes a new target", "[state][balloon]") {
+    Rig r(BalloonConfig{16, false, 1, false, false});
+    r.drv.bring_up();
+    (void)r.drv.post(2, {readable(stat_bytes({{stat_tag::MEMFREE, 7}}))});
+    r.drv.notify(2);
+    const BalloonState s = r.dev->save();
+    REQUIRE(s.stats_desc);
+
+    // Through the snapshot file's encoding, onto a fresh event loop (a fresh process's).
+    SnapshotFile f;
+    f.vm.pic_master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    f.vm.pic_slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+    f.vm.ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+    f.vcpus.resize(1);
+    f.devices.push_back(SnapshotDevice{"", 0xd0000000, 5, s});
+    const SnapshotFile back = decode_snapshot(encode_snapshot(f));
+    REQUIRE(back.devices.size() == 1);
+    const auto& s2 = std::get<BalloonState>(back.devices[0].state);
+    CHECK(s2 == s);
+
+    boost::asio::io_context io2;
+    GuestMemory mem2 = clone_ram(r.mem);
+    auto dev2 = BalloonDevice::restore(mem2, io2, r.cfg, s2);
+    VirtioDriver drv2 = r.drv.moved_to(mem2, *dev2);
+    CHECK(dev2->current_config().amount_mib == 16);
+    CHECK(dev2->current_config().stats_polling_interval_s == 1);
+    CHECK(drv2.rings(2).used_idx() == 0); // the buffer is still held
+    // Nobody asks for an update: the timer the restore armed returns the buffer after 1 s.
+    io2.run_for(std::chrono::milliseconds(1500));
+    CHECK(drv2.rings(2).used_idx() == 1);
+    CHECK(dev2->stats().guest.values[stat_tag::MEMFREE] == 7u);
+
+    (void)drv2.irq_raised();
+    dev2->set_target_mib(48);
+    CHECK(drv2.irq_raised());
+    std::uint8_t b[4] = {};
+    dev2->read_config(0, b);
+    CHECK((b[0] | b[1] << 8 | b[2] << 16) == 48 * 256);
 }

@@ -2,6 +2,7 @@
 // (block/backend.hpp) and the whole device driven through the MMIO transport (block/device.hpp).
 
 #include "devices/virtio/block/backend.hpp"
+#include "devices/virtio/block/cow.hpp"
 #include "devices/virtio/block/device.hpp"
 #include "devices/virtio/block/request.hpp"
 #include "devices/virtio/mmio.hpp"
@@ -169,7 +170,8 @@ struct Seg {
 class BlockRig {
 public:
     BlockRig(IoEngine engine, std::size_t file_bytes, bool read_only = false, DriveCacheType cache = DriveCacheType::Unsafe,
-             std::string id = "vdisk0", std::uint16_t queue_size = 16, std::optional<RateLimiterConfig> limit = std::nullopt)
+             std::string id = "vdisk0", std::uint16_t queue_size = 16, std::optional<RateLimiterConfig> limit = std::nullopt,
+             bool copy_on_write = false)
         : file(file_bytes), rings(mem, queue_size) {
         DriveConfig cfg;
         cfg.drive_id = std::move(id);
@@ -178,7 +180,8 @@ public:
         cfg.cache_type = cache;
         cfg.io_engine = engine;
         cfg.rate_limiter = limit;
-        dev = std::make_shared<BlockDevice>(mem, io, cfg, file.open(read_only ? O_RDONLY : O_RDWR), file_bytes);
+        if (copy_on_write) cfg.cow = std::make_shared<CowDisk>(CowDisk::create(file.path(), "/tmp"));
+        dev = std::make_shared<BlockDevice>(mem, io, cfg, file.open(read_only || copy_on_write ? O_RDONLY : O_RDWR), file_bytes);
         transport = std::make_unique<MmioTransport>(dev, io);
     }
     ~BlockRig() {
@@ -1062,6 +1065,47 @@ TEST_CASE("blk device: replacing the image changes the capacity and raises a con
     r.complete_until(1);
     CHECK(r.status_of(p) == S_OK);
     CHECK(r.guest(p.data[0], 512) == bigger.contents(200 * 512, 512));
+}
+
+TEST_CASE("blk device: a copy-on-write drive never writes its image", "[virtio][block][cow]") {
+    BlockRig r(IoEngine::Async, 256 * 1024, false, DriveCacheType::Writeback, "vdisk0", 16, std::nullopt, true);
+    CHECK(r.dev->config().io_engine == IoEngine::Sync); // what runs: the CoW engine is synchronous
+    r.bring_up();
+    const auto image = r.file.contents(0, 256 * 1024);
+    auto disk = image;
+    // Sectors 7..9: the end of one 4 KiB cluster and the start of the next.
+    const auto data = pattern(1536, 0x5c);
+    const auto w = r.post(OUT, 7, {{1024, false}, {512, false}});
+    r.fill(w.data[0], std::vector<std::uint8_t>(data.begin(), data.begin() + 1024));
+    r.fill(w.data[1], std::vector<std::uint8_t>(data.begin() + 1024, data.end()));
+    const auto fl = r.post(FLUSH, 0, {});
+    r.complete_until(2);
+    CHECK(r.status_of(w) == S_OK);
+    CHECK(r.status_of(fl) == S_OK);
+    std::copy(data.begin(), data.end(), disk.begin() + 7 * 512);
+    const auto rd = r.post(IN, 4, {{2048, true}, {2048, true}});
+    r.complete_until(3);
+    CHECK(r.status_of(rd) == S_OK);
+    CHECK(r.guest(rd.data[0], 2048) == std::vector<std::uint8_t>(disk.begin() + 4 * 512, disk.begin() + 8 * 512));
+    CHECK(r.guest(rd.data[1], 2048) == std::vector<std::uint8_t>(disk.begin() + 8 * 512, disk.begin() + 12 * 512));
+    CHECK(r.file.contents(0, 256 * 1024) == image);
+    // Another image is refused: the drive keeps its disk and capacity.
+    TempFile other(128 * 1024, 0x77);
+    r.dev->replace_file(other.open(O_RDWR), 128 * 1024, other.path());
+    CHECK(r.dev->metrics().update_fails == 1);
+    CHECK(r.dev->metrics().update_count == 0);
+    CHECK(r.config64(0) == 512);
+    CHECK(r.dev->config().path_on_host == r.file.path());
+    // What --keep-disk writes.
+    const std::string out = r.file.path() + ".keep";
+    r.dev->config().cow->export_to(out);
+    std::vector<std::uint8_t> kept(disk.size());
+    const int fd = ::open(out.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    CHECK(::pread(fd, kept.data(), kept.size(), 0) == static_cast<ssize_t>(kept.size()));
+    ::close(fd);
+    ::unlink(out.c_str());
+    CHECK(kept == disk);
 }
 
 namespace {

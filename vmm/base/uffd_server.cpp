@@ -1,6 +1,7 @@
 #include "vmm/base/uffd_server.hpp"
 
 #include "vmm/base/error.hpp"
+#include "vmm/base/sparse_file.hpp"
 #include "vmm/base/userfaultfd.hpp"
 
 #include <algorithm>
@@ -15,19 +16,13 @@ namespace ember {
 
 std::vector<std::pair<std::uint64_t, std::uint64_t>> file_data_extents(int fd, std::uint64_t size) {
     std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
-    std::uint64_t pos = 0;
-    while (pos < size) {
-        const off_t d = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
-        if (d < 0) {
-            if (errno == ENXIO) break; // only a hole from pos to the end
-            return {{0, size}};        // no SEEK_DATA here: treat every byte as data
+    try {
+        for (const Extent& e : data_extents(fd, "memory file")) {
+            if (e.offset >= size) break;
+            out.emplace_back(e.offset, std::min(e.offset + e.length, size));
         }
-        const off_t h = ::lseek(fd, d, SEEK_HOLE);
-        if (h < 0) return {{0, size}};
-        const auto start = static_cast<std::uint64_t>(d), end = std::min(static_cast<std::uint64_t>(h), size);
-        if (start >= size) break;
-        out.emplace_back(start, end);
-        pos = end;
+    } catch (const ConfigError&) {
+        return {{0, size}}; // no SEEK_DATA here: treat every byte as data
     }
     return out;
 }

@@ -49,4 +49,9 @@ public:
 // Throws SystemError if the engine cannot be set up (io_uring refused by the kernel).
 std::unique_ptr<Backend> make_backend(IoEngine engine, int fd, std::uint16_t slots, std::uint32_t max_segments);
 
+class CowDisk;
+// A Sync engine over a copy-on-write disk (DriveConfig::cow): each operation runs inside
+// submit() on CowDisk. set_fd() does not apply to it (PATCH is refused for such a drive).
+std::unique_ptr<Backend> make_cow_backend(std::shared_ptr<CowDisk> disk, std::uint16_t slots);
+
 } // namespace ember::virtio::block

@@ -3,8 +3,13 @@
 
 #include "vmm/base/rate_limiter.hpp"
 
+#include <memory>
 #include <optional>
 #include <string>
+
+namespace ember::virtio::block {
+class CowDisk;
+}
 
 namespace ember {
 
@@ -23,6 +28,11 @@ struct DriveConfig {
     DriveCacheType cache_type = DriveCacheType::Unsafe;
     DriveIoEngine io_engine = DriveIoEngine::Async;
     std::optional<RateLimiterConfig> rate_limiter; // only buckets that limit (effective())
+    // Ember's own (`ember run`), not in Firecracker's schema: never set from JSON or the API.
+    // When set, the guest's writes go to this copy-on-write layer over the image, and
+    // path_on_host (its base) is only opened O_RDONLY; the drive runs on the Sync engine.
+    // Such a drive cannot be snapshotted or given another image by PATCH /drives.
+    std::shared_ptr<virtio::block::CowDisk> cow = nullptr;
 };
 
 } // namespace ember

@@ -17,6 +17,10 @@ namespace {
 // profile refusing io_uring_setup with EPERM or ENOSYS), an Async drive runs on the Sync engine
 // with a warning instead of failing the boot, and `cfg.io_engine` records what runs.
 std::unique_ptr<Backend> make_engine(DriveConfig& cfg, int fd) {
+    if (cfg.cow) {
+        cfg.io_engine = IoEngine::Sync;
+        return make_cow_backend(cfg.cow, BlockDevice::QUEUE_SIZE);
+    }
     if (cfg.io_engine == IoEngine::Async) {
         try {
             return make_backend(IoEngine::Async, fd, BlockDevice::QUEUE_SIZE, BlockDevice::SEG_MAX);
@@ -276,6 +280,11 @@ std::shared_ptr<BlockDevice> BlockDevice::restore(const GuestMemory& mem, boost:
 
 void BlockDevice::replace_file(UniqueFd file, std::uint64_t size, std::string path) noexcept {
     std::lock_guard lk(mutex());
+    if (cfg_.cow) { // refused by the callers (api/controller.cpp); the drive keeps its disk
+        bump(metrics_.update_fails);
+        LOG_ERROR("virtio %s: a copy-on-write drive cannot take another image (%s)", name().c_str(), path.c_str());
+        return;
+    }
     quiesce_locked();
     backend_->set_fd(file.get());
     file_ = std::move(file);

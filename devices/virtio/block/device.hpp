@@ -63,7 +63,8 @@ public:
     static constexpr std::uint32_t SEG_MAX = QUEUE_SIZE - 2; // header and status take two
 
     // `file` is the opened image (O_RDONLY for read-only drives) of `size` bytes; the guest sees
-    // size / 512 sectors. An Async drive whose io_uring cannot be set up runs on the Sync engine
+    // size / 512 sectors. With cfg.cow, I/O goes to that copy-on-write disk instead (`file` is
+    // its base, opened O_RDONLY, and is not used). An Async drive whose io_uring cannot be set up runs on the Sync engine
     // (config().io_engine says which runs). Throws SystemError if no engine can be set up.
     BlockDevice(const GuestMemory& mem, boost::asio::io_context& io, DriveConfig cfg, UniqueFd file, std::uint64_t size);
     ~BlockDevice() override;
@@ -89,6 +90,8 @@ public:
 
     // PATCH /drives/{id}: the same drive on another image (Firecracker's "update"). Waits for
     // in-flight I/O, swaps the file and raises a configuration change for the new capacity.
+    // A copy-on-write drive (config().cow) keeps its disk: the caller refuses that request, and
+    // this counts an update_fails.
     void replace_file(UniqueFd file, std::uint64_t size, std::string path) noexcept;
 
     // PATCH /drives/{id} rate_limiter (Firecracker's update semantics: RateLimiterUpdate).
