@@ -337,10 +337,11 @@ Response Controller::pre_boot(const LoadSnapshot& a) {
             if (it == cfg.net.end()) throw ConfigError("network_overrides: the snapshot has no network interface \"" + id + "\"");
             it->host_dev_name = dev;
         }
-        for (const auto& [id, path] : p.drive_overrides) {
-            auto it = std::find_if(cfg.drives.begin(), cfg.drives.end(), [&](const DriveConfig& d) { return d.drive_id == id; });
-            if (it == cfg.drives.end()) throw ConfigError("the snapshot has no drive \"" + id + "\"");
-            it->path_on_host = path;
+        for (const auto& o : p.drive_overrides) {
+            auto it = std::find_if(cfg.drives.begin(), cfg.drives.end(), [&](const DriveConfig& d) { return d.drive_id == o.drive_id; });
+            if (it == cfg.drives.end()) throw ConfigError("the snapshot has no drive \"" + o.drive_id + "\"");
+            it->path_on_host = o.path_on_host;
+            it->cow = o.cow;
         }
         if (p.vsock_uds_path) {
             if (!cfg.vsock) throw ConfigError("vsock_override: the snapshot has no vsock device");

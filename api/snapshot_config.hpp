@@ -2,6 +2,7 @@
 // Firecracker 1.16's snapshot request bodies (firecracker-api v1.16.1 SnapshotCreateParams and
 // SnapshotLoadParams; api_server/request/snapshot.rs for the mem_file_path / mem_backend rules).
 
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include <optional>
@@ -10,6 +11,9 @@
 #include <vector>
 
 namespace ember {
+namespace virtio::block {
+class CowDisk;
+}
 
 struct SnapshotCreateParams {
     std::string snapshot_path;
@@ -31,9 +35,14 @@ struct SnapshotLoadParams {
     std::vector<std::pair<std::string, std::string>> network_overrides; // iface_id, host_dev_name
     std::optional<std::string> vsock_uds_path;                          // vsock_override.uds_path
     bool clock_realtime = false;
-    // Ember-internal (`ember run --warm`, never from the API): drive_id -> the file that replaces
-    // the snapshotted drive's path_on_host (a copy of the disk as it was at snapshot time).
-    std::vector<std::pair<std::string, std::string>> drive_overrides;
+    // Ember-internal (`ember run --warm`, never from the API): drives whose backing replaces the
+    // snapshotted drive's (the disk as it was at snapshot time, or an overlay over it).
+    struct DriveOverride {
+        std::string drive_id, path_on_host;
+        std::shared_ptr<virtio::block::CowDisk> cow;
+        bool operator==(const DriveOverride&) const = default;
+    };
+    std::vector<DriveOverride> drive_overrides;
     bool operator==(const SnapshotLoadParams&) const = default;
 };
 

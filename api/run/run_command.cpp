@@ -301,8 +301,10 @@ int run_command(const RunArgs& args) {
             if (ro) {
                 dc.path_on_host = path;
             } else {
-                layers.push_back(DiskLayer::create(path, tmp->path()));
+                // --warm's first run snapshots the VM: its root disk must be a file.
+                layers.push_back(DiskLayer::create(path, tmp->path(), args.warm && !warm_hit && i == 0 && rootfs.has_value()));
                 layers.back().configure(dc);
+                LOG_INFO("ember run: %s as a %s", path.c_str(), layers.back().kind());
             }
             vm.drives.push_back(std::move(dc));
         }
@@ -360,9 +362,13 @@ int run_command(const RunArgs& args) {
             p.backend_path = warm_entry + "/memory";
             p.resume_vm = true;
             p.vsock_uds_path = vm.vsock->uds_path;
-            for (const auto& d : vm.drives) p.drive_overrides.emplace_back(d.drive_id, d.path_on_host);
+            for (const auto& d : vm.drives) p.drive_overrides.push_back({d.drive_id, d.path_on_host, d.cow});
             const auto r = ctl->handle(api::LoadSnapshot{p});
-            if (r.status >= 300) throw ConfigError("--warm: " + r.body + " (remove " + warm_entry + " to make a new one)");
+            if (r.status >= 300) {
+                std::error_code ec;
+                fs::remove_all(warm_entry, ec); // only a cache: the next --warm run makes a new one
+                throw ConfigError("--warm: the cached snapshot " + warm_entry + " could not be loaded and was removed: " + r.body);
+            }
         } else {
             ConfigFile doc;
             doc.vm = vm;

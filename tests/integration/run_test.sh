@@ -12,6 +12,9 @@
 #             hashes unchanged; --keep-disk writes an image holding the change.
 #   signals:  --timeout ends a sleeping command with 124; SIGINT to Ember reaches the command
 #             (130); SIGTERM reaches a command that traps it (its own status).
+#   warm:     the first --warm run caches a snapshot taken at agent-ready; the next ones restore
+#             it, each with its own disk layer, env and cwd; a damaged cached snapshot is a 125
+#             with one line, and is removed so the next run makes a new one.
 #   repeat:   20 runs in a row leave no Ember process, socket or file behind.
 source "$(dirname "$0")/lib.sh"
 need_guest
@@ -119,6 +122,28 @@ signals)
       expect_eq "SIGTERM: the trap's output" "$(tail -n 1 "$T/sig$sig.out")" trapped
     fi
   done
+  ;;
+warm)
+  export EMBER_CACHE=$T/cache
+  cp "$EMBER_ROOTFS_DIR/rootfs.ext4" "$T/root.img"
+  root_md5=$(md5 "$T/root.img")
+  er first --warm --rootfs "$T/root.img" -- sh -c 'echo one > /marker; cat /marker'
+  expect_eq "first --warm run: status and output" "$RC:$(cat "$OUT")" "0:one"
+  entries=$(ls "$EMBER_CACHE/run-warm" | wc -l)
+  expect_eq "first --warm run: one cached snapshot" "$entries" 1
+  er second --warm --rootfs "$T/root.img" -e X=2 -w /proc -- sh -c 'cat /marker 2>/dev/null || echo "absent $X $(pwd)"'
+  expect_eq "second --warm run (restored): its own disk, env and cwd" "$RC:$(cat "$OUT")" "0:absent 2 /proc"
+  er third --warm --rootfs "$T/root.img" -- sh -c 'exit 9'
+  expect_eq "third --warm run: status" "$RC" 9
+  expect_eq "--warm runs leave the image unchanged" "$(md5 "$T/root.img")" "$root_md5"
+  expect_eq "still one cached snapshot" "$(ls "$EMBER_CACHE/run-warm" | wc -l)" 1
+  entry=$(ls -d "$EMBER_CACHE"/run-warm/*)
+  head -c 100 "$entry/state" > "$T/short" && cp "$T/short" "$entry/state"
+  er damaged --warm --rootfs "$T/root.img" -- true
+  expect_eq "a damaged cached snapshot: status 125" "$RC" 125
+  grep -q "could not be loaded and was removed" "$ERR" && pass "a damaged cached snapshot: said and removed" || fail "damaged: $(cat "$ERR")"
+  er remade --warm --rootfs "$T/root.img" -- echo ok
+  expect_eq "the next --warm run works again" "$RC:$(cat "$OUT")" "0:ok"
   ;;
 repeat)
   for i in $(seq 1 20); do
