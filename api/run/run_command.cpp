@@ -281,6 +281,9 @@ int run_command(const RunArgs& args) {
             disks.emplace_back(ro ? d.substr(0, d.size() - 3) : d, ro);
         }
         if (disks.size() > 20) throw ConfigError("at most 20 disks");
+        for (const auto& [path, ro] : disks)
+            if (::access(path.c_str(), R_OK) != 0)
+                throw ConfigError("cannot read disk image " + path + ": " + std::strerror(errno));
         if (args.warm) {
             if (args.net) throw ConfigError("--warm with --net is not supported yet");
             std::string k = std::string(EMBER_VERSION) + "|" + std::to_string(fnv1a(agent_binary())) + "|" +

@@ -359,4 +359,25 @@ else
 fi
 [[ $("$EMBER_BIN" --version) =~ ^Ember\ v[0-9]+\.[0-9]+\.[0-9]+$ ]] && pass "--version" || fail "--version"
 "$EMBER_BIN" --help | grep -q -- '--config-file' && pass "--help lists --config-file" || fail "--help"
+# `ember run`: every refusal before a VM exists is status 125 with one "ember:" line, and leaves
+# no private directory behind.
+run_refused() { # run_refused LABEL EXPECTED-TEXT ARGS...
+  local label=$1 want=$2; shift 2
+  mkdir -p "$T/runtmp"
+  TMPDIR=$T/runtmp "$EMBER_BIN" run "$@" < /dev/null > "$T/run.out" 2> "$T/run.err"
+  local rc=$? n
+  n=$(ls -A "$T/runtmp" | wc -l)
+  if [[ $rc -eq 125 && $(wc -l < "$T/run.err") -eq 1 && $(cat "$T/run.err") == *"$want"* && ! -s $T/run.out && $n -eq 0 ]]; then
+    pass "ember run $label: 125, $(cat "$T/run.err")"
+  else
+    fail "ember run $label: status $rc, stderr '$(cat "$T/run.err")', stdout $(stat -c %s "$T/run.out") bytes, $n left in TMPDIR"
+  fi
+}
+run_refused "without a command" "no command given"
+run_refused "--cpus 0" "--cpus" --cpus 0 -- true
+run_refused "missing kernel" "$T/nope" --kernel "$T/nope" --rootfs "$T/garbage" -- true
+run_refused "missing root image" "$T/nope" --kernel "$T/garbage" --rootfs "$T/nope" -- true
+run_refused "empty command name" "empty" --kernel "$T/garbage" --rootfs "$T/garbage" -- ''
+run_refused "env entry without NAME" "NAME=value" --kernel "$T/garbage" --rootfs "$T/garbage" -e =x -- true
+run_refused "--warm with --net" "--net" --warm --net tap9 --kernel "$T/garbage" --rootfs "$T/garbage" -- true
 finish
