@@ -6,6 +6,7 @@
 #include "api/run/initramfs.hpp"
 #include "api/run/run_proto.h"
 #include "api/run/session.hpp"
+#include "vmm/base/crc64.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
 #include "vmm/vm.hpp"
@@ -175,11 +176,6 @@ std::optional<std::pair<std::uint16_t, std::uint16_t>> terminal_size() {
     return std::nullopt;
 }
 
-std::uint64_t fnv1a(std::span<const std::uint8_t> b, std::uint64_t h = 1469598103934665603ull) {
-    for (std::uint8_t c : b) h = (h ^ c) * 1099511628211ull;
-    return h;
-}
-
 // What a cached warm snapshot depends on: a file by path, size and modification time.
 std::string identity(const std::string& path) {
     struct stat st {};
@@ -271,8 +267,6 @@ int run_command(const RunArgs& args) {
                               "i8042.dumbkbd";
         std::optional<std::string> rootfs = args.rootfs;
         if (!rootfs && !args.initrd) rootfs = default_file("EMBER_ROOTFS_DIR", "scripts/mkrootfs", "rootfs.ext4", "root image");
-        initrd = initrd_memfd(args.initrd);
-        boot.initrd_path = "/proc/self/fd/" + std::to_string(initrd.get());
         std::vector<std::pair<std::string, bool>> disks; // path, read-only
         rootfs_given = rootfs.has_value();
         if (rootfs) disks.emplace_back(*rootfs, false);
@@ -286,12 +280,12 @@ int run_command(const RunArgs& args) {
                 throw ConfigError("cannot read disk image " + path + ": " + std::strerror(errno));
         if (args.warm) {
             if (args.net) throw ConfigError("--warm with --net is not supported yet");
-            std::string k = std::string(EMBER_VERSION) + "|" + std::to_string(fnv1a(agent_binary())) + "|" +
+            std::string k = std::string(EMBER_VERSION) + "|" + std::to_string(crc64(0, std::as_bytes(agent_binary()))) + "|" +
                             identity(boot.kernel_image_path) + "|" + (args.initrd ? identity(*args.initrd) : "") + "|" +
                             std::to_string(args.cpus) + "|" + std::to_string(args.mem_mib) + "|" + cmdline;
             for (const auto& [path, ro] : disks) k += "|" + identity(path) + (ro ? ":ro" : ":rw");
             char hex[17];
-            std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a({reinterpret_cast<const std::uint8_t*>(k.data()), k.size()})));
+            std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(crc64(0, std::as_bytes(std::span<const char>(k)))));
             warm_entry = warm_root() + "/" + hex;
             warm_hit = rootfs.has_value() && ::access((warm_entry + "/state").c_str(), R_OK) == 0;
         }
@@ -310,6 +304,10 @@ int run_command(const RunArgs& args) {
                 LOG_INFO("ember run: %s as a %s", path.c_str(), layers.back().kind());
             }
             vm.drives.push_back(std::move(dc));
+        }
+        if (!warm_hit) { // a restored VM already holds its initrd
+            initrd = initrd_memfd(args.initrd);
+            boot.initrd_path = "/proc/self/fd/" + std::to_string(initrd.get());
         }
         if (rootfs) cmdline += " ember.root=/dev/vda";
         boot.boot_args = cmdline;
