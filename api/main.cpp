@@ -273,7 +273,9 @@ int main(int argc, char** argv) {
     run_cmd->add_option("--drive", run_args.drives, "Another disk, IMG or IMG:ro (/dev/vdb, ...); never modified")->allow_extra_args(false);
     run_cmd->add_option("--cpus", run_args.cpus, "vCPUs (default 1)")->check(CLI::Range(1u, 32u));
     run_cmd->add_option("--mem", run_args.mem_mib, "Guest memory in MiB (default 256)")->check(CLI::Range(16ull, 1048576ull));
-    auto* run_net_opt = run_cmd->add_option("--net", run_net, "Attach the guest's eth0 to this existing TAP device");
+    auto* run_net_opt = run_cmd->add_option("--net", run_net, "Give the guest network: through passt (no TAP, no root), or attached to this existing TAP")
+                                ->expected(0, 1)
+                                ->allow_extra_args(false);
     run_cmd->add_option("-e,--env", run_args.env, "VAR=VALUE (or VAR: Ember's own value) in the command's environment")->allow_extra_args(false);
     run_cmd->add_option("-w,--workdir", run_args.workdir, "The command's working directory in the guest");
     run_cmd->add_option("--timeout", run_args.timeout_s, "Stop the VM after this many seconds (status 124)")->check(CLI::PositiveNumber);

@@ -51,6 +51,10 @@ void Vm::create_snapshot(const std::string& snapshot_path, const std::string& me
     for (const auto& slot : devices_.virtio_slots())
         if (auto blk = std::dynamic_pointer_cast<virtio::block::BlockDevice>(slot.dev); blk && blk->config().cow)
             throw ConfigError("drive " + slot.id + ": a copy-on-write drive cannot be snapshotted yet");
+    // A passt link is a socket to a process of this run; a restored VM could not reach it.
+    for (const auto& slot : devices_.virtio_slots())
+        if (auto net = std::dynamic_pointer_cast<virtio::net::NetDevice>(slot.dev); net && net->config().passt_socket)
+            throw ConfigError("network interface " + slot.id + ": a passt link cannot be snapshotted yet");
     SnapshotFile s;
     s.ember_version = EMBER_VERSION;
     s.cpu_vendor = host_cpu().vendor;

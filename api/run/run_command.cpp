@@ -4,6 +4,7 @@
 #include "api/controller.hpp"
 #include "api/run/disk_layer.hpp"
 #include "api/run/initramfs.hpp"
+#include "api/run/passt.hpp"
 #include "api/run/run_proto.h"
 #include "api/run/session.hpp"
 #include "vmm/base/crc64.hpp"
@@ -12,6 +13,7 @@
 #include "vmm/vm.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -22,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <filesystem>
 #include <span>
 #include <fstream>
@@ -239,6 +242,7 @@ int run_command(const RunArgs& args) {
     std::string warm_entry;
     bool warm_hit = false;
     UniqueFd initrd;
+    std::optional<Passt> passt; // outlives the VM: see the teardown below
     try {
         tmp.emplace();
         // EMBER_RUN_LOG=FILE keeps Ember's log (at Info, with phase timings) where it can be read.
@@ -310,13 +314,22 @@ int run_command(const RunArgs& args) {
             boot.initrd_path = "/proc/self/fd/" + std::to_string(initrd.get());
         }
         if (rootfs) cmdline += " ember.root=/dev/vda";
+        if (args.net && args.net->empty()) cmdline += " " + Passt::guest_cmdline();
         boot.boot_args = cmdline;
         vm.boot_source = boot;
         vm.machine.vcpu_count = args.cpus;
         vm.machine.mem_size_mib = args.mem_mib;
         vm.console.serial_out_path = tmp->path() + "/console.log";
         vm.vsock = VsockConfig{std::nullopt, 3, tmp->path() + "/v.sock"};
-        if (args.net) vm.net.push_back(NetConfig{"eth0", *args.net, std::nullopt, std::nullopt, std::nullopt, std::nullopt});
+        if (args.net) {
+            NetConfig nc{"eth0", args.net->empty() ? "passt" : *args.net, std::nullopt, std::nullopt, std::nullopt, std::nullopt};
+            if (args.net->empty()) {
+                passt.emplace(tmp->path() + "/passt.log");
+                nc.passt_socket = passt->socket();
+                LOG_INFO("ember run: passt started");
+            }
+            vm.net.push_back(std::move(nc));
+        }
     } catch (const std::exception& e) {
         return fail(kStatusEmberFailed, e.what());
     }
@@ -410,6 +423,18 @@ int run_command(const RunArgs& args) {
             if (ctl->vm()) ctl->vm()->request_exit(VmExitKind::HostRequest, "--timeout");
         });
     }
+    // passt ending while the VM runs (it refuses a host without a usable interface at start)
+    // ends the run: the command would only see a dead link.
+    bool passt_died = false;
+    std::optional<boost::asio::posix::stream_descriptor> passt_watch;
+    if (passt) {
+        passt_watch.emplace(io, ::fcntl(passt->pidfd(), F_DUPFD_CLOEXEC, 0));
+        passt_watch->async_wait(boost::asio::posix::stream_descriptor::wait_read, [&](const boost::system::error_code& ec) {
+            if (ec) return;
+            passt_died = true;
+            if (ctl->vm()) ctl->vm()->request_exit(VmExitKind::HostRequest, "passt ended");
+        });
+    }
     if (!vm_ended) io.run();
     LOG_INFO("ember run: VM ended");
     session->stop();
@@ -433,6 +458,7 @@ int run_command(const RunArgs& args) {
     }
     if (out.kind == Outcome::Kind::StartFailed)
         return fail(out.value == ENOENT ? kStatusNotFound : kStatusCannotExecute, out.text);
+    if (passt_died) return fail(kStatusEmberFailed, "--net: " + passt->failure());
     if (interrupted_by != 0) return 128 + interrupted_by;
     if (vm_ended && vm_status != 0) {
         const std::string log_tail = tail_of(tmp->path() + "/ember.log", 5);

@@ -27,7 +27,7 @@ struct RunArgs {
     std::vector<std::string> drives; // IMG or IMG:ro
     unsigned cpus = 1;
     std::uint64_t mem_mib = 256;
-    std::optional<std::string> net; // an existing TAP device
+    std::optional<std::string> net; // an existing TAP device, or "": through passt (passt.hpp)
     std::vector<std::string> env;   // VAR=VALUE, or VAR (taken from Ember's environment)
     std::string workdir;
     double timeout_s = 0; // 0: none

@@ -4,7 +4,7 @@
  *      `ember.rootfstype=T`, default ext4) mounts DEV and makes it the root (switch_root), so any
  *      root image works without the agent installed in it; then mounts proc, sysfs, devtmpfs,
  *      devpts, tmpfs on /tmp, /run and /dev/shm (whatever the image lacks is created if it can be)
- *      and brings up `lo`;
+ *      and brings up `lo`; with `ember.net=ADDR/PREFIX,GATEWAY[,DNS]` also eth0 (network_up);
  *   2. connects to CID 2 port ERP_VSOCK_PORT (or `ember.port=N`), sends READY, reads the EXEC
  *      spec (reconnecting if the stream is reset first, as after a snapshot restore);
  *   3. forks the command in a session of its own (pipes for stdin/stdout/stderr, or a pty), and
@@ -24,7 +24,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -145,8 +148,95 @@ static void loopback_up(void) {
     close(s);
 }
 
+static int set_in_addr(int s, unsigned long req, const char *ifname, const char *text) {
+    struct ifreq ifr;
+    struct sockaddr_in sin;
+    memset(&ifr, 0, sizeof ifr);
+    memset(&sin, 0, sizeof sin);
+    strcpy(ifr.ifr_name, ifname);
+    sin.sin_family = AF_INET;
+    if (inet_pton(AF_INET, text, &sin.sin_addr) != 1) return -1;
+    memcpy(&ifr.ifr_addr, &sin, sizeof sin);
+    return ioctl(s, req, &ifr);
+}
+
+/* /etc/resolv.conf naming `dns`, without writing the image where it has one: a file in /run bind-
+ * mounted over it; where it is a symbolic link (systemd-resolved's, into /run), the file is made
+ * where the link points. */
+static void resolv_conf(const char *dns) {
+    char text[96], link[256], target[300];
+    int n = snprintf(text, sizeof text, "nameserver %s\n", dns);
+    struct stat st;
+    const char *path = "/run/ember-resolv.conf";
+    ssize_t l;
+    if (stat("/etc/resolv.conf", &st) != 0 && (l = readlink("/etc/resolv.conf", link, sizeof link - 1)) > 0) {
+        link[l] = 0;
+        snprintf(target, sizeof target, "%s%s", link[0] == '/' ? "" : "/etc/", link);
+        for (char *p = target + 1; (p = strchr(p, '/')) != NULL; ++p) {
+            *p = 0;
+            mkdir(target, 0755);
+            *p = '/';
+        }
+        path = target;
+    } else if (stat("/etc/resolv.conf", &st) != 0) {
+        path = "/etc/resolv.conf"; /* the image has none: this run's layer gets one */
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, text, (size_t)n) != n) logmsg("resolv.conf (%s): %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    if (strcmp(path, "/run/ember-resolv.conf") == 0 && mount(path, "/etc/resolv.conf", NULL, MS_BIND, NULL) != 0)
+        logmsg("bind-mount resolv.conf: %s", strerror(errno));
+}
+
+/* `ember.net=ADDR/PREFIX,GATEWAY[,DNS]` (ember run --net through passt): eth0 up with the IPv4
+ * address, a default route through GATEWAY and, with DNS, a resolv.conf naming it. */
+static void network_up(char *spec) {
+    char *addr = spec, *gw = strchr(spec, ','), *dns = NULL, *slash = strchr(spec, '/');
+    if (!gw || !slash || slash > gw) {
+        logmsg("ember.net=%s: expected ADDR/PREFIX,GATEWAY[,DNS]", spec);
+        return;
+    }
+    *gw++ = 0;
+    *slash = 0;
+    if ((dns = strchr(gw, ',')) != NULL) *dns++ = 0;
+    unsigned prefix = (unsigned)strtoul(slash + 1, NULL, 10);
+    if (prefix > 32) prefix = 32;
+    char mask[16];
+    uint32_t m = prefix ? 0xffffffffu << (32 - prefix) : 0;
+    snprintf(mask, sizeof mask, "%u.%u.%u.%u", m >> 24, (m >> 16) & 255, (m >> 8) & 255, m & 255);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "eth0");
+    if (set_in_addr(s, SIOCSIFADDR, "eth0", addr) != 0 || set_in_addr(s, SIOCSIFNETMASK, "eth0", mask) != 0 ||
+        ioctl(s, SIOCGIFFLAGS, &ifr) != 0) {
+        logmsg("eth0: cannot set %s/%u: %s", addr, prefix, strerror(errno));
+        close(s);
+        return;
+    }
+    ifr.ifr_flags = (short)(ifr.ifr_flags | IFF_UP);
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) logmsg("eth0: up: %s", strerror(errno));
+    struct rtentry rt;
+    struct sockaddr_in any, via;
+    memset(&rt, 0, sizeof rt);
+    memset(&any, 0, sizeof any);
+    memset(&via, 0, sizeof via);
+    any.sin_family = via.sin_family = AF_INET;
+    if (inet_pton(AF_INET, gw, &via.sin_addr) == 1) {
+        memcpy(&rt.rt_dst, &any, sizeof any);
+        memcpy(&rt.rt_genmask, &any, sizeof any);
+        memcpy(&rt.rt_gateway, &via, sizeof via);
+        rt.rt_flags = RTF_UP | RTF_GATEWAY;
+        rt.rt_dev = (char *)"eth0";
+        if (ioctl(s, SIOCADDRT, &rt) != 0) logmsg("default route via %s: %s", gw, strerror(errno));
+    }
+    close(s);
+    if (dns && *dns) resolv_conf(dns);
+}
+
 static unsigned setup_pid1(void) {
-    char cmdline[4096], dev[256], fstype[64], port[16];
+    char cmdline[4096], dev[256], fstype[64], port[16], net[128];
     unsigned vport = ERP_VSOCK_PORT;
     mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
     /* Without /dev/console in the initramfs the kernel starts init with no fds 0-2; fill them
@@ -166,6 +256,7 @@ static unsigned setup_pid1(void) {
     mount_one("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
     mount_one("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
     loopback_up();
+    if (cmdline_value(cmdline, "ember.net", net, sizeof net)) network_up(net);
     sethostname("ember", 5);
     return vport;
 }

@@ -1,14 +1,20 @@
 #pragma once
-// The host side of virtio-net: an existing TAP interface, opened as Firecracker does
-// (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, non-blocking). Ember never creates or configures host
-// interfaces; the TAP must exist and be free.
+// The host side of virtio-net: a link that carries Ethernet frames. Either an existing TAP
+// interface, opened as Firecracker does (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, non-blocking), or a
+// connected stream socket to passt speaking QEMU's stream netdev protocol (each frame preceded by
+// its length, 32-bit big-endian; no virtio-net header, so no offloads). Ember never creates or
+// configures host interfaces; a TAP must exist and be free.
 
 #include "vmm/base/unique_fd.hpp"
 #include "devices/virtio/net/config.hpp"
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <vector>
 
 namespace ember::virtio::net {
 
@@ -27,15 +33,40 @@ public:
     // SOCK_SEQPACKET socket in tests). A descriptor that is not a TAP takes no offloads:
     // set_offload(0) succeeds on it and any other set fails.
     static std::unique_ptr<Tap> adopt(UniqueFd fd, std::string name);
+    // Adopts a connected stream socket (made non-blocking here) framed as QEMU's stream netdev
+    // (passt's socket). Takes no offloads: offloads() is false.
+    static std::unique_ptr<Tap> adopt_stream(UniqueFd fd, std::string name);
+
     int fd() const noexcept { return fd_.get(); }
     const std::string& name() const noexcept { return name_; }
+    // Whether the link takes the virtio-net header's checksum and segmentation offloads.
+    bool offloads() const noexcept { return !stream_; }
     // TUNSETOFFLOAD; false on failure (the caller then offers fewer features).
     bool set_offload(unsigned flags) noexcept;
+
+    // One frame into `buf`, a VNET_HDR_LEN-byte header first (all zero on a stream link): its
+    // length, or -1 with errno EAGAIN (none now), EPIPE (the peer closed the link), EPROTO (the
+    // peer broke the framing; the link is then closed for good) or the read's own error.
+    ssize_t read_frame(std::span<std::byte> buf) noexcept;
+    // One frame gathered from `iov` (`total` bytes, the header first): `total`, or -1 with errno
+    // (EAGAIN: the link is full; nothing was taken). On a stream link a frame the socket takes
+    // only in part is kept and sent by flush(), before any later frame.
+    ssize_t write_frame(const iovec* iov, std::size_t iovcnt, std::size_t total) noexcept;
+    // Sends what a stream link kept of a frame; true when nothing is left (always on a TAP).
+    bool flush() noexcept;
+    bool pending() const noexcept { return out_pos_ < out_.size(); }
 
 private:
     Tap() = default;
     UniqueFd fd_;
     std::string name_;
+    bool stream_ = false, broken_ = false;
+    // Stream link: bytes read and not yet handed out ([in_pos_, in_end_)) and the unsent tail of
+    // a frame ([out_pos_, out_.size())). Allocated, not touched, when the link is adopted.
+    std::unique_ptr<std::byte[]> in_;
+    std::vector<std::byte> out_;
+    std::size_t in_pos_ = 0, in_end_ = 0, out_pos_ = 0;
+    std::vector<iovec> iov_;
 };
 
 // A Tap for `cfg.host_dev_name`, with errors naming the interface ("network interface eth0: TAP

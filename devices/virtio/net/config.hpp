@@ -4,8 +4,10 @@
 
 #include "vmm/base/mac_addr.hpp"
 #include "vmm/base/rate_limiter.hpp"
+#include "vmm/base/unique_fd.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -18,6 +20,9 @@ struct NetConfig {
     std::optional<MacAddr> guest_mac;
     std::optional<std::uint16_t> mtu; // 68..65535
     std::optional<RateLimiterConfig> rx_rate_limiter, tx_rate_limiter; // as DriveConfig::rate_limiter
+    // Ember-internal, never in JSON (ember run --net): a connected stream socket to passt. When
+    // set, the link is this socket (backend.hpp) and host_dev_name only names it.
+    std::shared_ptr<const UniqueFd> passt_socket = nullptr;
 };
 
 } // namespace ember

@@ -42,8 +42,10 @@ std::shared_ptr<NetDevice> NetDevice::restore(const GuestMemory& mem, boost::asi
 std::uint32_t NetDevice::device_type() const noexcept { return device_id::NET; }
 
 std::uint64_t NetDevice::device_features() const noexcept {
-    std::uint64_t f = bit(F_CSUM) | bit(F_GUEST_CSUM) | bit(F_HOST_TSO4) | bit(F_HOST_TSO6) | bit(F_GUEST_TSO4) |
-                      bit(F_GUEST_TSO6) | bit(F_MRG_RXBUF);
+    // Checksum and segmentation offloads only where the link carries the virtio-net header.
+    std::uint64_t f = bit(F_MRG_RXBUF);
+    if (tap_->offloads())
+        f |= bit(F_CSUM) | bit(F_GUEST_CSUM) | bit(F_HOST_TSO4) | bit(F_HOST_TSO6) | bit(F_GUEST_TSO4) | bit(F_GUEST_TSO6);
     if (cfg_.guest_mac) f |= bit(F_MAC);
     if (cfg_.mtu) f |= bit(F_MTU);
     return f;
@@ -145,9 +147,15 @@ void NetDevice::rx_loop() noexcept {
     bool delivered = false;
     for (;;) {
         if (frame_len_ == 0) {
-            const ssize_t n = ::read(tap_->fd(), frame_.data(), frame_.size());
+            const ssize_t n = tap_->read_frame(frame_);
             if (n < 0) {
                 if (errno == EINTR) continue;
+                if (errno == EPIPE || errno == EPROTO) {
+                    // The link's peer is gone or broke the framing: nothing more will come.
+                    if (!link_down_) LOG_WARN("virtio %s: the link %s is down (%s)", name().c_str(), tap_->name().c_str(), std::strerror(errno));
+                    link_down_ = true;
+                    break;
+                }
                 if (errno != EAGAIN) bump(metrics_.tap_read_fails);
                 arm_rx();
                 break;
@@ -253,6 +261,10 @@ void NetDevice::tx_loop() noexcept {
         bump(metrics_.tx_rate_limiter_throttled);
         return;
     }
+    if (!tap_->flush()) { // the rest of a frame goes first
+        arm_tx();
+        return;
+    }
     bool used = false;
     for (;;) {
         bool popped = false;
@@ -277,7 +289,7 @@ void NetDevice::tx_loop() noexcept {
                 if (used) signal_used(q);
                 return;
             }
-            const ssize_t n = ::writev(tap_->fd(), iov_.data(), static_cast<int>(iov_.size()));
+            const ssize_t n = tap_->write_frame(iov_.data(), iov_.size(), total);
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 // The TAP is full: retry this chain when it drains.
                 tx_limiter_.refund(total);
@@ -300,6 +312,7 @@ void NetDevice::tx_loop() noexcept {
         if (popped) continue;
         if (!q.enable_notification()) break;
     }
+    if (tap_->pending()) arm_tx();
     if (used) signal_used(q);
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// virtio-net (virtio 1.2 §5.1) on a TAP: one receive and one transmit queue, served on the event
+// virtio-net (virtio 1.2 §5.1) on a TAP or a passt stream (backend.hpp): one receive and one transmit queue, served on the event
 // loop. A frame that finds no receive buffers waits (the TAP is not read meanwhile) until the
 // driver posts some; frames are dropped only when they can never fit, and then counted.
 
@@ -119,7 +119,7 @@ private:
     NetConfig cfg_;
     std::unique_ptr<Tap> tap_;
     std::unique_ptr<boost::asio::posix::stream_descriptor> tap_sd_;
-    bool rx_armed_ = false, tx_armed_ = false;
+    bool rx_armed_ = false, tx_armed_ = false, link_down_ = false;
     std::vector<std::byte> frame_;
     std::size_t frame_len_ = 0; // bytes staged from the TAP, 0 when none
     std::uint16_t rx_seen_avail_ = 0;
