@@ -31,8 +31,10 @@ Passt::Passt(const std::string& log_path) : log_path_(log_path) {
     const char* env_bin = std::getenv("EMBER_PASST");
     const std::string bin = env_bin && *env_bin ? env_bin : "passt";
     const std::string fd_arg = std::to_string(kChildFd);
+    // No -D: passt then reads the host's resolv.conf, and forwards what the guest sends to kDns
+    // to the first resolver there.
     std::vector<std::string> args = {bin, "-f", "-q", "-1", "-F", fd_arg, "-a", kGuest, "-n", kPrefix, "-g", kGateway,
-                                     "-D", kDns, "--dns-forward", kDns};
+                                     "--dns-forward", kDns};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -49,7 +51,7 @@ Passt::Passt(const std::string& log_path) : log_path_(log_path) {
     if (rc != 0) {
         pid_ = -1;
         if (rc == ENOENT)
-            throw ConfigError("--net: " + bin + " is not installed (Debian package passt); or give an existing TAP: --net TAP");
+            throw ConfigError("--net: " + bin + " was not found: install passt (Debian package passt), or give an existing TAP: --net TAP");
         throw ConfigError("--net: cannot start " + bin + ": " + std::strerror(rc));
     }
     const long pfd = ::syscall(SYS_pidfd_open, pid_, 0);

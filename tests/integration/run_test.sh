@@ -16,6 +16,15 @@
 #             it, each with its own disk layer, env and cwd; a damaged cached snapshot is a 125
 #             with one line, and is removed so the next run makes a new one.
 #   repeat:   20 runs in a row leave no Ember process, socket or file behind.
+#   net:      --net without a TAP (passt): the guest fetches a page from an HTTP server on the
+#             host's loopback through the gateway address, and resolves a name through the DNS
+#             address (passt forwards it to the resolver in the host's resolv.conf, a stub this
+#             test runs); a host where passt cannot start gives 125 and passt's reason. It runs in
+#             network and mount namespaces of its own, with a TAP standing in for the uplink
+#             (passt copies the host's default route; L1 has no NIC) and its own resolv.conf.
+if [[ ${1:-} == net && -z ${EMBER_RUN_NETNS:-} ]]; then
+  exec env EMBER_RUN_NETNS=1 unshare -n -m --propagation private -- bash "$0" "$@"
+fi
 source "$(dirname "$0")/lib.sh"
 need_guest
 case_name=${1:?usage: run_test.sh CASE}
@@ -153,6 +162,59 @@ repeat)
   expect_eq "20 runs: nothing left in TMPDIR" "$(ls -A "$TMPDIR" | wc -l)" 0
   left=$(pgrep -f "$EMBER_BIN run" | wc -l)
   expect_eq "20 runs: no Ember process left" "$left" 0
+  ;;
+net)
+  command -v passt > /dev/null || fail "passt is not installed (scripts/test installs Debian's passt)"
+  ip link set lo up
+  ip tuntap add dev uplink0 mode tap && ip addr add 192.0.2.2/24 dev uplink0 && ip link set uplink0 up \
+    && ip route add default via 192.0.2.1 || fail "cannot set up the stand-in uplink"
+  echo "nameserver 192.0.2.2" > "$T/resolv.conf"
+  mount --bind "$T/resolv.conf" /etc/resolv.conf || fail "cannot bind-mount a resolv.conf"
+  mkdir -p "$T/www"
+  token="page-$RANDOM-$RANDOM"
+  echo "$token" > "$T/www/hello.txt"
+  cat > "$T/servers.py" <<'PY'
+import http.server, socket, socketserver, sys, threading
+# DNS stub on the stand-in uplink's address: every A query is answered with 10.0.2.2.
+def dns():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("192.0.2.2", 53))
+    while True:
+        q, peer = s.recvfrom(512)
+        end = q.index(b"\0", 12) + 5  # the question: name, type, class
+        is_a = q[end - 4:end - 2] == b"\0\1"
+        head = q[:2] + b"\x81\x80" + b"\0\1" + (b"\0\1" if is_a else b"\0\0") + b"\0\0\0\0"
+        ans = b"\xc0\x0c\0\1\0\1\0\0\0\x3c\0\4" + socket.inet_aton("10.0.2.2") if is_a else b""
+        s.sendto(head + q[12:end] + ans, peer)
+threading.Thread(target=dns, daemon=True).start()
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a): pass
+handler = lambda *a, **k: Quiet(*a, directory=sys.argv[1], **k)
+with socketserver.TCPServer(("127.0.0.1", 0), handler) as srv:
+    open(sys.argv[2], "w").write(str(srv.server_address[1]))
+    srv.serve_forever()
+PY
+  python3 "$T/servers.py" "$T/www" "$T/port" &
+  servers=$!
+  for _ in $(seq 100); do [[ -s $T/port ]] && break; sleep 0.1; done
+  port=$(cat "$T/port") || fail "the test's HTTP server did not start"
+  er fetch --net -- wget -q -O - "http://10.0.2.2:$port/hello.txt"
+  expect_eq "--net: the guest fetches the host's loopback page through the gateway" "$RC:$(cat "$OUT")" "0:$token"
+  er dns --net -- sh -c 'cat /etc/resolv.conf; nslookup web.example 2>&1'
+  expect_eq "--net: status of the DNS lookup" "$RC" 0
+  grep -qx "nameserver 10.0.2.3" "$OUT" && pass "--net: the guest's resolv.conf names passt's DNS address" || fail "resolv.conf: $(cat "$OUT")"
+  grep -A3 "web.example" "$OUT" | grep -q "10.0.2.2" && pass "--net: a name resolves through passt to the host's resolver" \
+    || fail "DNS: $(cat "$OUT")"
+  kill "$servers"
+  er tap --net no-such-tap0 -- true
+  expect_eq "--net TAP keeps meaning an existing TAP: a missing one is 125" "$RC" 125
+  ip route del default
+  ip link del uplink0
+  er nouplink --net -- true
+  expect_eq "--net on a host passt refuses: status 125" "$RC" 125
+  grep -q "passt" "$ERR" && pass "--net on a host passt refuses: says why ($(tail -n 1 "$ERR"))" || fail "no uplink: $(cat "$ERR")"
+  left=$(pgrep passt | wc -l)
+  expect_eq "--net: no passt process left" "$left" 0
   ;;
 *) fail "unknown case $case_name" ;;
 esac
