@@ -10,7 +10,7 @@ EMBER_PACKAGES=(
   cmake g++ make pkg-config libboost1.81-dev nlohmann-json3-dev catch2 liburing-dev libcli11-dev
   libseccomp-dev clang libclang-rt-14-dev
   linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils cpio
-  busybox-static e2fsprogs qemu-system-x86 curl python3 gnuplot-nox iproute2 procps kmod util-linux
+  busybox-static e2fsprogs qemu-system-x86 curl python3 gnuplot-nox iproute2 procps kmod util-linux passt
 )
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

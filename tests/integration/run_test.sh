@@ -17,7 +17,7 @@
 #             with one line, and is removed so the next run makes a new one.
 #   repeat:   20 runs in a row leave no Ember process, socket or file behind.
 #   net:      --net without a TAP (passt): the guest fetches a page from an HTTP server on the
-#             host's loopback through the gateway address, and resolves a name through the DNS
+#             host's loopback through the gateway address, over IPv4 and IPv6, and resolves a name through the DNS
 #             address (passt forwards it to the resolver in the host's resolv.conf, a stub this
 #             test runs); a host where passt cannot start gives 125 and passt's reason. It runs in
 #             network and mount namespaces of its own, with a TAP standing in for the uplink
@@ -167,7 +167,8 @@ net)
   command -v passt > /dev/null || fail "passt is not installed (scripts/test installs Debian's passt)"
   ip link set lo up
   ip tuntap add dev uplink0 mode tap && ip addr add 192.0.2.2/24 dev uplink0 && ip link set uplink0 up \
-    && ip route add default via 192.0.2.1 || fail "cannot set up the stand-in uplink"
+    && ip route add default via 192.0.2.1 && ip -6 addr add 2001:db8::2/64 dev uplink0 nodad \
+    && ip -6 route add default via 2001:db8::1 dev uplink0 || fail "cannot set up the stand-in uplink"
   echo "nameserver 192.0.2.2" > "$T/resolv.conf"
   mount --bind "$T/resolv.conf" /etc/resolv.conf || fail "cannot bind-mount a resolv.conf"
   mkdir -p "$T/www"
@@ -190,16 +191,24 @@ threading.Thread(target=dns, daemon=True).start()
 class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a): pass
 handler = lambda *a, **k: Quiet(*a, directory=sys.argv[1], **k)
+class V6(socketserver.TCPServer):
+    address_family = socket.AF_INET6
+srv6 = V6(("::1", 0), handler)
+threading.Thread(target=srv6.serve_forever, daemon=True).start()
 with socketserver.TCPServer(("127.0.0.1", 0), handler) as srv:
-    open(sys.argv[2], "w").write(str(srv.server_address[1]))
+    open(sys.argv[2], "w").write("%d %d" % (srv.server_address[1], srv6.server_address[1]))
     srv.serve_forever()
 PY
   python3 "$T/servers.py" "$T/www" "$T/port" &
   servers=$!
   for _ in $(seq 100); do [[ -s $T/port ]] && break; sleep 0.1; done
-  port=$(cat "$T/port") || fail "the test's HTTP server did not start"
+  read -r port port6 < "$T/port" || fail "the test's HTTP servers did not start"
   er fetch --net -- wget -q -O - "http://10.0.2.2:$port/hello.txt"
   expect_eq "--net: the guest fetches the host's loopback page through the gateway" "$RC:$(cat "$OUT")" "0:$token"
+  # IPv6: the guest configures itself from passt's router advertisement (SLAAC, after DAD), and
+  # passt maps the host's IPv6 gateway to the host's ::1.
+  er fetch6 --net -- sh -c "for i in \$(seq 100); do wget -q -O - 'http://[2001:db8::1]:$port6/hello.txt' 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+  expect_eq "--net: the guest fetches the host's ::1 page over IPv6" "$RC:$(cat "$OUT")" "0:$token"
   er dns --net -- sh -c 'cat /etc/resolv.conf; nslookup web.example 2>&1'
   expect_eq "--net: status of the DNS lookup" "$RC" 0
   grep -qx "nameserver 10.0.2.3" "$OUT" && pass "--net: the guest's resolv.conf names passt's DNS address" || fail "resolv.conf: $(cat "$OUT")"
