@@ -24,7 +24,7 @@ constexpr const char* kGuest = "10.0.2.15", *kPrefix = "24", *kGateway = "10.0.2
 constexpr int kChildFd = 3;
 } // namespace
 
-Passt::Passt(const std::string& log_path) : log_path_(log_path) {
+Passt::Passt(const std::string& log_path, bool verbose) : log_path_(log_path) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("--net: socketpair");
     UniqueFd ours(sv[0]), theirs(sv[1]);
@@ -33,8 +33,10 @@ Passt::Passt(const std::string& log_path) : log_path_(log_path) {
     const std::string fd_arg = std::to_string(kChildFd);
     // No -D: passt then reads the host's resolv.conf, and forwards what the guest sends to kDns
     // to the first resolver there.
-    std::vector<std::string> args = {bin, "-f", "-q", "-1", "-F", fd_arg, "-a", kGuest, "-n", kPrefix, "-g", kGateway,
-                                     "--dns-forward", kDns};
+    // Not -d: passt 0.0~git20230309 (bookworm) crashes in a debug message on the first IPv6 TCP
+    // connection.
+    std::vector<std::string> args = {bin, "-f", "-1", "-F", fd_arg, "-a", kGuest, "-n", kPrefix, "-g", kGateway, "--dns-forward", kDns};
+    if (!verbose) args.insert(args.begin() + 1, "-q");
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

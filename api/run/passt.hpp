@@ -16,9 +16,9 @@ namespace ember::run {
 
 class Passt {
 public:
-    // Starts `passt` (EMBER_PASST, else from PATH) with its output in `log_path`. Throws
-    // ConfigError when it cannot be started.
-    explicit Passt(const std::string& log_path);
+    // Starts `passt` (EMBER_PASST, else from PATH) with its output in `log_path` (informational
+    // messages too when `verbose`). Throws ConfigError when it cannot be started.
+    Passt(const std::string& log_path, bool verbose);
     ~Passt(); // SIGTERM, then reaps it
     Passt(const Passt&) = delete;
     Passt& operator=(const Passt&) = delete;

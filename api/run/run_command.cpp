@@ -324,7 +324,8 @@ int run_command(const RunArgs& args) {
         if (args.net) {
             NetConfig nc{"eth0", args.net->empty() ? "passt" : *args.net, std::nullopt, std::nullopt, std::nullopt, std::nullopt};
             if (args.net->empty()) {
-                passt.emplace(tmp->path() + "/passt.log");
+                // With EMBER_RUN_LOG=FILE, passt's own log (not quiet) is kept as FILE.passt.
+                passt.emplace(keep_log && *keep_log ? std::string(keep_log) + ".passt" : tmp->path() + "/passt.log", keep_log && *keep_log);
                 nc.passt_socket = passt->socket();
                 LOG_INFO("ember run: passt started");
             }

@@ -21,7 +21,8 @@
 #             address (passt forwards it to the resolver in the host's resolv.conf, a stub this
 #             test runs); a host where passt cannot start gives 125 and passt's reason. It runs in
 #             network and mount namespaces of its own, with a TAP standing in for the uplink
-#             (passt copies the host's default route; L1 has no NIC) and its own resolv.conf.
+#             (passt copies the host's default routes and, for IPv6, needs a link-local address
+#             there; L1 has no NIC) and its own resolv.conf.
 if [[ ${1:-} == net && -z ${EMBER_RUN_NETNS:-} ]]; then
   exec env EMBER_RUN_NETNS=1 unshare -n -m --propagation private -- bash "$0" "$@"
 fi
@@ -168,7 +169,8 @@ net)
   ip link set lo up
   ip tuntap add dev uplink0 mode tap && ip addr add 192.0.2.2/24 dev uplink0 && ip link set uplink0 up \
     && ip route add default via 192.0.2.1 && ip -6 addr add 2001:db8::2/64 dev uplink0 nodad \
-    && ip -6 route add default via 2001:db8::1 dev uplink0 || fail "cannot set up the stand-in uplink"
+    && ip -6 route add default via 2001:db8::1 dev uplink0 && ip -6 addr add fe80::2/64 dev uplink0 nodad \
+    || fail "cannot set up the stand-in uplink"
   echo "nameserver 192.0.2.2" > "$T/resolv.conf"
   mount --bind "$T/resolv.conf" /etc/resolv.conf || fail "cannot bind-mount a resolv.conf"
   mkdir -p "$T/www"
@@ -196,7 +198,7 @@ class V6(socketserver.TCPServer):
 srv6 = V6(("::1", 0), handler)
 threading.Thread(target=srv6.serve_forever, daemon=True).start()
 with socketserver.TCPServer(("127.0.0.1", 0), handler) as srv:
-    open(sys.argv[2], "w").write("%d %d" % (srv.server_address[1], srv6.server_address[1]))
+    open(sys.argv[2], "w").write("%d %d\n" % (srv.server_address[1], srv6.server_address[1]))
     srv.serve_forever()
 PY
   python3 "$T/servers.py" "$T/www" "$T/port" &
