@@ -10,6 +10,7 @@
 #include "vmm/base/crc64.hpp"
 #include "vmm/base/error.hpp"
 #include "vmm/base/logger.hpp"
+#include "vmm/snapshot_file.hpp"
 #include "vmm/vm.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -292,6 +293,20 @@ int run_command(const RunArgs& args) {
             std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(crc64(0, std::as_bytes(std::span<const char>(k)))));
             warm_entry = warm_root() + "/" + hex;
             warm_hit = rootfs.has_value() && ::access((warm_entry + "/state").c_str(), R_OK) == 0;
+            if (warm_hit) {
+                // A damaged entry is only a cache miss: it is removed, and this run boots and
+                // caches a new one. (Checked before the disks are layered on its copy.)
+                try {
+                    (void)read_snapshot_file(warm_entry + "/state");
+                    for (const char* f : {"/memory", "/disk"})
+                        if (::access((warm_entry + f).c_str(), R_OK) != 0) throw ConfigError(std::string(f + 1) + " file missing");
+                } catch (const std::exception& e) {
+                    LOG_WARN("ember run --warm: the cached snapshot %s is damaged (%s): removed; booting", warm_entry.c_str(), e.what());
+                    std::error_code ec;
+                    fs::remove_all(warm_entry, ec);
+                    warm_hit = false;
+                }
+            }
         }
         for (std::size_t i = 0; i < disks.size(); ++i) {
             auto [path, ro] = disks[i];
@@ -428,8 +443,8 @@ int run_command(const RunArgs& args) {
     // ends the run: the command would only see a dead link.
     bool passt_died = false;
     std::optional<boost::asio::posix::stream_descriptor> passt_watch;
-    if (passt) {
-        passt_watch.emplace(io, ::fcntl(passt->pidfd(), F_DUPFD_CLOEXEC, 0));
+    if (const int pfd = passt ? ::fcntl(passt->pidfd(), F_DUPFD_CLOEXEC, 0) : -1; pfd >= 0) {
+        passt_watch.emplace(io, pfd);
         passt_watch->async_wait(boost::asio::posix::stream_descriptor::wait_read, [&](const boost::system::error_code& ec) {
             if (ec) return;
             passt_died = true;

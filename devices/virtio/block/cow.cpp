@@ -80,19 +80,18 @@ CowMap::CopyUps CowMap::copy_ups(std::uint64_t offset, std::uint64_t len) const 
     return cu;
 }
 
+CowMap::Run CowMap::run_at(std::uint64_t offset, std::uint64_t stop) const noexcept {
+    const ClusterRange t = touched(offset, stop - offset);
+    const bool p = present(t.first);
+    const std::uint64_t next = next_change(t.first, t.end, p);
+    return {offset, std::min(stop, cluster_end(next - 1)) - offset, p};
+}
+
 void CowMap::runs(std::uint64_t offset, std::uint64_t len, std::vector<Run>& out) const {
     out.clear();
-    if (len == 0) return;
-    const ClusterRange t = touched(offset, len);
-    const std::uint64_t stop = offset + len;
-    std::uint64_t c = t.first;
-    while (c < t.end) {
-        const bool p = present(c);
-        const std::uint64_t next = next_change(c, t.end, p);
-        const std::uint64_t from = std::max(offset, cluster_begin(c));
-        const std::uint64_t to = std::min(stop, cluster_end(next - 1));
-        out.push_back({from, to - from, p});
-        c = next;
+    for (std::uint64_t at = offset, stop = offset + len; at < stop;) {
+        out.push_back(run_at(at, stop));
+        at += out.back().length;
     }
 }
 
@@ -109,6 +108,9 @@ iovec zero_iov(std::uint64_t len) noexcept {
 }
 
 std::int64_t iov_total(std::span<const iovec> iov) noexcept {
+    // At most IOV_MAX buffers (a virtio chain has at most a queue size of them): slice_, reserved
+    // for that many, then never reallocates on the I/O path.
+    if (iov.size() > static_cast<std::size_t>(IOV_MAX)) return -EINVAL;
     std::uint64_t t = 0;
     for (const auto& v : iov) {
         if (v.iov_len > static_cast<std::uint64_t>(INT64_MAX) - t) return -EINVAL;
@@ -121,7 +123,8 @@ std::int64_t iov_total(std::span<const iovec> iov) noexcept {
 class IovCursor {
 public:
     explicit IovCursor(std::span<const iovec> src) noexcept : src_(src) {}
-    void take(std::uint64_t n, std::vector<iovec>& out) {
+    // `out` needs room for src.size() entries (reserved: it never reallocates here).
+    void take(std::uint64_t n, std::vector<iovec>& out) noexcept {
         out.clear();
         while (n > 0 && i_ < src_.size()) {
             const iovec& v = src_[i_];
@@ -206,7 +209,6 @@ UniqueFd make_overlay(const std::string& dir) {
 CowDisk::CowDisk(UniqueFd base, UniqueFd overlay, std::uint64_t size, std::string base_path, std::uint64_t dev, std::uint64_t ino)
     : base_(std::move(base)), overlay_(std::move(overlay)), map_(size), base_path_(std::move(base_path)), dev_(dev), ino_(ino),
       bounce_(CLUSTER) {
-    runs_.reserve(64);
     slice_.reserve(IOV_MAX);
 }
 
@@ -227,9 +229,10 @@ std::int64_t CowDisk::read(std::uint64_t offset, std::span<const iovec> iov) noe
     if (total < 0) return total;
     const auto len = static_cast<std::uint64_t>(total);
     if (!map_.contains(offset, len)) return -EIO;
-    map_.runs(offset, len, runs_);
     IovCursor cur(iov);
-    for (const auto& r : runs_) {
+    for (std::uint64_t at = offset; at < offset + len;) {
+        const CowMap::Run r = map_.run_at(at, offset + len);
+        at += r.length;
         cur.take(r.length, slice_);
         const std::int64_t rc = transfer(r.present ? overlay_.get() : base_.get(), false, r.offset, slice_);
         if (rc < 0) return rc;

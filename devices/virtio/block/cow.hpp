@@ -69,6 +69,9 @@ public:
     // Splits a range inside the disk into maximal runs whose clusters are all present or all
     // absent, clipped to the range, in order (replaces `out`'s content; none for len 0).
     void runs(std::uint64_t offset, std::uint64_t len, std::vector<Run>& out) const;
+    // The first of those runs for [offset, stop), offset < stop: what runs() lists, one at a
+    // time and without allocating (the device's read path).
+    Run run_at(std::uint64_t offset, std::uint64_t stop) const noexcept;
 
 private:
     // The first cluster in [c, end) whose presence is not `value`; `end` if none.
@@ -132,7 +135,6 @@ private:
     std::string base_path_;
     std::uint64_t dev_ = 0, ino_ = 0;
     // Scratch space of the operations, kept to spare allocations on the I/O path.
-    std::vector<CowMap::Run> runs_;
     std::vector<iovec> slice_;
     std::vector<std::byte> bounce_;
 };
