@@ -135,16 +135,20 @@ static void switch_root(const char *dev, const char *fstype) {
     if (!proc_moved) mount_one("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
-static void loopback_up(void) {
+/* Sets IFF_UP on `ifname` through the AF_INET socket `s`; 0 or -1 (errno). */
+static int link_up(int s, const char *ifname) {
     struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, ifname);
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) return -1;
+    ifr.ifr_flags = (short)(ifr.ifr_flags | IFF_UP);
+    return ioctl(s, SIOCSIFFLAGS, &ifr);
+}
+
+static void loopback_up(void) {
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return;
-    memset(&ifr, 0, sizeof ifr);
-    strcpy(ifr.ifr_name, "lo");
-    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-        ifr.ifr_flags = (short)(ifr.ifr_flags | IFF_UP);
-        ioctl(s, SIOCSIFFLAGS, &ifr);
-    }
+    link_up(s, "lo");
     close(s);
 }
 
@@ -206,17 +210,12 @@ static void network_up(char *spec) {
     snprintf(mask, sizeof mask, "%u.%u.%u.%u", m >> 24, (m >> 16) & 255, (m >> 8) & 255, m & 255);
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    strcpy(ifr.ifr_name, "eth0");
-    if (set_in_addr(s, SIOCSIFADDR, "eth0", addr) != 0 || set_in_addr(s, SIOCSIFNETMASK, "eth0", mask) != 0 ||
-        ioctl(s, SIOCGIFFLAGS, &ifr) != 0) {
+    if (set_in_addr(s, SIOCSIFADDR, "eth0", addr) != 0 || set_in_addr(s, SIOCSIFNETMASK, "eth0", mask) != 0) {
         logmsg("eth0: cannot set %s/%u: %s", addr, prefix, strerror(errno));
         close(s);
         return;
     }
-    ifr.ifr_flags = (short)(ifr.ifr_flags | IFF_UP);
-    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) logmsg("eth0: up: %s", strerror(errno));
+    if (link_up(s, "eth0") != 0) logmsg("eth0: up: %s", strerror(errno));
     struct rtentry rt;
     struct sockaddr_in any, via;
     memset(&rt, 0, sizeof rt);
